@@ -1,0 +1,327 @@
+"""Typed configuration: modalities, network, flow (training targets) and sampling.
+
+Every dataclass validates itself in ``__post_init__`` and raises a ``ConfigError`` that names
+the offending field, the value it got and what was expected. ``from_dict`` maps nested plain
+dicts (parsed YAML) onto the dataclasses and rejects unknown keys by name.
+
+Time convention, everywhere: t in [0, 1], t = 0 is pure noise (or all-mask), t = 1 is data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, get_args, get_origin, get_type_hints
+
+KINDS = ("image", "video", "sequence", "vector", "label", "text")
+CONTINUOUS_KINDS = ("image", "video", "sequence", "vector")
+DISCRETE_KINDS = ("label", "text")
+TIME_SAMPLERS = ("logit_normal", "uniform")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+def _check(ok: bool, where: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: expected {expected}, got {got!r}")
+
+
+@dataclass
+class ModalityConfig:
+    """One modality: its kind, raw shape, tokenisation and training knobs.
+
+    ``shape`` is the shape of one raw sample: image (C, H, W); video (T, C, H, W);
+    sequence (L, C); vector (D,); label (); text (L,) where L is the maximum token length.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...] = ()
+    patch: int = 1  # image/video: square spatial patch; sequence: frames per token
+    patch_t: int = 1  # video: frames per token
+    num_classes: int = 0  # label: K classes (names may be given in `classes`)
+    classes: tuple[str, ...] = ()  # label: optional class names, index = class id
+    tokenizer: str = "bytes"  # text: "bytes" or a path to a `tokenizers` JSON file
+    clock: str = ""  # modalities naming the same clock share a rotary time axis (audio-video sync)
+    rate: float = 1.0  # tokens per unit of the shared clock (e.g. tokens per second)
+    width: int = 0  # stream width; 0 = the model's width
+    shift: float = (
+        1.0  # timestep shift s: t = u / (u + s (1 - u)); s > 1 spends more time near noise
+    )
+    time_sampler: str = "logit_normal"  # SD3's logit-normal puts training mass mid-path
+    loss_weight: float = 1.0
+    p_given: float = 0.15  # chance, per sample, that this modality is a condition (t = 1)
+    p_drop: float = 0.1  # chance it is marginalised (t = 0); this is what CFG's branch uses
+    p_partial: float = 0.0  # chance of per-token roles (random tokens given); needs per_token_time
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(s) for s in self.shape)
+        self.classes = tuple(str(c) for c in self.classes)
+        w = f"modality '{self.name}'"
+        _check(
+            bool(self.name) and self.name.isidentifier(), f"{w}.name", "an identifier", self.name
+        )
+        _check(self.kind in KINDS, f"{w}.kind", f"one of {KINDS}", self.kind)
+        ndim = {"image": 3, "video": 4, "sequence": 2, "vector": 1, "label": 0, "text": 1}
+        _check(
+            len(self.shape) == ndim[self.kind] and all(s > 0 for s in self.shape),
+            f"{w}.shape",
+            f"{ndim[self.kind]} positive sizes for kind '{self.kind}'",
+            self.shape,
+        )
+        _check(self.patch >= 1, f"{w}.patch", "an integer >= 1", self.patch)
+        _check(self.patch_t >= 1, f"{w}.patch_t", "an integer >= 1", self.patch_t)
+        if self.kind == "image":
+            for axis, size in zip("HW", self.shape[1:], strict=True):
+                _check(
+                    size % self.patch == 0,
+                    f"{w}.shape ({axis})",
+                    f"a multiple of patch={self.patch}",
+                    size,
+                )
+        if self.kind == "video":
+            _check(
+                self.shape[0] % self.patch_t == 0,
+                f"{w}.shape (T)",
+                f"a multiple of patch_t={self.patch_t}",
+                self.shape[0],
+            )
+            for axis, size in zip("HW", self.shape[2:], strict=True):
+                _check(
+                    size % self.patch == 0,
+                    f"{w}.shape ({axis})",
+                    f"a multiple of {self.patch}",
+                    size,
+                )
+        if self.kind == "sequence":
+            _check(
+                self.shape[0] % self.patch == 0,
+                f"{w}.shape (L)",
+                f"a multiple of patch={self.patch}",
+                self.shape[0],
+            )
+        if self.kind == "label":
+            if self.classes and not self.num_classes:
+                self.num_classes = len(self.classes)
+            _check(self.num_classes >= 2, f"{w}.num_classes", "an integer >= 2", self.num_classes)
+            _check(
+                not self.classes or len(self.classes) == self.num_classes,
+                f"{w}.classes",
+                f"{self.num_classes} names",
+                self.classes,
+            )
+        _check(self.width >= 0, f"{w}.width", "an integer >= 0", self.width)
+        _check(self.rate > 0, f"{w}.rate", "a number > 0", self.rate)
+        _check(self.shift > 0, f"{w}.shift", "a number > 0", self.shift)
+        _check(
+            self.time_sampler in TIME_SAMPLERS,
+            f"{w}.time_sampler",
+            str(TIME_SAMPLERS),
+            self.time_sampler,
+        )
+        _check(self.loss_weight >= 0, f"{w}.loss_weight", "a number >= 0", self.loss_weight)
+        for p in ("p_given", "p_drop", "p_partial"):
+            v = getattr(self, p)
+            _check(0.0 <= v <= 1.0, f"{w}.{p}", "a probability in [0, 1]", v)
+        _check(
+            self.p_given + self.p_drop <= 1.0,
+            f"{w}.p_given + p_drop",
+            "a sum <= 1",
+            self.p_given + self.p_drop,
+        )
+
+    @property
+    def discrete(self) -> bool:
+        return self.kind in DISCRETE_KINDS
+
+
+@dataclass
+class ModelConfig:
+    """The MM-DiT: widths, depths, attention and the optional parts."""
+
+    width: int = 256
+    depth: int = 4  # dual-stream blocks (one set of weights per modality)
+    single_depth: int = 0  # shared single-stream blocks after them (Flux); needs equal widths
+    heads: int = 4
+    head_dim: int = 64  # joint attention width = heads * head_dim, the same for every stream
+    mlp_ratio: float = 4.0
+    qk_norm: bool = True  # RMSNorm on q and k (SD3): keeps attention logits bounded in bf16
+    rope_theta: float = 10000.0
+    time_dim: int = 256  # sinusoidal features per time before the MLP (DiT uses 256)
+    per_token_time: bool = False  # each token may carry its own time (inpainting, continuation)
+    checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more time
+
+    def __post_init__(self) -> None:
+        for name in ("width", "heads", "head_dim", "time_dim"):
+            _check(
+                getattr(self, name) >= 1, f"model.{name}", "an integer >= 1", getattr(self, name)
+            )
+        _check(self.depth >= 0, "model.depth", "an integer >= 0", self.depth)
+        _check(self.single_depth >= 0, "model.single_depth", "an integer >= 0", self.single_depth)
+        _check(self.depth + self.single_depth >= 1, "model.depth + single_depth", ">= 1", 0)
+        _check(
+            self.head_dim % 2 == 0,
+            "model.head_dim",
+            "an even integer (rotary pairs)",
+            self.head_dim,
+        )
+        _check(self.time_dim % 2 == 0, "model.time_dim", "an even integer", self.time_dim)
+        _check(self.mlp_ratio > 0, "model.mlp_ratio", "a number > 0", self.mlp_ratio)
+        _check(self.rope_theta > 1, "model.rope_theta", "a number > 1", self.rope_theta)
+
+
+@dataclass
+class FlowConfig:
+    """How training targets are drawn (shared by all modalities)."""
+
+    logit_mean: float = 0.0  # logit-normal time sampler: t = sigmoid(N(mean, std))
+    logit_std: float = 1.0
+    eps: float = 1e-5  # continuous times are kept in [eps, 1 - eps] where they are drawn
+
+    def __post_init__(self) -> None:
+        _check(self.logit_std > 0, "flow.logit_std", "a number > 0", self.logit_std)
+        _check(0 <= self.eps < 0.5, "flow.eps", "a number in [0, 0.5)", self.eps)
+
+
+@dataclass
+class SampleConfig:
+    """Defaults of ``anydit.sample``."""
+
+    steps: int = 32
+    solver: str = "euler"  # euler | heun | midpoint
+    guidance: float = 1.0  # 1 = no guidance
+    temperature: float = 1.0  # discrete unmasking: softmax temperature
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "sample.steps", "an integer >= 1", self.steps)
+        _check(
+            self.solver in ("euler", "heun", "midpoint"),
+            "sample.solver",
+            "euler|heun|midpoint",
+            self.solver,
+        )
+        _check(self.temperature > 0, "sample.temperature", "a number > 0", self.temperature)
+        _check(math.isfinite(self.guidance), "sample.guidance", "a finite number", self.guidance)
+
+
+@dataclass
+class TrainConfig:
+    """One training run (the loop itself lives in ``anydit.train``)."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup: int = 100
+    schedule: str = "cosine"  # cosine | constant
+    grad_clip: float = 1.0
+    ema: float = 0.999  # 0 disables EMA
+    seed: int = 0
+    precision: str = "bf16"  # bf16 autocast (CPU and GPU) or fp32; never fp16 on CPU
+    log_every: int = 50
+    checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "train.steps", "an integer >= 1", self.steps)
+        _check(self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size)
+        _check(self.lr > 0, "train.lr", "a number > 0", self.lr)
+        _check(self.warmup >= 0, "train.warmup", "an integer >= 0", self.warmup)
+        _check(
+            self.schedule in ("cosine", "constant"),
+            "train.schedule",
+            "cosine|constant",
+            self.schedule,
+        )
+        _check(0 <= self.ema < 1, "train.ema", "a number in [0, 1)", self.ema)
+        _check(self.precision in ("bf16", "fp32"), "train.precision", "bf16|fp32", self.precision)
+
+
+@dataclass
+class Config:
+    """A whole run: the modalities, the network, the flow, training and sampling defaults."""
+
+    modalities: list[ModalityConfig] = field(default_factory=list)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self) -> None:
+        self.modalities = [
+            m if isinstance(m, ModalityConfig) else from_dict(ModalityConfig, m, "modalities")
+            for m in self.modalities
+        ]
+        names = [m.name for m in self.modalities]
+        _check(len(names) >= 1, "modalities", "at least one modality", names)
+        dup = sorted({n for n in names if names.count(n) > 1})
+        _check(not dup, "modalities", "unique names", dup)
+        if self.model.single_depth:
+            widths = {m.name: m.width or self.model.width for m in self.modalities}
+            _check(
+                len(set(widths.values())) == 1,
+                "model.single_depth",
+                "equal stream widths (single-stream blocks share weights)",
+                widths,
+            )
+        for m in self.modalities:
+            _check(
+                m.p_partial == 0 or self.model.per_token_time,
+                f"modality '{m.name}'.p_partial",
+                "0 unless model.per_token_time is true",
+                m.p_partial,
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a plain dict; unknown keys are an error naming the key."""
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where or cls.__name__}: unknown key(s) {unknown}; expected some of {sorted(names)}"
+        )
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        path = f"{where}.{key}" if where else key
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value, path)
+        elif get_origin(hint) is list and dataclasses.is_dataclass(get_args(hint)[0]):
+            kwargs[key] = [
+                from_dict(get_args(hint)[0], v, f"{path}[{i}]") for i, v in enumerate(value)
+            ]
+        else:
+            kwargs[key] = _coerce(hint, value, path)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    origin = get_origin(hint)
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if hint in (int, float, str):
+            if hint is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return hint(value)
+        if origin is tuple:
+            return tuple(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{path}: expected {getattr(hint, '__name__', hint)}, got {value!r}"
+        ) from None
+    return value

@@ -1,0 +1,1 @@
+"""Evaluation tools: judges and sample statistics."""

@@ -1,0 +1,70 @@
+"""Probability paths. t = 0 is noise, t = 1 is data.
+
+Continuous (rectified flow / linear interpolation):
+
+    x_t = t * x1 + (1 - t) * x0,    x0 ~ N(0, I),    target velocity v = x1 - x0
+
+so from a velocity prediction v at (x_t, t):  x1 = x_t + (1 - t) v  and  x0 = x_t - t v.
+
+Discrete (absorbing state / masked diffusion): each token is revealed (kept) with probability
+t and is the mask id otherwise; the network predicts the clean token's logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def expand_time(t: Tensor, x: Tensor) -> Tensor:
+    """Broadcast per-sample (b,) or per-token (b, n) times against x (b, n, ...)."""
+    while t.dim() < x.dim():
+        t = t.unsqueeze(-1)
+    return t.to(x.dtype) if x.dtype.is_floating_point else t
+
+
+@dataclass
+class PathSample:
+    """A point on the continuous path and its target. Shapes: x (b, n, p), t (b,) or (b, n)."""
+
+    x0: Tensor
+    x1: Tensor
+    t: Tensor
+    x_t: Tensor
+    velocity: Tensor
+
+
+def interpolate(x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+    """x_t = t x1 + (1 - t) x0."""
+    t = expand_time(t, x1)
+    return t * x1 + (1 - t) * x0
+
+
+def sample_path(x1: Tensor, t: Tensor, x0: Tensor) -> PathSample:
+    """x_t and its target velocity for data x1, noise x0 at times t."""
+    return PathSample(x0=x0, x1=x1, t=t, x_t=interpolate(x0, x1, t), velocity=x1 - x0)
+
+
+def data_from_velocity(x_t: Tensor, v: Tensor, t: Tensor) -> Tensor:
+    """x1 = x_t + (1 - t) v."""
+    return x_t + (1 - expand_time(t, x_t)) * v
+
+
+def noise_from_velocity(x_t: Tensor, v: Tensor, t: Tensor) -> Tensor:
+    """x0 = x_t - t v."""
+    return x_t - expand_time(t, x_t) * v
+
+
+def velocity_from_data(x_t: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+    """v = (x1 - x_t) / (1 - t); undefined at t = 1."""
+    return (x1 - x_t) / (1 - expand_time(t, x_t))
+
+
+def mask_tokens(
+    ids: Tensor, t: Tensor, mask_id: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """Keep each token with probability t, else replace it by ``mask_id``. ids (b, n)."""
+    keep = torch.rand(ids.shape, generator=generator, device=ids.device) < expand_time(t, ids)
+    return torch.where(keep, ids, torch.full_like(ids, mask_id))

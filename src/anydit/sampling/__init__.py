@@ -1,0 +1,23 @@
+"""How the flow is integrated: tasks (roles), time grids, solvers and guidance."""
+
+from anydit.sampling.grids import joint_grids
+from anydit.sampling.sample import sample
+from anydit.sampling.solvers import SOLVERS, euler, heun, midpoint, unmask_step
+from anydit.sampling.tasks import Drop, Generate, Given, drop, generate, given, resolve_task
+
+__all__ = [
+    "SOLVERS",
+    "Drop",
+    "Generate",
+    "Given",
+    "drop",
+    "euler",
+    "generate",
+    "given",
+    "heun",
+    "joint_grids",
+    "midpoint",
+    "resolve_task",
+    "sample",
+    "unmask_step",
+]

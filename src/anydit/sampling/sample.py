@@ -1,0 +1,157 @@
+"""``sample(model, task, n)``: any marginal, conditional or joint distribution from one model.
+
+Ein notation: b = n * branches batch, n tokens, p features, g guidance branches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from anydit.config import SampleConfig
+from anydit.sampling.grids import joint_grids
+from anydit.sampling.solvers import SOLVERS
+from anydit.sampling.tasks import ResolvedRole, resolve_task
+
+
+def _drop_state(m, n: int, generator: torch.Generator, device) -> Tensor:
+    """The t = 0 state: noise (n, tokens, p) or all masks (n, tokens)."""
+    if m.discrete:
+        return torch.full((n, m.num_tokens), m.mask_id, dtype=torch.long, device=device)
+    return torch.randn(n, m.num_tokens, m.token_dim, generator=generator, device=device)
+
+
+def _guidance_branches(
+    roles: dict[str, ResolvedRole], guidance: float | dict[str, float]
+) -> list[tuple[set[str], float]]:
+    """[(modalities dropped in the branch, weight w)]; output = c + sum (w - 1)(c - branch)."""
+    given = {n for n, r in roles.items() if r.kind == "given"}
+    if isinstance(guidance, dict):
+        bad = sorted(set(guidance) - given)
+        if bad:
+            raise ValueError(
+                f"guidance names {bad}, which are not given in this task (given: {sorted(given)})"
+            )
+        return [({n}, float(w)) for n, w in sorted(guidance.items()) if w != 1.0]
+    if guidance != 1.0 and given:
+        return [(given, float(guidance))]
+    return []
+
+
+@torch.no_grad()
+def sample(
+    model,
+    task: dict[str, Any],
+    n: int = 1,
+    steps: int | None = None,
+    solver: str | None = None,
+    guidance: float | dict[str, float] | None = None,
+    seed: int = 0,
+    temperature: float | None = None,
+    precision: str = "fp32",
+    config: SampleConfig | None = None,
+) -> dict[str, Tensor]:
+    """Sample from ``model`` under ``task`` (see ``anydit.sampling.tasks``).
+
+    Args:
+        task: {modality: "generate" | "drop" | value | Generate(...) | Given(...) | Drop()}.
+        n: number of samples.
+        steps: steps for every generated modality (a ``Generate(steps=...)`` overrides it).
+        solver: "euler", "heun" or "midpoint" for continuous streams.
+        guidance: classifier-free guidance; a float scales all given modalities together
+            (one extra branch with them all dropped), a dict {name: w} guides each separately;
+            1 means none.
+        seed: the same seed gives the same samples.
+        temperature: softmax temperature of discrete unmasking.
+        precision: "fp32", or "bf16" autocast.
+
+    Returns:
+        {name: (n, *shape) raw values} for every generated and every given modality.
+    """
+    cfg = config or SampleConfig()
+    steps = cfg.steps if steps is None else steps
+    solver = solver or cfg.solver
+    guidance = cfg.guidance if guidance is None else guidance
+    temperature = cfg.temperature if temperature is None else temperature
+    if solver not in SOLVERS:
+        raise ValueError(f"sample: solver must be one of {sorted(SOLVERS)}, got {solver!r}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"sample: n must be an integer >= 1, got {n!r}")
+    device = next(model.parameters()).device
+    roles = resolve_task(model, task, n, device)
+    gen = torch.Generator(device).manual_seed(seed)
+    mods = model.modalities
+    generated = [k for k, r in roles.items() if r.kind == "generate"]
+    # The t = 0 state of every modality, drawn in canonical order so seeds are reproducible.
+    dropped = {k: _drop_state(m, n, gen, device) for k, m in mods.items()}
+    x_init = {k: dropped[k].clone() for k in generated}
+    grids = joint_grids(
+        {k: roles[k].steps or steps for k in generated}, {k: mods[k].cfg.shift for k in generated}
+    )
+    grids = {k: g.to(device) for k, g in grids.items()}
+    branches = _guidance_branches(roles, guidance)
+    discrete = {k: mods[k].mask_id for k in generated if mods[k].discrete}
+
+    def inputs(x: dict[str, Tensor], t: dict[str, Tensor], drop: set[str]):
+        tokens, times = {}, {}
+        for k, m in mods.items():
+            r = roles[k]
+            if r.kind == "generate":
+                tok, tt = x[k], t[k].float().expand(n)
+                if r.known is not None:
+                    known = r.known if m.discrete else r.known[..., None]
+                    tok = torch.where(known, r.tokens.to(tok.dtype), tok)
+                    tt = torch.where(r.known, 1.0, tt[:, None].expand_as(r.known))
+            elif r.kind == "given" and k not in drop:
+                tok, tt = r.tokens, torch.ones(n, device=device)
+            else:
+                tok, tt = dropped[k], torch.zeros(n, device=device)
+            if model.cfg.per_token_time and tt.dim() == 1:
+                tt = tt[:, None].expand(n, m.num_tokens)
+            tokens[k], times[k] = tok, tt
+        return tokens, times
+
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if precision == "bf16"
+        else contextlib.nullcontext()
+    )
+
+    def velocity_fn(x: dict[str, Tensor], t: dict[str, Tensor]) -> dict[str, Tensor]:
+        sets = [set()] + [drop for drop, _ in branches]
+        parts = [inputs(x, t, drop) for drop in sets]
+        tokens = {k: torch.cat([p[0][k] for p in parts]) for k in mods}  # (g n, ...)
+        times = {k: torch.cat([p[1][k] for p in parts]) for k in mods}
+        with autocast:
+            out = model(tokens, times)
+        result = {}
+        for k in generated:
+            chunks = out[k].float().chunk(len(sets))
+            cond = chunks[0]
+            result[k] = cond + sum(
+                (w - 1.0) * (cond - c) for (_, w), c in zip(branches, chunks[1:], strict=True)
+            )
+        return result
+
+    was_training = model.training
+    model.eval()
+    try:
+        x = SOLVERS[solver](velocity_fn, x_init, grids, discrete, gen, temperature)
+    finally:
+        model.train(was_training)
+    samples = {}
+    for k, r in roles.items():
+        m = mods[k]
+        if r.kind == "generate":
+            tok = x[k]
+            if r.known is not None:
+                tok = torch.where(
+                    r.known if m.discrete else r.known[..., None], r.tokens.to(tok.dtype), tok
+                )
+            samples[k] = m.detokenize(tok)
+        elif r.kind == "given":
+            samples[k] = m.detokenize(r.tokens)
+    return samples

@@ -1,0 +1,87 @@
+"""Model files: safetensors weights with the model's configuration in the metadata.
+
+A file is self-contained: ``load_model(path)`` needs nothing but it and this package. Writes
+are atomic (temporary name, then rename), so a crash mid-write leaves the previous file intact.
+Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from anydit.config import ModalityConfig, ModelConfig, from_dict
+
+FORMAT = "anydit-model-1"
+
+
+def model_metadata(model) -> dict[str, str]:
+    """The metadata that rebuilds ``model``'s architecture."""
+    return {
+        "format": FORMAT,
+        "modalities": json.dumps([dataclasses.asdict(m) for m in model.modality_configs]),
+        "model": json.dumps(dataclasses.asdict(model.cfg)),
+    }
+
+
+def save_model(model, path: str | os.PathLike, extra: dict[str, str] | None = None) -> Path:
+    """Write weights + config atomically to ``path`` (a .safetensors file)."""
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={**model_metadata(model), **(extra or {})})
+    os.replace(tmp, path)
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a model file, with clear errors for missing or damaged files."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"checkpoint {path} is not a readable safetensors file ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(
+            f"checkpoint {path}: expected an anydit model file (format {FORMAT}), "
+            f"got {meta.get('format')!r}"
+        )
+    return meta
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Rebuild the model stored in ``path`` and load its weights (strictly)."""
+    from anydit.model import MMDiT
+
+    meta = read_metadata(path)
+    mods = [
+        from_dict(ModalityConfig, m, f"checkpoint modalities[{i}]")
+        for i, m in enumerate(json.loads(meta["modalities"]))
+    ]
+    model = MMDiT(mods, from_dict(ModelConfig, json.loads(meta["model"]), "checkpoint model"))
+    try:
+        state = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"checkpoint {path}: cannot read weights ({e})") from None
+    missing, unexpected = (
+        model.state_dict().keys() - state.keys(),
+        state.keys() - model.state_dict().keys(),
+    )
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {path}: missing keys {sorted(missing)[:10]}, "
+            f"unexpected keys {sorted(unexpected)[:10]}"
+        )
+    model.load_state_dict(state)
+    return model.to(device)

@@ -1,0 +1,126 @@
+"""Invariants of the built-in ``digits`` dataset, its audio asset, mel inversion and judges."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anydit.data.audio import MelParams, log_mel, mel_to_wave, read_wav, write_wav
+from anydit.data.digits import (
+    DIGIT_NAMES,
+    DigitsDataset,
+    caption_templates,
+    collate_digits,
+    load_digit_audio,
+    load_digit_images,
+    mel_params,
+)
+from anydit.eval.judges import diversity, get_judges, nearest_train_distance
+
+ASSET = Path(__file__).parents[1] / "src" / "anydit" / "data" / "assets" / "digits_audio.npz"
+
+
+@pytest.fixture(scope="module")
+def train() -> DigitsDataset:
+    return DigitsDataset("train", seed=0)
+
+
+def test_split_sizes_and_disjoint() -> None:
+    (tr_x, tr_y), (te_x, te_y) = load_digit_images("train"), load_digit_images("test")
+    assert tr_x.shape == (1437, 1, 8, 8) and te_x.shape == (360, 1, 8, 8)
+    assert tr_y.dtype == torch.int64 and torch.bincount(te_y).tolist() == [36] * 10
+    train_rows = {row.tobytes() for row in tr_x.reshape(len(tr_x), -1).numpy()}
+    assert not any(row.tobytes() in train_rows for row in te_x.reshape(len(te_x), -1).numpy())
+    assert len(DigitsDataset("train")) == 1437 and len(DigitsDataset("test")) == 360
+
+
+def test_bad_split_name() -> None:
+    with pytest.raises(ValueError, match="'valid'.*train"):
+        DigitsDataset("valid")
+
+
+def test_item_contents(train: DigitsDataset) -> None:
+    assert len(caption_templates()) >= 6
+    for i in range(0, len(train), 7):
+        item = train[i]
+        label = int(item["label"])
+        assert item["label"].dtype == torch.int64 and item["label"].ndim == 0
+        assert item["image"].shape == (1, 8, 8) and item["image"].dtype == torch.float32
+        assert item["image"].min() >= -1.0 and item["image"].max() <= 1.0
+        assert item["audio"].shape == (32, 32) and item["audio"].dtype == torch.float32
+        assert item["audio"].abs().max() <= 1.0 + 1e-3
+        assert isinstance(item["text"], str)
+        assert DIGIT_NAMES[label] in item["text"] or str(label) in item["text"]
+        _, audio_index = train.pairing(i)
+        assert int(train.audio_labels[audio_index]) == label
+        assert torch.equal(item["audio"], train.audio[audio_index])
+
+
+def test_determinism_and_epoch_repairing(train: DigitsDataset) -> None:
+    other = DigitsDataset("train", seed=0)
+    for epoch in (0, 3):
+        train.set_epoch(epoch)
+        other.set_epoch(epoch)
+        for i in (0, 10, 500):
+            a, b = train[i], other[i]
+            assert a["text"] == b["text"] and torch.equal(a["audio"], b["audio"])
+    train.set_epoch(0)
+    first = [train.pairing(i)[1] for i in range(50)]
+    train.set_epoch(1)
+    second = [train.pairing(i)[1] for i in range(50)]
+    train.set_epoch(0)
+    assert sum(a != b for a, b in zip(first, second, strict=True)) > 10
+
+
+def test_collate(train: DigitsDataset) -> None:
+    batch = collate_digits([train[i] for i in range(4)])
+    assert batch["image"].shape == (4, 1, 8, 8) and batch["audio"].shape == (4, 32, 32)
+    assert batch["label"].shape == (4,) and isinstance(batch["text"], list)
+    assert all(isinstance(t, str) for t in batch["text"])
+
+
+def test_audio_asset() -> None:
+    assert ASSET.stat().st_size <= 5 * 1024 * 1024
+    with np.load(ASSET) as data:
+        assert data["mel"].shape[1:] == (32, 32) and data["mel"].dtype == np.float16
+        assert np.bincount(data["label"], minlength=10).min() >= 20
+        assert set(np.unique(data["split"]).tolist()) == {0, 1}
+    assert mel_params() == MelParams.from_npz(ASSET)
+    mel, labels = load_digit_audio("test")
+    assert mel.dtype == torch.float32 and set(labels.tolist()) == set(range(10))
+
+
+def test_judges_accuracy() -> None:
+    image_judge, audio_judge = get_judges()
+    assert image_judge.accuracy_on_real_test() >= 0.95
+    assert audio_judge.accuracy_on_real_test() >= 0.85
+    images, labels = load_digit_images("test")
+    assert image_judge.features(images[:5]).shape[0] == 5
+    div = diversity(images, labels)
+    assert div["mean"] > 0 and len(div["per_class"]) == 10
+    assert 0 < nearest_train_distance(images[:20]) < div["mean"]
+
+
+def test_mel_inversion_roundtrip() -> None:
+    params = mel_params()
+    mel = load_digit_audio("test")[0][0]  # (32, 32)
+    wave = mel_to_wave(mel, params, iters=32)
+    assert wave.shape == (32 * params.hop,) and torch.isfinite(wave).all()
+    again = log_mel(wave, params)  # (32, 32)
+    corr = torch.corrcoef(torch.stack([again.flatten(), mel.flatten()]))[0, 1]
+    assert corr > 0.8
+
+
+def test_wav_io(tmp_path: Path) -> None:
+    wave = 0.5 * torch.sin(torch.linspace(0, 2000, 1600))
+    write_wav(tmp_path / "tone.wav", wave, 16_000)
+    back, sr = read_wav(tmp_path / "tone.wav")
+    assert sr == 16_000 and back.shape == (1600,) and (back - wave).abs().max() < 1e-3
+    with pytest.raises(ValueError, match="missing.wav"):
+        read_wav(tmp_path / "missing.wav")
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF not really a wav file")
+    with pytest.raises(ValueError, match="corrupt.wav"):
+        read_wav(tmp_path / "corrupt.wav")
