@@ -12,12 +12,9 @@ are deterministic (full SVD, deterministic solvers).
 
 from __future__ import annotations
 
-import pickle
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
-import sklearn
 import torch
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
@@ -115,27 +112,13 @@ class AudioJudge(_Judge):
         return Pipeline([("pca", pca), ("clf", LogisticRegression(C=1.0, max_iter=2000))])
 
 
-@lru_cache(maxsize=4)
-def get_judges(cache_dir: str | Path | None = None) -> tuple[ImageJudge, AudioJudge]:
+@lru_cache(maxsize=1)
+def get_judges() -> tuple[ImageJudge, AudioJudge]:
     """Fitted ``(ImageJudge, AudioJudge)``, memoised in-process.
 
-    With ``cache_dir``, the fitted judges are also pickled there (file name tagged with the
-    scikit-learn version) and loaded on later calls. Only point it at a trusted directory.
+    Fitting takes seconds, so nothing is cached on disk (and nothing is ever unpickled).
     """
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"digits_judges_sklearn-{sklearn.__version__}.pkl"
-        if path.is_file():
-            with path.open("rb") as f:
-                judges = pickle.load(f)
-            if isinstance(judges, tuple) and len(judges) == 2:
-                return judges
-    judges = (ImageJudge().fit(), AudioJudge().fit())
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as f:
-            pickle.dump(judges, f)
-    return judges
+    return ImageJudge().fit(), AudioJudge().fit()
 
 
 def diversity(samples: ArrayLike, labels: ArrayLike) -> dict:

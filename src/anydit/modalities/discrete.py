@@ -45,7 +45,7 @@ class Label(Modality):
         if bad.any():
             raise ValueError(
                 f"modality '{self.name}': expected class ids in [0, {self.cfg.num_classes}), "
-                f"got {x[bad][:5].tolist()}"
+                f"got {x[bad].unique()[:5].tolist()}"
             )
         return x
 
@@ -175,7 +175,7 @@ class Text(Modality):
         if bad.any():
             raise ValueError(
                 f"modality '{self.name}': expected token ids in [0, {self.token_dim}), "
-                f"got {x[bad][:5].tolist()}"
+                f"got {x[bad].unique()[:5].tolist()}"
             )
         return x
 

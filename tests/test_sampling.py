@@ -1,0 +1,185 @@
+import pytest
+import torch
+from conftest import four_modalities, randomize
+
+import anydit
+
+
+@pytest.fixture
+def model():
+    mods, cfg = four_modalities(per_token_time=True)
+    m = anydit.MMDiT(mods, cfg)
+    randomize(m, std=0.2)
+    return m
+
+
+def test_same_seed_same_samples_different_seed_differs(model):
+    task = {"image": "generate", "text": "generate", "label": 4}
+    a = anydit.sample(model, task, n=3, steps=4, seed=7)
+    b = anydit.sample(model, task, n=3, steps=4, seed=7)
+    c = anydit.sample(model, task, n=3, steps=4, seed=8)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["image"], c["image"])
+
+
+def test_returns_generated_and_given_unchanged(model):
+    audio = torch.randn(3, 16, 4)
+    text = ["one", "two", "three"]
+    out = anydit.sample(model, {"image": "generate", "audio": audio, "text": text}, n=3, steps=3)
+    assert set(out) == {"image", "audio", "text"}
+    assert torch.equal(out["audio"], audio)
+    assert model.modalities["text"].decode(out["text"]) == text
+    assert out["image"].shape == (3, 1, 8, 8) and torch.isfinite(out["image"]).all()
+
+
+def test_one_given_value_is_broadcast(model):
+    out = anydit.sample(model, {"label": "generate", "image": torch.zeros(1, 8, 8)}, n=5, steps=2)
+    assert out["label"].shape == (5,) and ((out["label"] >= 0) & (out["label"] < 10)).all()
+    assert out["image"].shape == (5, 1, 8, 8)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "midpoint"])
+def test_solvers_run_and_differ(model, solver):
+    out = anydit.sample(
+        model, {"audio": "generate", "label": 1}, n=2, steps=3, solver=solver, seed=1
+    )
+    ref = anydit.sample(
+        model, {"audio": "generate", "label": 1}, n=2, steps=3, solver="euler", seed=1
+    )
+    assert torch.isfinite(out["audio"]).all()
+    assert torch.equal(out["audio"], ref["audio"]) == (solver == "euler")
+
+
+def test_inpainting_keeps_known_elements(model):
+    known = torch.randn(2, 1, 8, 8)
+    mask = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    mask[:, :, :4] = True  # top half known: continue the bottom half
+    out = anydit.sample(
+        model, {"image": anydit.generate(known=known, mask=mask), "label": 2}, n=2, steps=4
+    )
+    assert torch.equal(out["image"][mask], known[mask])
+    assert not torch.allclose(out["image"][~mask], known[~mask])
+    text_known = model.modalities["text"].encode(["abc"] * 2)
+    text_mask = torch.zeros(2, 12, dtype=torch.bool)
+    text_mask[:, :2] = True
+    out = anydit.sample(
+        model, {"text": anydit.generate(known=text_known, mask=text_mask)}, n=2, steps=4
+    )
+    assert torch.equal(out["text"][:, :2], text_known[:, :2])
+
+
+def test_masks_need_per_token_model():
+    mods, cfg = four_modalities()
+    plain = anydit.MMDiT(mods, cfg)
+    with pytest.raises(
+        ValueError, match="per-token mask, which needs a model built with per_token_time"
+    ):
+        anydit.sample(
+            plain,
+            {
+                "image": anydit.generate(
+                    known=torch.zeros(1, 8, 8), mask=torch.ones(1, 8, 8, dtype=torch.bool)
+                )
+            },
+        )
+
+
+def test_guidance(model):
+    task = {"image": "generate", "label": 3, "audio": torch.randn(16, 4)}
+    plain = anydit.sample(model, task, n=2, steps=3, seed=0)
+    one = anydit.sample(model, task, n=2, steps=3, seed=0, guidance=1.0)
+    strong = anydit.sample(model, task, n=2, steps=3, seed=0, guidance=3.0)
+    per = anydit.sample(model, task, n=2, steps=3, seed=0, guidance={"label": 3.0})
+    both = anydit.sample(model, task, n=2, steps=3, seed=0, guidance={"label": 3.0, "audio": 1.0})
+    assert torch.equal(plain["image"], one["image"])
+    assert not torch.allclose(plain["image"], strong["image"])
+    assert not torch.allclose(strong["image"], per["image"])  # per-modality differs from joint
+    torch.testing.assert_close(per["image"], both["image"])  # w = 1 adds no branch
+    with pytest.raises(ValueError, match=r"guidance names \['text'\], which are not given"):
+        anydit.sample(model, task, guidance={"text": 2.0})
+
+
+def test_guidance_closed_form():
+    """With one given modality, w = 2 equals 2 v_cond - v_uncond, computed by hand."""
+    mods, cfg = four_modalities()
+    model = anydit.MMDiT(mods, cfg)
+    randomize(model, std=0.2)
+    calls = []
+    forward = model.forward
+
+    def spy(tokens, times):
+        out = forward(tokens, times)
+        calls.append((tokens, times, out))
+        return out
+
+    model.forward = spy
+    anydit.sample(model, {"audio": "generate", "label": 5}, n=2, steps=1, guidance=2.0)
+    ((tokens, times, out),) = calls
+    assert tokens["audio"].shape[0] == 4  # conditional and unconditional in one batch
+    assert times["label"].tolist() == [1, 1, 0, 0]
+    assert (tokens["label"][2:] == model.modalities["label"].mask_id).all()
+
+
+def test_asynchronous_steps_count_evaluations(model):
+    calls = []
+    forward = model.forward
+
+    def spy(tokens, times):
+        calls.append({k: v.float().mean().item() for k, v in times.items()})
+        return forward(tokens, times)
+
+    model.forward = spy
+    anydit.sample(
+        model, {"image": anydit.generate(steps=6), "audio": anydit.generate(steps=2)}, steps=3
+    )
+    assert len(calls) == 6
+    assert len({round(c["audio"], 6) for c in calls}) == 2  # audio moved twice, at its own pace
+    assert {round(c["label"], 6) for c in calls} == {0.0}  # unnamed modalities are dropped
+
+
+@pytest.mark.parametrize(
+    ("task", "match"),
+    [
+        (
+            {"depth": "generate"},
+            r"task names unknown modalities \['depth'\]; "
+            r"this model has \['audio', 'image', 'label', 'text'\]",
+        ),
+        (
+            {"image": "generate", "audio": torch.zeros(16, 5)},
+            r"modality 'audio' \(sequence\): expected shape \(16, 4\)",
+        ),
+        (
+            {"image": "generate", "label": 2.5},
+            r"modality 'label': expected integer ids, got dtype torch.float32",
+        ),
+        (
+            {"image": "generate", "label": 12},
+            r"modality 'label': expected class ids in \[0, 10\), got \[12\]",
+        ),
+        (
+            {"image": "generate", "text": "x" * 40},
+            r"modality 'text': sample 0 has 40 tokens, more than the maximum length 12",
+        ),
+        ({"label": 3}, "task generates nothing"),
+        ({"image": anydit.generate(steps=0)}, r"modality 'image': expected steps >= 1, got 0"),
+    ],
+)
+def test_bad_tasks_are_named(model, task, match):
+    with pytest.raises(ValueError, match=match):
+        anydit.sample(model, task, n=2, steps=2)
+
+
+def test_bad_call_arguments(model):
+    with pytest.raises(ValueError, match="solver must be one of"):
+        anydit.sample(model, {"image": "generate"}, solver="rk4")
+    with pytest.raises(ValueError, match="n must be an integer >= 1, got 0"):
+        anydit.sample(model, {"image": "generate"}, n=0)
+
+
+def test_bf16_sampling_close(model):
+    a = anydit.sample(model, {"audio": "generate", "label": 1}, n=2, steps=3, seed=3)
+    b = anydit.sample(
+        model, {"audio": "generate", "label": 1}, n=2, steps=3, seed=3, precision="bf16"
+    )
+    assert (a["audio"] - b["audio"]).abs().max() < 0.1 * a["audio"].abs().max()
