@@ -45,6 +45,8 @@ class ModalityConfig:
     num_classes: int = 0  # label: K classes (names may be given in `classes`)
     classes: tuple[str, ...] = ()  # label: optional class names, index = class id
     tokenizer: str = "bytes"  # text: "bytes" or a path to a `tokenizers` JSON file
+    codec: str = ""  # "" = raw arrays; "logmel": a sequence of normalised log-mel frames (L, mels)
+    codec_args: dict[str, float] = field(default_factory=dict)  # e.g. the log-mel STFT parameters
     clock: str = ""  # modalities naming the same clock share a rotary time axis (audio-video sync)
     rate: float = 1.0  # tokens per unit of the shared clock (e.g. tokens per second)
     width: int = 0  # stream width; 0 = the model's width
@@ -113,6 +115,14 @@ class ModalityConfig:
                 f"{self.num_classes} names",
                 self.classes,
             )
+        _check(self.codec in ("", "logmel"), f"{w}.codec", "'' or 'logmel'", self.codec)
+        _check(
+            self.codec != "logmel" or self.kind == "sequence",
+            f"{w}.codec",
+            "'logmel' only on a sequence modality",
+            self.kind,
+        )
+        self.codec_args = dict(self.codec_args)
         _check(self.width >= 0, f"{w}.width", "an integer >= 0", self.width)
         _check(self.rate > 0, f"{w}.rate", "a number > 0", self.rate)
         _check(self.shift > 0, f"{w}.shift", "a number > 0", self.shift)
@@ -222,7 +232,9 @@ class TrainConfig:
     seed: int = 0
     precision: str = "bf16"  # bf16 autocast (CPU and GPU) or fp32; never fp16 on CPU
     log_every: int = 50
-    checkpoint_every: int = 500
+    checkpoint_every: int = 500  # a crash loses at most this many steps
+    keep_checkpoints: int = 2  # the newest K resumable checkpoints are kept
+    max_bad_steps: int = 10  # consecutive NaN/inf losses before the run stops
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "train.steps", "an integer >= 1", self.steps)
@@ -237,6 +249,36 @@ class TrainConfig:
         )
         _check(0 <= self.ema < 1, "train.ema", "a number in [0, 1)", self.ema)
         _check(self.precision in ("bf16", "fp32"), "train.precision", "bf16|fp32", self.precision)
+        _check(self.log_every >= 1, "train.log_every", "an integer >= 1", self.log_every)
+        _check(
+            self.checkpoint_every >= 1,
+            "train.checkpoint_every",
+            "an integer >= 1",
+            self.checkpoint_every,
+        )
+        _check(
+            self.keep_checkpoints >= 1,
+            "train.keep_checkpoints",
+            "an integer >= 1",
+            self.keep_checkpoints,
+        )
+        _check(
+            self.max_bad_steps >= 1, "train.max_bad_steps", "an integer >= 1", self.max_bad_steps
+        )
+
+
+@dataclass
+class DataConfig:
+    """Where training data comes from."""
+
+    source: str = "digits"  # built-in: "digits" (the audio-visual digits of the demo)
+    seed: int = 0  # pairing/caption draws of the built-in dataset
+
+    def __post_init__(self) -> None:
+        _check(self.source in DATA_SOURCES, "data.source", f"one of {DATA_SOURCES}", self.source)
+
+
+DATA_SOURCES = ("digits",)
 
 
 @dataclass
@@ -244,6 +286,7 @@ class Config:
     """A whole run: the modalities, the network, the flow, training and sampling defaults."""
 
     modalities: list[ModalityConfig] = field(default_factory=list)
+    data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -325,3 +368,81 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
             f"{path}: expected {getattr(hint, '__name__', hint)}, got {value!r}"
         ) from None
     return value
+
+
+def _set_path(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict; list items by index or, for modalities, by name."""
+    parts = key.split(".")
+    node: Any = tree
+    for i, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            match = [m for m in node if isinstance(m, dict) and m.get("name") == part]
+            if part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            elif match:
+                node = match[0]
+            else:
+                raise ConfigError(f"--set {key}: no list item {part!r} at {where}")
+        else:
+            if not isinstance(node.get(part, {}), dict | list):
+                raise ConfigError(f"--set {key}: {where} is a value, not a section")
+            node = node.setdefault(part, {})
+    if isinstance(node, list):
+        raise ConfigError(f"--set {key}: expected a field name after the list item")
+    node[parts[-1]] = value
+
+
+def config_from_tree(tree: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a Config from parsed YAML plus ``key=value`` overrides (values parsed as YAML).
+
+    ``model.preset`` names a size preset whose fields the rest of ``model`` overrides. With
+    ``data.source: digits`` and no ``modalities``, the built-in digits modalities are used.
+    """
+    import copy
+
+    import yaml
+
+    tree = copy.deepcopy(tree or {})
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(tree).__name__}")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        _set_path(tree, key.strip(), yaml.safe_load(raw))
+    model = dict(tree.get("model") or {})
+    preset_name = model.pop("preset", None)
+    if preset_name:
+        from anydit.model.presets import preset
+
+        base = dataclasses.asdict(preset(str(preset_name)))
+        base.update(model)
+        model = base
+    tree["model"] = model
+    if not tree.get("modalities"):
+        source = (tree.get("data") or {}).get("source", DataConfig.source)
+        if source == "digits":
+            from anydit.data.digits import digits_modalities
+
+            tree["modalities"] = [dataclasses.asdict(m) for m in digits_modalities()]
+    return from_dict(Config, tree)
+
+
+def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config file (see ``config_from_tree``); errors name the file."""
+    from pathlib import Path
+
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {p} does not exist")
+    try:
+        tree = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p}: not valid YAML ({e})") from None
+    try:
+        return config_from_tree(tree or {}, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"config file {p}: {e}") from None

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from anydit.config import ModalityConfig
 from anydit.data.audio import MelParams
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "DigitsDataset",
     "caption_templates",
     "collate_digits",
+    "digits_modalities",
     "format_caption",
     "load_digit_audio",
     "load_digit_images",
@@ -107,6 +109,28 @@ def _audio_npz() -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"missing audio asset {path}; run scripts/build_digits_audio.py")
     with np.load(path) as data:
         return {key: data[key] for key in data.files}
+
+
+def digits_modalities() -> list[ModalityConfig]:
+    """The four modalities of the built-in ``digits`` dataset, as the demo declares them.
+
+    image (1, 8, 8) in [-1, 1], 2x2 patches (16 tokens); label: 10 classes named by
+    ``DIGIT_NAMES``; text: byte captions up to 24 bytes (the longest template fills it);
+    audio: (32 frames, 32 mels) normalised log-mel, 4 frames per token (8 tokens).
+    """
+    return [
+        ModalityConfig("image", "image", (1, 8, 8), patch=2),
+        ModalityConfig("label", "label", classes=DIGIT_NAMES),
+        ModalityConfig("text", "text", (24,)),
+        ModalityConfig(
+            "audio",
+            "sequence",
+            (32, 32),
+            patch=4,
+            codec="logmel",
+            codec_args=mel_params().to_dict(),
+        ),
+    ]
 
 
 def mel_params() -> MelParams:

@@ -23,6 +23,14 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
 
+class QKNorm(nn.RMSNorm):
+    """RMSNorm over the head dim, with its weight cast to the input's dtype so bf16 autocast
+    keeps the fused kernel (a float32 weight on a bf16 input falls back to a slow path)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+
+
 class StreamLayer(nn.Module):
     """One stream's weights in a block: adaLN-Zero modulation, fused qkv, QK RMSNorm, output
     projection and MLP. Attention itself is joint, so it lives in ``joint_block``."""
@@ -35,8 +43,8 @@ class StreamLayer(nn.Module):
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.qkv = nn.Linear(width, 3 * inner)  # one fused projection: one matmul, not three
-        self.q_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.q_norm = QKNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = QKNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.out = nn.Linear(inner, width)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.mlp = nn.Sequential(

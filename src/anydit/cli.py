@@ -1,0 +1,251 @@
+"""The ``anydit`` command: parse, build a config, call the library. Nothing else lives here.
+
+    anydit train CONFIG.yaml [--set key=value ...] [--out DIR]
+    anydit sample --checkpoint PATH --generate NAME[,NAME] [--given NAME=VALUE ...] [--drop NAME]
+    anydit eval --checkpoint PATH [--out DIR]
+    anydit demo [--minutes M] [--out DIR]
+
+Errors end with one line naming what was wrong and a non-zero exit code; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from anydit.config import ConfigError
+
+EXPECTED_ERRORS = (
+    ConfigError,
+    ValueError,
+    FileNotFoundError,
+    OSError,
+    FloatingPointError,
+    KeyError,
+)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anydit", description="Multimodal diffusion transformers."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("config", help="YAML file mapped onto anydit.Config")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable)",
+    )
+    p.add_argument(
+        "--out", default="runs/train", help="output folder (resumed if it holds a checkpoint)"
+    )
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start afresh even if the folder holds a checkpoint",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_common(p)
+
+    p = sub.add_parser("sample", help="sample any task from a trained model")
+    p.add_argument("--checkpoint", required=True, help="model.safetensors or a run folder")
+    p.add_argument("--generate", required=True, help="modalities to generate, comma-separated")
+    p.add_argument(
+        "--given",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="condition: a literal or a file (repeatable)",
+    )
+    p.add_argument(
+        "--drop",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="marginalise a modality out (the default for unnamed ones)",
+    )
+    p.add_argument("-n", type=int, default=8, help="number of samples")
+    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--solver", default="euler", choices=["euler", "heun", "midpoint"])
+    p.add_argument(
+        "--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--out", default="samples", help="output folder")
+    _add_common(p)
+
+    p = sub.add_parser("eval", help="the digits metrics of a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="model.safetensors or a run folder")
+    p.add_argument(
+        "--out", default=None, help="folder for metrics.json (default: beside the checkpoint)"
+    )
+    p.add_argument("--n-per-class", type=int, default=20)
+    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--guidance", type=float, default=1.0)
+    _add_common(p)
+
+    p = sub.add_parser("demo", help="train on the built-in digits, evaluate, write a gallery")
+    p.add_argument(
+        "--minutes", type=float, default=10.0, help="wall-clock budget for the whole demo"
+    )
+    p.add_argument("--out", default="runs/demo", help="output folder")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
+    )
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    _add_common(p)
+    return parser
+
+
+def _model_path(path: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    return p
+
+
+def cmd_train(args) -> int:
+    from anydit.config import load_config
+    from anydit.train.loop import train
+
+    cfg = load_config(args.config, args.set)
+    result = train(cfg, args.out, resume=not args.no_resume, progress=not args.no_progress)
+    print(f"trained {result.step} steps; model: {result.model_path}")
+    return 0
+
+
+def parse_task(model, generate: str, given: list[str], drop: list[str], n: int) -> dict:
+    """CLI roles -> a task dict; values read from literals or files."""
+    from anydit.data.files import read_value
+
+    task: dict = {}
+    for name in [g.strip() for g in generate.split(",") if g.strip()]:
+        task[name] = "generate"
+    for item in given:
+        if "=" not in item:
+            raise ValueError(f"--given {item!r}: expected NAME=VALUE")
+        name, value = item.split("=", 1)
+        name = name.strip()
+        if name not in model.modalities:
+            raise ValueError(f"--given {name}: unknown modality; this checkpoint has {model.names}")
+        if name in task:
+            raise ValueError(f"--given {name}: also named in --generate")
+        task[name] = read_value(model.modalities[name], value, n)
+    for name in drop:
+        if name in task:
+            raise ValueError(f"--drop {name}: also generated or given")
+        task[name] = "drop"
+    return task
+
+
+def cmd_sample(args) -> int:
+    import anydit
+    from anydit.data.files import write_outputs
+
+    model = anydit.load_model(_model_path(args.checkpoint))
+    task = parse_task(model, args.generate, args.given, args.drop, args.n)
+    out = Path(args.out)
+    _ensure_dir(out)
+    samples = anydit.sample(
+        model,
+        task,
+        n=args.n,
+        steps=args.steps,
+        solver=args.solver,
+        guidance=args.guidance,
+        seed=args.seed,
+        precision=args.precision,
+    )
+    written = write_outputs(out, model, samples)
+    print(f"wrote {sum(len(v) for v in written.values())} files to {out}")
+    return 0
+
+
+def _ensure_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"output folder {out} cannot be written ({e.strerror or e})") from None
+
+
+def run_eval(
+    model, out: Path, n_per_class: int, steps: int, guidance: float, gallery: bool
+) -> dict:
+    """Metrics (+ gallery) of a digits model into ``out``; returns the metrics."""
+    from anydit.eval.metrics import evaluate_digits, format_table
+
+    _ensure_dir(out)
+    results = evaluate_digits(
+        model, n_per_class=n_per_class, steps=steps, guidance=guidance, progress=True
+    )
+    metrics = {k: v for k, v in results.items() if k != "samples"}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(format_table(metrics))
+    if gallery:
+        from anydit.eval.gallery import write_gallery
+
+        page = write_gallery(out, model, results, metrics)
+        print(f"gallery: {page}")
+    return metrics
+
+
+def cmd_eval(args) -> int:
+    import anydit
+
+    path = _model_path(args.checkpoint)
+    model = anydit.load_model(path)
+    out = Path(args.out) if args.out else path.parent
+    run_eval(model, out, args.n_per_class, args.steps, args.guidance, gallery=False)
+    print(f"metrics: {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from anydit.demo import run_demo
+
+    run_demo(
+        Path(args.out),
+        minutes=args.minutes,
+        overrides=args.set,
+        resume=not args.no_resume,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except EXPECTED_ERRORS as e:
+        if args.debug:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"anydit {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("anydit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

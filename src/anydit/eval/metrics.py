@@ -1,0 +1,361 @@
+"""The ``digits`` metrics: one set of numbers for the demo, ``anydit eval`` and the README.
+
+Each task conditions the model on something (a label, a caption, a real test image or
+recording) and asks a judge trained only on real data whether the output matches it:
+
+    label_to_image  text_to_image  audio_to_image  label_to_audio
+    image_to_label  image_to_text  audio_to_label  joint (image, audio, label together)
+
+plus sample diversity against real data, distance to the nearest training image (memorisation)
+and Fréchet distances in the judges' PCA feature spaces. Every task is one batched
+``sample`` call with its own seed (``seed + task index``), so results are reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from anydit.data.digits import (
+    DIGIT_NAMES,
+    caption_templates,
+    digits_modalities,
+    format_caption,
+    load_digit_audio,
+    load_digit_images,
+)
+from anydit.eval.judges import (
+    diversity,
+    get_judges,
+    nearest_train_distance,
+    real_diversity,
+    real_nearest_train_distance,
+)
+from anydit.sampling import sample
+
+__all__ = [
+    "BARS",
+    "TASKS",
+    "evaluate_digits",
+    "format_table",
+    "frechet_distance",
+    "parse_digit",
+    "passes",
+]
+
+TASKS = (
+    "label_to_image",
+    "text_to_image",
+    "audio_to_image",
+    "label_to_audio",
+    "image_to_label",
+    "image_to_text",
+    "audio_to_label",
+    "joint",
+)
+
+# Metric -> (low, high), both inclusive: the bar a trained digits model must clear.
+BARS: dict[str, tuple[float, float]] = {
+    "label_to_image": (0.90, 1.0),
+    "text_to_image": (0.90, 1.0),
+    "image_to_label": (0.90, 1.0),
+    "audio_to_image": (0.80, 1.0),
+    "joint": (0.80, 1.0),
+    "diversity_ratio": (0.8, 1.2),
+}
+
+_WORD = re.compile(r"[a-z]+|[0-9]+")
+
+
+def parse_digit(caption: str) -> int | None:
+    """The digit a caption names, or None unless exactly one digit is named.
+
+    Digit names ("seven") and single numerals ("7") count; a name or numeral repeated is
+    still one digit; a multi-digit number ("17") makes the caption invalid.
+    """
+    found: set[int] = set()
+    for word in _WORD.findall(caption.lower()):
+        if word.isdigit():
+            if len(word) != 1:
+                return None
+            found.add(int(word))
+        elif word in DIGIT_NAMES:
+            found.add(DIGIT_NAMES.index(word))
+    return found.pop() if len(found) == 1 else None
+
+
+def _sqrtm_psd(c: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric positive semi-definite matrix (D, D) by eigen-decomposition."""
+    vals, vecs = np.linalg.eigh((c + c.T) / 2)
+    return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fit to features a (N, F) and b (M, F).
+
+    ``|mu_a - mu_b|^2 + tr(C_a) + tr(C_b) - 2 tr((C_a^1/2 C_b C_a^1/2)^1/2)``; the last trace
+    is computed from the eigenvalues of a symmetric matrix, so it is stable and real.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(
+            f"frechet_distance: expected features (N, F) and (M, F) with N, M >= 2, "
+            f"got {a.shape} and {b.shape}"
+        )
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)  # (F, F)
+    root_a = _sqrtm_psd(cov_a)
+    middle = root_a @ cov_b @ root_a  # (F, F) symmetric PSD
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum()
+    mean_term = float(np.sum((a.mean(0) - b.mean(0)) ** 2))
+    return max(0.0, mean_term + float(np.trace(cov_a) + np.trace(cov_b) - 2.0 * cross))
+
+
+def _check_model(model) -> None:
+    want = {c.name: c for c in digits_modalities()}
+    for name, cfg in want.items():
+        m = model.modalities.get(name)
+        if m is None or m.cfg.kind != cfg.kind or tuple(m.shape) != tuple(cfg.shape):
+            got = f"{m.cfg.kind} {tuple(m.shape)}" if m is not None else "nothing"
+            raise ValueError(
+                f"evaluate_digits needs the digits modalities; modality '{name}': expected "
+                f"{cfg.kind} {tuple(cfg.shape)}, the model has {got}"
+            )
+
+
+def _real_per_class(x: Tensor, y: Tensor, labels: Tensor) -> Tensor:
+    """For each wanted label, the next real item of that class, cycling: (N, *item)."""
+    by_class = [torch.nonzero(y == k).flatten() for k in range(len(DIGIT_NAMES))]
+    seen = [0] * len(by_class)
+    picks = []
+    for k in labels.tolist():
+        picks.append(int(by_class[k][seen[k] % len(by_class[k])]))
+        seen[k] += 1
+    return x[torch.tensor(picks, dtype=torch.long)]
+
+
+def _captions(labels: Tensor) -> list[str]:
+    """A caption per label, cycling through the templates: deterministic."""
+    templates = caption_templates()
+    return [format_caption(templates[i % len(templates)], k) for i, k in enumerate(labels.tolist())]
+
+
+def _share(a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> float:
+    return float((np.asarray(a) == np.asarray(b)).mean())
+
+
+class _Run:
+    """Shared state of one evaluation: sampler settings, judges, real data, the given labels."""
+
+    def __init__(self, model, n_per_class: int, sample_kw: dict, seed: int) -> None:
+        self.model, self.sample_kw, self.seed = model, sample_kw, seed
+        self.judge_image, self.judge_audio = get_judges()
+        self.labels = torch.arange(len(DIGIT_NAMES)).repeat_interleave(n_per_class)  # (N,)
+        images, image_labels = load_digit_images("test")  # (360, 1, 8, 8), (360,)
+        audio, audio_labels = load_digit_audio("test")  # (160, 32, 32), (160,)
+        self.real_images, self.real_audio = images, audio
+        self.given_images = _real_per_class(images, image_labels, self.labels)  # (N, 1, 8, 8)
+        self.given_audio = _real_per_class(audio, audio_labels, self.labels)  # (N, 32, 32)
+
+    def sample(self, task_index: int, task: dict, n: int) -> dict[str, Tensor]:
+        out = sample(self.model, task, n=n, seed=self.seed + task_index, **self.sample_kw)
+        return {k: v.detach().cpu() for k, v in out.items()}
+
+    def conditional(self, i: int, given: dict, target: str) -> dict:
+        """Sample ``target`` given ``given``; judge it against ``self.labels``."""
+        out = self.sample(i, {target: "generate", **given}, len(self.labels))
+        x = out[target]
+        if target == "image":
+            pred = self.judge_image.predict(x)
+        elif target == "audio":
+            pred = self.judge_audio.predict(x)
+        elif target == "label":
+            pred = x.numpy()
+        else:
+            texts = self.model.modalities["text"].decode(x)
+            pred = np.array([-1 if (d := parse_digit(s)) is None else d for s in texts])
+        return {
+            "labels": self.labels,
+            "given": given,
+            "generated": {target: x},
+            "predicted": np.asarray(pred, dtype=np.int64),
+        }
+
+    def joint(self, i: int) -> dict:
+        """Image, audio and label sampled together (text dropped)."""
+        n = len(self.labels)
+        task = {"image": "generate", "audio": "generate", "label": "generate", "text": "drop"}
+        out = self.sample(i, task, n)
+        return {
+            "labels": out["label"],
+            "given": {},
+            "generated": out,
+            "predicted": self.judge_image.predict(out["image"]),
+            "predicted_audio": self.judge_audio.predict(out["audio"]),
+        }
+
+
+def _run_task(run: _Run, name: str) -> dict:
+    i = TASKS.index(name)
+    if name == "joint":
+        return run.joint(i)
+    source, target = name.split("_to_")
+    value = {
+        "label": run.labels,
+        "text": _captions(run.labels),
+        "image": run.given_images,
+        "audio": run.given_audio,
+    }[source]
+    return run.conditional(i, {source: value}, target)
+
+
+def _task_metrics(name: str, result: dict) -> dict[str, float]:
+    if name != "joint":
+        return {name: _share(result["predicted"], result["labels"])}
+    image, audio = result["predicted"], result["predicted_audio"]
+    label = result["labels"].numpy()
+    return {
+        "joint": float(((image == label) & (audio == label)).mean()),
+        "joint_image_label": _share(image, label),
+        "joint_audio_label": _share(audio, label),
+    }
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and math.isfinite(b) else float("nan")
+
+
+def _image_statistics(run: _Run, images: Tensor, labels: Tensor) -> dict[str, float]:
+    """Diversity, memorisation and FID of images generated for ``labels``."""
+    div, div_real = diversity(images, labels)["mean"], real_diversity()["mean"]
+    near, near_real = nearest_train_distance(images), real_nearest_train_distance()
+    features = run.judge_image.features
+    return {
+        "diversity_generated": div,
+        "diversity_real": div_real,
+        "diversity_ratio": _ratio(div, div_real),
+        "nearest_train_generated": near,
+        "nearest_train_real": near_real,
+        "nearest_train_ratio": _ratio(near, near_real),
+        "fid_image": frechet_distance(features(images), features(run.real_images)),
+    }
+
+
+def _audio_statistics(run: _Run, audio: Tensor) -> dict[str, float]:
+    features = run.judge_audio.features
+    return {"fid_audio": frechet_distance(features(audio), features(run.real_audio))}
+
+
+def evaluate_digits(
+    model,
+    n_per_class: int = 20,
+    steps: int = 32,
+    solver: str = "euler",
+    guidance: float = 1.0,
+    seed: int = 0,
+    precision: str = "fp32",
+    progress: bool = False,
+    tasks: tuple[str, ...] | list[str] = TASKS,
+) -> dict:
+    """Evaluate a model over the digits modalities (image, label, text, audio).
+
+    Args:
+        n_per_class: samples per digit and task (``joint`` draws ``10 * n_per_class``).
+        steps, solver, guidance, precision: passed to ``anydit.sample``.
+        seed: task ``i`` of ``TASKS`` samples with seed ``seed + i``.
+        tasks: a subset of ``TASKS`` to run (image statistics need ``label_to_image``,
+            ``fid_audio`` needs ``label_to_audio``).
+
+    Returns:
+        A flat dict of floats: one accuracy in [0, 1] per task, ``joint_image_label``,
+        ``joint_audio_label``, diversity / nearest-train values and ratios, ``fid_image``,
+        ``fid_audio``, ``judge_image_real_acc``, ``judge_audio_real_acc``; plus ``samples``
+        (not a metric): per task ``{"labels", "given", "generated", "predicted"}``.
+    """
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"evaluate_digits: unknown tasks {unknown}; expected some of {TASKS}")
+    if n_per_class < 1:
+        raise ValueError(f"evaluate_digits: n_per_class must be >= 1, got {n_per_class}")
+    _check_model(model)
+    kw = {"steps": steps, "solver": solver, "guidance": guidance, "precision": precision}
+    run = _Run(model, n_per_class, kw, seed)
+    metrics: dict = {
+        "judge_image_real_acc": run.judge_image.accuracy_on_real_test(),
+        "judge_audio_real_acc": run.judge_audio.accuracy_on_real_test(),
+    }
+    samples: dict[str, dict] = {}
+    for name in tqdm(list(tasks), desc="evaluate", disable=not progress):
+        samples[name] = _run_task(run, name)
+        metrics.update(_task_metrics(name, samples[name]))
+    if "label_to_image" in samples:
+        s = samples["label_to_image"]
+        metrics.update(_image_statistics(run, s["generated"]["image"], s["labels"]))
+    if "label_to_audio" in samples:
+        metrics.update(_audio_statistics(run, samples["label_to_audio"]["generated"]["audio"]))
+    metrics["samples"] = samples
+    return metrics
+
+
+def passes(metrics: dict) -> dict[str, bool]:
+    """For each bar in ``BARS`` whose metric is present: whether the metric clears it."""
+    out = {}
+    for key, (low, high) in BARS.items():
+        value = metrics.get(key)
+        if value is not None:
+            out[key] = math.isfinite(value) and low <= value <= high
+    return out
+
+
+_ROWS = (
+    ("label_to_image", "label -> image"),
+    ("text_to_image", "text -> image"),
+    ("audio_to_image", "audio -> image"),
+    ("label_to_audio", "label -> audio"),
+    ("image_to_label", "image -> label"),
+    ("image_to_text", "image -> text"),
+    ("audio_to_label", "audio -> label"),
+    ("joint", "joint (image = audio = label)"),
+    ("joint_image_label", "joint: image = label"),
+    ("joint_audio_label", "joint: audio = label"),
+)
+_OTHER_ROWS = (
+    ("diversity_ratio", "diversity / real"),
+    ("nearest_train_ratio", "nearest-train distance / real"),
+    ("fid_image", "FID image (judge features)"),
+    ("fid_audio", "FID audio (judge features)"),
+    ("judge_image_real_acc", "image judge on real test"),
+    ("judge_audio_real_acc", "audio judge on real test"),
+)
+_PERCENT = {k for k, _ in _ROWS} | {"judge_image_real_acc", "judge_audio_real_acc"}
+
+
+def _cell(key: str, value: float) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{100 * value:.1f}%" if key in _PERCENT else f"{value:.3f}"
+
+
+def _bar(key: str) -> str:
+    if key not in BARS:
+        return ""
+    low, high = BARS[key]
+    if key in _PERCENT:
+        return f">= {100 * low:.0f}%"
+    return f"{low:g} - {high:g}"
+
+
+def format_table(metrics: dict) -> str:
+    """A Markdown table of the metrics present: value, bar and PASS/FAIL where a bar exists."""
+    ok = passes(metrics)
+    lines = ["| metric | value | bar | |", "|---|---:|---|---|"]
+    for key, title in _ROWS + _OTHER_ROWS:
+        if key not in metrics:
+            continue
+        mark = ("PASS" if ok[key] else "FAIL") if key in ok else ""
+        lines.append(f"| {title} | {_cell(key, metrics[key])} | {_bar(key)} | {mark} |")
+    return "\n".join(lines)

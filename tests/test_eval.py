@@ -1,0 +1,154 @@
+"""The digits metrics and gallery: keys and ranges on a tiny model, the logic on fakes."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import anydit
+from anydit.data.digits import digits_modalities, load_digit_images
+from anydit.eval import metrics as metrics_module
+from anydit.eval.gallery import write_gallery
+from anydit.eval.metrics import (
+    BARS,
+    TASKS,
+    evaluate_digits,
+    format_table,
+    frechet_distance,
+    parse_digit,
+    passes,
+)
+
+ACCURACIES = (*TASKS, "joint_image_label", "joint_audio_label")
+ACCURACIES += ("judge_image_real_acc", "judge_audio_real_acc")
+OTHERS = (
+    "diversity_generated",
+    "diversity_real",
+    "diversity_ratio",
+    "nearest_train_generated",
+    "nearest_train_real",
+    "nearest_train_ratio",
+    "fid_image",
+    "fid_audio",
+)
+
+
+@pytest.fixture(scope="module")
+def model() -> anydit.MMDiT:
+    torch.manual_seed(0)
+    return anydit.MMDiT(digits_modalities(), anydit.preset("debug"))
+
+
+@pytest.fixture(scope="module")
+def results(model: anydit.MMDiT) -> dict:
+    return evaluate_digits(model, n_per_class=2, steps=2)
+
+
+def test_every_metric_is_present_and_in_range(results: dict) -> None:
+    assert set(results) == {*ACCURACIES, *OTHERS, "samples"}
+    for key in ACCURACIES:
+        assert 0.0 <= results[key] <= 1.0, key
+    for key in OTHERS:
+        assert isinstance(results[key], float) and math.isfinite(results[key]), key
+    assert results["fid_image"] >= 0 and results["fid_audio"] >= 0
+    s = results["samples"]
+    assert s["label_to_image"]["generated"]["image"].shape == (20, 1, 8, 8)
+    assert s["label_to_audio"]["generated"]["audio"].shape == (20, 32, 32)
+    assert s["text_to_image"]["given"]["text"][0] == "zero"  # first template, digit 0
+    assert set(s["joint"]["generated"]) == {"image", "audio", "label"}
+
+
+def test_same_seed_same_numbers(model: anydit.MMDiT, results: dict) -> None:
+    again = evaluate_digits(model, n_per_class=2, steps=2, tasks=["label_to_image", "joint"])
+    assert again["label_to_image"] == results["label_to_image"]
+    assert again["fid_image"] == results["fid_image"]
+    assert again["joint"] == results["joint"]
+
+
+def _fake_sampler(shift: int, calls: list):
+    """A 'generator' that returns real test images of (given label + shift) % 10."""
+    images, labels = load_digit_images("test")
+
+    def fake(model, task, n, **kw):
+        calls.append((task, n, kw))
+        wanted = (torch.as_tensor(task["label"]) + shift) % 10
+        picks = [int(torch.nonzero(labels == k)[j % 36]) for j, k in enumerate(wanted.tolist())]
+        return {"image": images[picks], "label": torch.as_tensor(task["label"])}
+
+    return fake
+
+
+def test_label_to_image_with_a_perfect_and_a_wrong_generator(
+    model: anydit.MMDiT, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list = []
+    monkeypatch.setattr(metrics_module, "sample", _fake_sampler(0, calls))
+    good = evaluate_digits(model, n_per_class=5, tasks=["label_to_image"], seed=3)
+    assert good["label_to_image"] >= 0.9
+    assert 0.8 <= good["diversity_ratio"] <= 1.2  # real images are as diverse as real images
+    assert len(calls) == 1 and calls[0][1] == 50 and calls[0][2]["seed"] == 3  # one batch
+    monkeypatch.setattr(metrics_module, "sample", _fake_sampler(1, calls))
+    bad = evaluate_digits(model, n_per_class=5, tasks=["label_to_image"])
+    assert bad["label_to_image"] <= 0.1
+
+
+@pytest.mark.parametrize(
+    ("caption", "digit"),
+    [
+        ("the digit 7", 7),
+        ("a handwritten seven", 7),
+        ("an image of an eight", 8),
+        ("SEVEN 7", 7),
+        ("seven or 8", None),
+        ("the number 17", None),
+        ("someone", None),
+        ("", None),
+    ],
+)
+def test_parse_digit(caption: str, digit: int | None) -> None:
+    assert parse_digit(caption) == digit
+
+
+def test_frechet_distance() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 8))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, a + 1.0) == pytest.approx(8.0, rel=1e-6)  # |shift|^2
+    assert frechet_distance(a, 2.0 * a) > 1.0
+    with pytest.raises(ValueError, match="features"):
+        frechet_distance(a, a[:, :4])
+
+
+def test_format_table_marks_pass_and_fail() -> None:
+    m = {"label_to_image": 0.95, "joint": 0.5, "diversity_ratio": 1.0, "fid_image": 3.0}
+    assert passes(m) == {"label_to_image": True, "joint": False, "diversity_ratio": True}
+    table = format_table(m)
+    assert re.search(r"label -> image \| 95\.0% \| >= 90% \| PASS", table)
+    assert re.search(r"joint .*\| 50\.0% \| >= 80% \| FAIL", table)
+    assert "FID image" in table and "text -> image" not in table
+    assert set(BARS) <= set(TASKS) | {"diversity_ratio"}
+    assert passes({"diversity_ratio": float("nan")}) == {"diversity_ratio": False}
+
+
+def test_gallery_references_existing_files(
+    tmp_path: Path, model: anydit.MMDiT, results: dict
+) -> None:
+    metrics = {k: v for k, v in results.items() if k != "samples"}
+    index = write_gallery(tmp_path, model, results, metrics, wav_per_digit=1, griffin_lim_iters=2)
+    assert index == tmp_path / "gallery" / "index.html"
+    page = index.read_text()
+    refs = re.findall(r'src="([^"]+)"', page)
+    assert refs and all((index.parent / r).is_file() for r in refs)
+    for task in TASKS:
+        assert f'id="{task}"' in page
+    assert (index.parent / "label_to_image.png").is_file()
+    assert (index.parent / "label_to_audio.png").is_file()
+    wavs = {r for r in refs if r.endswith(".wav")}
+    assert len(wavs) >= 20  # label -> audio, joint, and the given recordings (written once)
+    assert not any(w.startswith("audio_to_label_given") for w in wavs)  # same as audio_to_image
+    assert "<audio controls" in page and "FAIL" in page
