@@ -177,3 +177,20 @@ def test_presets():
         assert anydit.preset(name).width > 0
     with pytest.raises(ValueError, match="unknown model preset 'huge'"):
         anydit.preset("huge")
+
+
+@pytest.mark.parametrize("pooled", [True, False])
+def test_pooled_conditioning_is_a_path_between_streams(pooled):
+    """With attention outputs zeroed, streams meet only through the conditioning vector: the
+    label can then reach the image only through the pooled path."""
+    model = _build(pooled_cond=pooled)
+    with torch.no_grad():
+        for block in model.blocks:
+            for layer in block.streams.values():
+                layer.out.weight.zero_()
+                layer.out.bias.zero_()
+    tokens, times = _inputs(model)
+    base = model(tokens, times)["image"]
+    other = dict(tokens, label=(tokens["label"] + 1) % 10)
+    changed = not torch.allclose(base, model(other, times)["image"])
+    assert changed == pooled

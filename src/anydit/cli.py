@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -121,9 +122,15 @@ def cmd_train(args) -> int:
     from anydit.config import load_config
     from anydit.train.loop import train
 
+    from anydit.train import distributed
+
     cfg = load_config(args.config, args.set)
-    result = train(cfg, args.out, resume=not args.no_resume, progress=not args.no_progress)
-    print(f"trained {result.step} steps; model: {result.model_path}")
+    try:
+        result = train(cfg, args.out, resume=not args.no_resume, progress=not args.no_progress)
+    finally:
+        distributed.teardown()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained {result.step} steps; model: {result.model_path}")
     return 0
 
 

@@ -161,6 +161,8 @@ class ModelConfig:
     qk_norm: bool = True  # RMSNorm on q and k (SD3): keeps attention logits bounded in bf16
     rope_theta: float = 10000.0
     time_dim: int = 256  # sinusoidal features per time before the MLP (DiT uses 256)
+    pooled_cond: bool = True  # add every modality's mean token embedding to the adaLN input
+    # (SD3's pooled-text path, DiT's class path): conditions reach every block directly
     per_token_time: bool = False  # each token may carry its own time (inpainting, continuation)
     checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more time
 
@@ -231,6 +233,12 @@ class TrainConfig:
     ema: float = 0.999  # 0 disables EMA
     seed: int = 0
     precision: str = "bf16"  # bf16 autocast (CPU and GPU) or fp32; never fp16 on CPU
+    grad_accum: int = 1  # micro-batches per step: same result, 1/k of the activation memory
+    parallel: str = "ddp"  # under torchrun: "ddp" (replicas) or "fsdp" (FSDP2, sharded)
+    compile: bool = False  # torch.compile each block: faster steps after a minute of compiling
+    device: str = "auto"  # auto (CUDA if present), cpu or cuda
+    tensorboard: bool = True  # event files beside metrics.jsonl
+    sample_every: int = 0  # write a sample grid (PNG + TensorBoard) every N steps; 0 = never
     log_every: int = 50
     checkpoint_every: int = 500  # a crash loses at most this many steps
     keep_checkpoints: int = 2  # the newest K resumable checkpoints are kept
@@ -250,6 +258,16 @@ class TrainConfig:
         _check(0 <= self.ema < 1, "train.ema", "a number in [0, 1)", self.ema)
         _check(self.precision in ("bf16", "fp32"), "train.precision", "bf16|fp32", self.precision)
         _check(self.log_every >= 1, "train.log_every", "an integer >= 1", self.log_every)
+        _check(self.grad_accum >= 1, "train.grad_accum", "an integer >= 1", self.grad_accum)
+        _check(
+            self.batch_size % self.grad_accum == 0,
+            "train.batch_size",
+            f"a multiple of grad_accum={self.grad_accum}",
+            self.batch_size,
+        )
+        _check(self.parallel in ("ddp", "fsdp"), "train.parallel", "ddp|fsdp", self.parallel)
+        _check(self.device in ("auto", "cpu", "cuda"), "train.device", "auto|cpu|cuda", self.device)
+        _check(self.sample_every >= 0, "train.sample_every", "an integer >= 0", self.sample_every)
         _check(
             self.checkpoint_every >= 1,
             "train.checkpoint_every",

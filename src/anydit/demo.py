@@ -81,6 +81,8 @@ def run_demo(
     overrides: list[str] | tuple[str, ...] = (),
     resume: bool = True,
     progress: bool = True,
+    guidance: float = 3.0,
+    eval_per_class: int = 20,
 ) -> dict:
     """Train, evaluate and write the gallery into ``out``; returns the metrics."""
     from anydit.cli import _ensure_dir, run_eval
@@ -100,11 +102,14 @@ def run_demo(
             budget = max(0.0, minutes * 60 - EVAL_RESERVE_S - (time.perf_counter() - start))
             cfg.train.steps = max(MIN_STEPS, int(budget / per_step))
             print(
-                f"{per_step:.3f} s per step here: {cfg.train.steps} steps fit in {minutes:g} minutes"
+                f"{per_step:.3f} s per step here: "
+                f"{cfg.train.steps} steps fit in {minutes:g} minutes"
             )
     result = train(cfg, out, resume=resume, progress=progress)
     model = load_model(result.model_path)
-    metrics = run_eval(model, out, n_per_class=20, steps=32, guidance=1.0, gallery=True)
+    metrics = run_eval(
+        model, out, n_per_class=eval_per_class, steps=32, guidance=guidance, gallery=True
+    )
     wall = time.perf_counter() - start
     metrics["wall_seconds"] = wall
     metrics["train_steps"] = result.step

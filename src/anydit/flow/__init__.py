@@ -14,6 +14,7 @@ from anydit.flow.paths import (
     interpolate,
     mask_tokens,
     noise_from_velocity,
+    reveal_mask,
     sample_path,
     velocity_from_data,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "interpolate",
     "make_inputs",
     "mask_tokens",
+    "reveal_mask",
     "noise_from_velocity",
     "sample_path",
     "sample_times",

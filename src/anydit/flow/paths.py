@@ -62,9 +62,17 @@ def velocity_from_data(x_t: Tensor, x1: Tensor, t: Tensor) -> Tensor:
     return (x1 - x_t) / (1 - expand_time(t, x_t))
 
 
+def reveal_mask(
+    shape: tuple[int, int], t: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
+    """(b, n) bools, each True (revealed) with probability t ((b,) or (b, n))."""
+    u = torch.rand(shape, generator=generator, device=t.device)
+    return u < (t[:, None] if t.dim() == 1 else t)
+
+
 def mask_tokens(
     ids: Tensor, t: Tensor, mask_id: int, generator: torch.Generator | None = None
 ) -> Tensor:
     """Keep each token with probability t, else replace it by ``mask_id``. ids (b, n)."""
-    keep = torch.rand(ids.shape, generator=generator, device=ids.device) < expand_time(t, ids)
+    keep = reveal_mask(tuple(ids.shape), t.to(ids.device), generator)
     return torch.where(keep, ids, torch.full_like(ids, mask_id))

@@ -58,6 +58,11 @@ class MMDiT(nn.Module):
         self.time_embed = nn.ModuleDict({n: TimeEmbedder(cfg.time_dim, widths[n]) for n in names})
         self.time_summary = TimeSummary(len(names), cfg.time_dim, cfg.width)
         self.summary_proj = nn.ModuleDict({n: nn.Linear(cfg.width, widths[n]) for n in names})
+        self.pool_proj = (
+            nn.ModuleDict({n: nn.Linear(widths[n], cfg.width) for n in names})
+            if cfg.pooled_cond
+            else None
+        )
         block_args = (cfg.heads, cfg.head_dim, cfg.mlp_ratio, cfg.qk_norm)
         self.blocks = nn.ModuleList(
             [DualStreamBlock(widths, *block_args) for _ in range(cfg.depth)]
@@ -119,12 +124,15 @@ class MMDiT(nn.Module):
                     "was built with per_token_time = false; pass one time per sample (b,)"
                 )
 
-    def conditioning(self, times: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Per-stream conditioning vectors: own time (per token if given so) + summary of all."""
+    def conditioning(self, times: dict[str, Tensor], x: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per-stream conditioning vectors: own time (per token if given so) + a summary of all
+        modalities' times (+ their mean token embeddings x (b, n, d), with ``pooled_cond``)."""
         mean_t = torch.stack(
             [times[n].reshape(times[n].shape[0], -1).float().mean(1) for n in self.names], 1
         )
         summary = self.time_summary(mean_t)  # (b, d)
+        if self.pool_proj is not None:
+            summary = summary + sum(self.pool_proj[n](x[n].mean(1)) for n in self.names)
         c = {}
         for n in self.names:
             own = self.time_embed[n](times[n])  # (b, d) or (b, n, d)
@@ -136,7 +144,7 @@ class MMDiT(nn.Module):
         """Predict each modality's velocity (continuous) or clean-token logits (discrete)."""
         self._check_inputs(tokens, times)
         x = {n: self.embed[n](tokens[n]) for n in self.names}  # (b, n, d)
-        c = self.conditioning(times)
+        c = self.conditioning(times, x)
         dtype = (
             torch.get_autocast_dtype(x[self.names[0]].device.type)
             if torch.is_autocast_enabled()

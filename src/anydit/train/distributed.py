@@ -1,0 +1,118 @@
+"""Running on several processes with PyTorch's own engine: torchrun + DDP or FSDP2.
+
+Model code knows nothing of this file. ``parallelize`` applies, in torchtitan's order:
+activation checkpointing (a model option, already inside the blocks), then ``torch.compile``
+per block, then FSDP2 ``fully_shard`` per block and finally the root, or DDP around the whole.
+
+Launch (the script reads RANK / WORLD_SIZE / LOCAL_RANK that torchrun sets):
+
+    torchrun --nproc_per_node=2 -m anydit train CONFIG.yaml            # one node
+    torchrun --nnodes=2 --node_rank=R --rdzv_backend=c10d \\
+             --rdzv_endpoint=HOST:29500 --nproc_per_node=8 -m anydit train CONFIG.yaml
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class DistInfo:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def setup(device: str = "auto") -> DistInfo:
+    """Join the torchrun job if there is one (gloo on CPU, NCCL on GPU); else one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(rank=rank, world=world, local_rank=local, device=dev)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def blocks_of(model: nn.Module) -> list[nn.Module]:
+    """The FSDP wrap units: every transformer block."""
+    return [*model.blocks, *model.single_blocks]
+
+
+def shard(model: nn.Module) -> nn.Module:
+    """FSDP2: ``fully_shard`` each block, then the root (embeddings, time MLPs, final layers)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in blocks_of(model):
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def parallelize(
+    model: nn.Module, info: DistInfo, mode: str = "ddp", compile: bool = False
+) -> nn.Module:
+    """Wrap ``model`` for training; returns the module to call (the original stays reachable
+    for its attributes: modalities, cfg)."""
+    if compile:
+        for block in blocks_of(model):
+            block.compile()
+    if not info.enabled:
+        return model
+    if mode == "fsdp":
+        return shard(model)
+    if mode == "ddp":
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    raise ValueError(f"train.parallel: expected 'ddp' or 'fsdp', got {mode!r}")
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The model under a DDP wrapper (FSDP2 shards in place, so it is the model itself)."""
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def all_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all processes (identity on one)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_flag(flag: bool) -> bool:
+    """Rank 0's boolean, everywhere."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.broadcast(t, 0)
+    return bool(t.item())

@@ -1,0 +1,267 @@
+"""The command line end to end on a debug-size model: train, sample every role, eval, errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import anydit
+from anydit.cli import main
+from anydit.data.digits import load_digit_audio, load_digit_images
+
+CONFIG = """
+data: {source: digits}
+model: {preset: debug}
+train: {steps: 4, batch_size: 8, warmup: 1, log_every: 2, checkpoint_every: 2, precision: bf16}
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    cfg = root / "config.yaml"
+    cfg.write_text(CONFIG)
+    out = root / "run"
+    assert (
+        main(["train", str(cfg), "--out", str(out), "--no-progress", "--set", "model.depth=1"]) == 0
+    )
+    return out
+
+
+def test_train_writes_model_logs_and_checkpoints(run_dir):
+    assert (run_dir / "model.safetensors").is_file()
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4]
+    assert {
+        "loss/image",
+        "loss/label",
+        "loss/text",
+        "loss/audio",
+        "lr",
+        "grad_norm",
+        "samples_per_s",
+    } <= set(lines[0])
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "step_00000002",
+        "step_00000004",
+    ]
+    model = anydit.load_model(run_dir / "model.safetensors")
+    assert model.cfg.depth == 1  # the --set override reached the model
+
+
+ROLE_CASES = [
+    (["--generate", "image", "--given", "label=7"], {"image"}),
+    (["--generate", "image", "--given", "text=a handwritten seven"], {"image"}),
+    (["--generate", "label,text", "--given", "image=IMAGE"], {"label", "text"}),
+    (["--generate", "audio", "--given", "label=seven"], {"audio"}),
+    (["--generate", "image", "--given", "audio=WAV"], {"image"}),
+    (["--generate", "image,audio,label"], {"image", "audio", "label"}),
+    (["--generate", "image", "--given", "label=3", "--drop", "text", "--guidance", "2"], {"image"}),
+    (["--generate", "image", "--given", "audio=NPY", "--solver", "heun"], {"image"}),
+]
+
+
+@pytest.mark.parametrize(("args", "generated"), ROLE_CASES)
+def test_sample_roles(run_dir, tmp_path, args, generated):
+    from PIL import Image
+
+    from anydit.data.audio import mel_to_wave, write_wav
+    from anydit.data.digits import mel_params
+
+    img = ((load_digit_images("test")[0][0, 0].numpy() + 1) * 127.5).round().astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "seven.png")
+    mel = load_digit_audio("test")[0][0]
+    write_wav(tmp_path / "word.wav", mel_to_wave(mel, mel_params(), iters=4), 16000)
+    np.save(tmp_path / "mels.npy", load_digit_audio("test")[0][:3].numpy())
+    files = {
+        "IMAGE": tmp_path / "seven.png",
+        "WAV": tmp_path / "word.wav",
+        "NPY": tmp_path / "mels.npy",
+    }
+    for key, path in files.items():
+        args = [a.replace(f"={key}", f"={path}") for a in args]
+    out = tmp_path / "out"
+    code = main(
+        [
+            "sample",
+            "--checkpoint",
+            str(run_dir),
+            *args,
+            "-n",
+            "3",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    with np.load(out / "samples.npz") as npz:
+        for name in generated:
+            assert npz[name].shape[0] == 3
+    if "image" in generated:
+        assert (out / "image_grid.png").is_file() and (out / "image_00002.png").is_file()
+    if "audio" in generated:
+        assert (out / "audio_00000.wav").is_file()
+    if "label" in generated:
+        rows = [json.loads(x) for x in (out / "label.jsonl").read_text().splitlines()]
+        assert len(rows) == 3 and all(0 <= r["id"] < 10 for r in rows)
+
+
+def test_eval_writes_metrics(run_dir, tmp_path, capsys):
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(run_dir),
+                "--out",
+                str(tmp_path),
+                "--n-per-class",
+                "2",
+                "--steps",
+                "2",
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in (
+        "label_to_image",
+        "text_to_image",
+        "audio_to_image",
+        "label_to_audio",
+        "image_to_label",
+        "image_to_text",
+        "audio_to_label",
+        "joint",
+        "diversity_ratio",
+        "judge_image_real_acc",
+    ):
+        assert key in metrics
+    assert "label -> image" in capsys.readouterr().out
+
+
+def _err(capsys, argv) -> str:
+    code = main(argv)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_bad_inputs_end_in_one_clear_message(run_dir, tmp_path, capsys):
+    ck = [
+        "sample",
+        "--checkpoint",
+        str(run_dir),
+        "-n",
+        "2",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert "missing.png" in _err(
+        capsys, [*ck, "--generate", "label", "--given", "image=missing.png"]
+    )
+    bad = tmp_path / "big.png"
+    from PIL import Image
+
+    Image.new("L", (9, 8)).save(bad)
+    err = _err(capsys, [*ck, "--generate", "label", "--given", f"image={bad}"])
+    assert "big.png" in err
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"RIFF....not audio")
+    assert "junk.wav" in _err(capsys, [*ck, "--generate", "image", "--given", f"audio={junk}"])
+    assert "unknown modality" in _err(capsys, [*ck, "--generate", "image", "--given", "depth=3"])
+    assert "unknown label 'eleven'" in _err(
+        capsys, [*ck, "--generate", "image", "--given", "label=eleven"]
+    )
+    assert "unknown modalities ['video']" in _err(capsys, [*ck, "--generate", "video"])
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes((run_dir / "model.safetensors").read_bytes()[:500])
+    assert "cut.safetensors" in _err(
+        capsys, ["sample", "--checkpoint", str(cut), "--generate", "image"]
+    )
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    err = _err(
+        capsys,
+        [
+            "sample",
+            "--checkpoint",
+            str(run_dir),
+            "--generate",
+            "image",
+            "--out",
+            str(blocker / "sub"),
+        ],
+    )
+    assert "output folder" in err and "cannot be written" in err
+
+
+def test_bad_config_names_key(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(CONFIG + "\nmodel: {preset: debug, depht: 2}\n")
+    assert "unknown key(s) ['depht']" in _err(
+        capsys, ["train", str(cfg), "--out", str(tmp_path / "o")]
+    )
+    cfg.write_text(CONFIG)
+    assert "train.lr: expected a number > 0, got -1" in _err(
+        capsys, ["train", str(cfg), "--set", "train.lr=-1", "--out", str(tmp_path / "o")]
+    )
+    assert "does not exist" in _err(capsys, ["train", str(tmp_path / "none.yaml")])
+
+
+def test_debug_flag_shows_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        main(["train", str(tmp_path / "none.yaml"), "--debug"])
+
+
+def test_module_entry_point_runs():
+    r = subprocess.run(
+        [sys.executable, "-m", "anydit", "--help"], capture_output=True, text=True, check=False
+    )
+    assert r.returncode == 0 and "demo" in r.stdout
+
+
+class Crash(Exception):
+    pass
+
+
+def test_crash_and_resume_continue_exactly(tmp_path):
+    """6 straight steps == 5 steps, a crash, and a resume from the step-4 checkpoint."""
+    import yaml
+
+    from anydit.config import config_from_tree
+    from anydit.train.loop import train
+
+    tree = yaml.safe_load(CONFIG)
+    tree["train"].update(steps=6, precision="fp32", log_every=1)
+    cfg = config_from_tree(tree)
+    train(cfg, tmp_path / "straight", progress=False)
+
+    def crash(record):
+        if record["step"] == 5:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(cfg, tmp_path / "split", progress=False, on_log=crash)
+    assert (tmp_path / "split" / "checkpoints" / "step_00000004").is_dir()
+    result = train(cfg, tmp_path / "split", progress=False)
+    assert result.step == 6
+    for name in ("model.safetensors",):
+        a = anydit.load_model(tmp_path / "straight" / name).state_dict()
+        b = anydit.load_model(tmp_path / "split" / name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    raw_a = anydit.load_model(
+        tmp_path / "straight/checkpoints/step_00000006/model.safetensors"
+    ).state_dict()
+    raw_b = anydit.load_model(
+        tmp_path / "split/checkpoints/step_00000006/model.safetensors"
+    ).state_dict()
+    assert all(torch.equal(raw_a[k], raw_b[k]) for k in raw_a)

@@ -1,0 +1,160 @@
+"""The training loop's options and fault handling, in one process on a debug model."""
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import anydit
+from anydit.config import config_from_tree
+from anydit.train.loop import train
+from anydit.train.state import latest_checkpoint
+
+TREE = {
+    "data": {"source": "digits"},
+    "model": {"preset": "debug", "depth": 1},
+    "train": {
+        "steps": 6,
+        "batch_size": 8,
+        "warmup": 1,
+        "log_every": 1,
+        "checkpoint_every": 2,
+        "precision": "fp32",
+        "tensorboard": False,
+    },
+}
+
+
+def _cfg(**train_kw):
+    tree = {**TREE, "train": {**TREE["train"], **train_kw}}
+    return config_from_tree(tree)
+
+
+def _weights(path):
+    return anydit.load_model(path).state_dict()
+
+
+def _same(a, b, tol=0.0):
+    return all((a[k] - b[k]).abs().max().item() <= tol for k in a)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    train(_cfg(), out, progress=False)
+    return out
+
+
+def test_kill_during_checkpoint_write_keeps_previous(straight, tmp_path):
+    """SIGKILL while step 4's checkpoint is being written: step 2's stays loadable, and the
+    resumed run ends bit-identical to the straight one."""
+    out = tmp_path / "killed"
+    script = textwrap.dedent(f"""
+        import os, signal, torch
+        import anydit.train.state as S
+        from anydit.config import config_from_tree
+        from anydit.train.loop import train
+        save = torch.save
+        def dying_save(obj, path, *a, **k):
+            if isinstance(obj, dict) and obj.get("step") == 4:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return save(obj, path, *a, **k)
+        S.torch.save = dying_save
+        train(config_from_tree({TREE!r}), {str(out)!r}, progress=False)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert r.returncode == -signal.SIGKILL
+    assert (out / "checkpoints" / "step_00000004.tmp").is_dir()  # the torn write
+    assert latest_checkpoint(out).name == "step_00000002"
+    result = train(_cfg(), out, progress=False)
+    assert result.step == 6
+    assert _same(_weights(straight / "model.safetensors"), _weights(out / "model.safetensors"))
+
+
+def test_keeps_last_k_checkpoints(straight):
+    kept = sorted(p.name for p in (straight / "checkpoints").iterdir())
+    assert kept == ["step_00000004", "step_00000006"]
+
+
+def test_grad_accumulation_same_step_smaller_micro_batches(straight, tmp_path):
+    seen = []
+    cfg = _cfg(grad_accum=2)
+    from anydit.model import mmdit
+
+    forward = mmdit.MMDiT.forward
+
+    def spy(self, tokens, times):
+        seen.append(next(iter(tokens.values())).shape[0])
+        return forward(self, tokens, times)
+
+    mmdit.MMDiT.forward = spy
+    try:
+        train(cfg, tmp_path, progress=False)
+    finally:
+        mmdit.MMDiT.forward = forward
+    assert set(seen) == {4}  # micro-batches of 8 / 2
+    assert _same(
+        _weights(straight / "model.safetensors"), _weights(tmp_path / "model.safetensors"), 1e-6
+    )
+
+
+def test_non_finite_losses_skip_then_stop(tmp_path, monkeypatch):
+    import anydit.train.loop as loop
+
+    real = loop.combine_losses
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        loss, parts = real(*args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("nan"), parts) if calls["n"] in (2, 3) else (loss, parts)
+
+    monkeypatch.setattr(loop, "combine_losses", flaky)
+    with pytest.warns(UserWarning, match="non-finite loss; step skipped"):
+        result = train(_cfg(steps=3), tmp_path / "a", progress=False)
+    assert result.step == 3 and calls["n"] == 5
+
+    monkeypatch.setattr(
+        loop, "combine_losses", lambda *a, **k: (real(*a, **k)[0] * float("inf"), {})
+    )
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(FloatingPointError, match="3 non-finite losses in a row"),
+    ):
+        train(_cfg(steps=3, max_bad_steps=3), tmp_path / "b", progress=False)
+
+
+def test_unwritable_output_fails_at_start(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OSError, match="output folder .* cannot be written"):
+        train(_cfg(), blocker / "run", progress=False)
+
+
+def test_tensorboard_and_sample_grids(tmp_path):
+    train(_cfg(steps=2, tensorboard=True, sample_every=2), tmp_path, progress=False)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "samples" / "image_step00000002.png").is_file()
+    record = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][-1]
+    for key in ("loss/audio", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "memory_mb"):
+        assert key in record
+
+
+def test_compile_option_compiles_blocks():
+    from anydit.train.distributed import DistInfo, parallelize
+
+    model = anydit.MMDiT(_cfg().modalities, _cfg().model)
+    parallelize(model, DistInfo(), compile=False)
+    assert model.blocks[0]._compiled_call_impl is None
+    parallelize(model, DistInfo(), compile=True)
+    assert model.blocks[0]._compiled_call_impl is not None
+
+
+def test_bf16_precision_changes_the_numbers(tmp_path):
+    a = train(_cfg(steps=2), tmp_path / "fp32", progress=False).history[-1]["loss"]
+    b = train(_cfg(steps=2, precision="bf16"), tmp_path / "bf16", progress=False).history[-1][
+        "loss"
+    ]
+    assert a != b and abs(a - b) < 0.05 * abs(a)
