@@ -25,9 +25,10 @@ MODALITIES = [  # an image-text-label model with 256 + 32 + 1 tokens
 
 
 def _vm(field: str) -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return float(line.split()[1]) / 1024  # MiB
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return float(line.split()[1]) / 1024  # MiB
     return float("nan")
 
 
@@ -95,21 +96,24 @@ def main() -> None:
         return
     rows = []
     for precision, ckpt in [("fp32", "0"), ("bf16", "0"), ("fp32", "1"), ("bf16", "1")]:
-        cmd = [sys.executable, __file__, "--preset", args.preset, "--batch", str(args.batch),
-               "--steps", str(args.steps), "--worker", precision, ckpt]
+        cmd = [sys.executable, __file__, "--preset", args.preset, "--batch", str(args.batch)]
+        cmd += ["--steps", str(args.steps), "--worker", precision, ckpt]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"| preset | params | batch | precision | act. ckpt | step (s) | samples/s | peak step memory (MiB) |")
+    print("| preset | params | batch | precision | act. ckpt | step (s) | samples/s | peak MiB |")
     print("|---|---:|---:|---|---|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['preset']} | {r['params_m']:.1f}M | {r['batch']} | {r['precision']} | "
-            f"{'yes' if r['checkpointing'] else 'no'} | {r['step_s']:.3f} | {r['samples_per_s']:.1f} | "
-            f"{r['peak_step_mem_mb']:.0f} |"
+            f"{'yes' if r['checkpointing'] else 'no'} | {r['step_s']:.3f} | "
+            f"{r['samples_per_s']:.1f} | {r['peak_step_mem_mb']:.0f} |"
         )
     base = rows[0]["samples_per_s"]
-    print(f"bf16 / fp32 throughput: {rows[1]['samples_per_s'] / base:.2f}x; "
-          f"checkpointing memory (fp32): {rows[2]['peak_step_mem_mb'] / rows[0]['peak_step_mem_mb']:.2f}x")
+    mem = rows[2]["peak_step_mem_mb"] / rows[0]["peak_step_mem_mb"]
+    print(
+        f"bf16 / fp32 throughput: {rows[1]['samples_per_s'] / base:.2f}x; "
+        f"memory with / without checkpointing (fp32): {mem:.2f}x"
+    )
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=2)
 

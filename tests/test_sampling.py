@@ -183,3 +183,12 @@ def test_bf16_sampling_close(model):
         model, {"audio": "generate", "label": 1}, n=2, steps=3, seed=3, precision="bf16"
     )
     assert (a["audio"] - b["audio"]).abs().max() < 0.1 * a["audio"].abs().max()
+
+
+def test_unmasking_option(model):
+    task = {"text": "generate", "label": 2}
+    a = anydit.sample(model, task, n=4, steps=4, seed=0, unmasking="random")
+    b = anydit.sample(model, task, n=4, steps=4, seed=0, unmasking="confidence")
+    assert not torch.equal(a["text"], b["text"])
+    with pytest.raises(ValueError, match="unmasking must be 'random' or 'confidence'"):
+        anydit.sample(model, task, unmasking="sorted")

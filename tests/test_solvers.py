@@ -100,3 +100,31 @@ def test_unmask_step_reveals_all_at_one_and_samples_distribution():
     assert (half != 3).float().mean().item() == pytest.approx(0.5, abs=0.02)
     revealed = torch.tensor([[1]])
     assert unmask_step(revealed, logits[:1], torch.tensor(0.5), torch.tensor(1.0), 3, g).item() == 1
+
+
+def test_confidence_unmasking_reveals_surest_tokens_first():
+    # positions 0 and 1 are near-certain, 2 and 3 uniform: at p_reveal = 1/2 exactly the first
+    # two are revealed (2 masked x 1/2 ... 4 x 1/2 = 2 reveals, floor(2 + u) = 2)
+    logits = torch.zeros(8, 4, 5)
+    logits[:, 0, 3] = 20.0
+    logits[:, 1, 1] = 20.0
+    ids = torch.full((8, 4), 5)
+    g = torch.Generator().manual_seed(0)
+    out = unmask_step(ids, logits, torch.tensor(0.0), torch.tensor(0.5), 5, g, order="confidence")
+    assert (out[:, 0] == 3).all() and (out[:, 1] == 1).all()
+    assert (out[:, 2:] == 5).all()
+    rand = unmask_step(ids, logits, torch.tensor(0.0), torch.tensor(0.5), 5, g, order="random")
+    assert (rand[:, 2:] != 5).any()  # the random order reveals uncertain tokens too
+    done = unmask_step(out, logits, torch.tensor(0.5), torch.tensor(1.0), 5, g, order="confidence")
+    assert (done != 5).all()
+    with pytest.raises(ValueError, match="unmasking order: expected 'random' or 'confidence'"):
+        unmask_step(ids, logits, torch.tensor(0.0), torch.tensor(0.5), 5, g, order="left")
+
+
+def test_confidence_unmasking_keeps_the_expected_count():
+    logits = torch.randn(400, 30, 7)
+    ids = torch.full((400, 30), 7)
+    g = torch.Generator().manual_seed(1)
+    out = unmask_step(ids, logits, torch.tensor(0.2), torch.tensor(0.3), 7, g, order="confidence")
+    share = (out != 7).float().mean().item()
+    assert share == pytest.approx(0.1 / 0.8, abs=0.01)

@@ -158,3 +158,14 @@ def test_bf16_precision_changes_the_numbers(tmp_path):
         "loss"
     ]
     assert a != b and abs(a - b) < 0.05 * abs(a)
+
+
+def test_schedules():
+    from anydit.train.loop import lr_lambda
+
+    cosine = lr_lambda(_cfg(steps=100, warmup=10).train)
+    constant = lr_lambda(_cfg(steps=100, warmup=10, schedule="constant").train)
+    assert cosine(0) == pytest.approx(0.1) and constant(4) == pytest.approx(0.5)  # warm-up
+    assert cosine(10) == pytest.approx(1.0) and cosine(55) == pytest.approx(0.5)
+    assert cosine(100) == pytest.approx(0.0, abs=1e-12)
+    assert constant(100) == 1.0

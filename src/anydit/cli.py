@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -120,9 +121,8 @@ def _model_path(path: str) -> Path:
 
 def cmd_train(args) -> int:
     from anydit.config import load_config
-    from anydit.train.loop import train
-
     from anydit.train import distributed
+    from anydit.train.loop import train
 
     cfg = load_config(args.config, args.set)
     try:
@@ -202,7 +202,10 @@ def run_eval(
         model, n_per_class=n_per_class, steps=steps, guidance=guidance, progress=True
     )
     metrics = {k: v for k, v in results.items() if k != "samples"}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    finite = {
+        k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in metrics.items()
+    }
+    (out / "metrics.json").write_text(json.dumps(finite, indent=2))  # strict JSON: NaN -> null
     print(format_table(metrics))
     if gallery:
         from anydit.eval.gallery import write_gallery

@@ -206,6 +206,7 @@ class SampleConfig:
     solver: str = "euler"  # euler | heun | midpoint
     guidance: float = 1.0  # 1 = no guidance
     temperature: float = 1.0  # discrete unmasking: softmax temperature
+    unmasking: str = "random"  # random (exact ancestral) | confidence (MaskGIT order)
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "sample.steps", "an integer >= 1", self.steps)
@@ -216,6 +217,12 @@ class SampleConfig:
             self.solver,
         )
         _check(self.temperature > 0, "sample.temperature", "a number > 0", self.temperature)
+        _check(
+            self.unmasking in ("random", "confidence"),
+            "sample.unmasking",
+            "random|confidence",
+            self.unmasking,
+        )
         _check(math.isfinite(self.guidance), "sample.guidance", "a finite number", self.guidance)
 
 

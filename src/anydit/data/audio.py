@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,13 @@ def _istft(spec: torch.Tensor, params: MelParams, length: int) -> torch.Tensor:
     )
 
 
+@lru_cache(maxsize=8)
+def _inverse_filterbank(params: MelParams) -> torch.Tensor:
+    """Pseudo-inverse of the filterbank (F, n_mels), computed once per parameter set."""
+    fb = mel_filterbank(params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax)
+    return torch.linalg.pinv(fb)
+
+
 def log_mel(wave: torch.Tensor, params: MelParams) -> torch.Tensor:
     """Normalised log-mel of ``wave (..., samples)`` -> ``(..., samples // hop, n_mels)``.
 
@@ -167,8 +175,7 @@ def mel_to_wave(
     length = params.n_samples(n_frames)
     logv = (mel + 1.0) * 0.5 * (params.log_max - params.log_min) + params.log_min  # (T, M)
     mel_power = (10.0**logv - _EPS).clamp(min=0.0)  # (T, M)
-    fb = mel_filterbank(params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax)
-    power = (torch.linalg.pinv(fb) @ mel_power.T).clamp(min=0.0)  # (F, T)
+    power = (_inverse_filterbank(params) @ mel_power.T).clamp(min=0.0)  # (F, T)
     magnitude = power.sqrt()
 
     gen = torch.Generator().manual_seed(seed)

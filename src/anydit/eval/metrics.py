@@ -260,12 +260,14 @@ def evaluate_digits(
     precision: str = "fp32",
     progress: bool = False,
     tasks: tuple[str, ...] | list[str] = TASKS,
+    unmasking: str = "confidence",
 ) -> dict:
     """Evaluate a model over the digits modalities (image, label, text, audio).
 
     Args:
         n_per_class: samples per digit and task (``joint`` draws ``10 * n_per_class``).
-        steps, solver, guidance, precision: passed to ``anydit.sample``.
+        steps, solver, guidance, precision, unmasking: passed to ``anydit.sample``
+            (confidence-ordered unmasking by default: captions come out spelled right).
         seed: task ``i`` of ``TASKS`` samples with seed ``seed + i``.
         tasks: a subset of ``TASKS`` to run (image statistics need ``label_to_image``,
             ``fid_audio`` needs ``label_to_audio``).
@@ -282,7 +284,13 @@ def evaluate_digits(
     if n_per_class < 1:
         raise ValueError(f"evaluate_digits: n_per_class must be >= 1, got {n_per_class}")
     _check_model(model)
-    kw = {"steps": steps, "solver": solver, "guidance": guidance, "precision": precision}
+    kw = {
+        "steps": steps,
+        "solver": solver,
+        "guidance": guidance,
+        "precision": precision,
+        "unmasking": unmasking,
+    }
     run = _Run(model, n_per_class, kw, seed)
     metrics: dict = {
         "judge_image_real_acc": run.judge_image.accuracy_on_real_test(),

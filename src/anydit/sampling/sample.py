@@ -52,6 +52,7 @@ def sample(
     seed: int = 0,
     temperature: float | None = None,
     precision: str = "fp32",
+    unmasking: str | None = None,
     config: SampleConfig | None = None,
 ) -> dict[str, Tensor]:
     """Sample from ``model`` under ``task`` (see ``anydit.sampling.tasks``).
@@ -67,6 +68,8 @@ def sample(
         seed: the same seed gives the same samples.
         temperature: softmax temperature of discrete unmasking.
         precision: "fp32", or "bf16" autocast.
+        unmasking: discrete reveal order, "random" (exact ancestral sampling) or
+            "confidence" (surest tokens first; more coherent text in few steps).
 
     Returns:
         {name: (n, *shape) raw values} for every generated and every given modality.
@@ -76,6 +79,9 @@ def sample(
     solver = solver or cfg.solver
     guidance = cfg.guidance if guidance is None else guidance
     temperature = cfg.temperature if temperature is None else temperature
+    unmasking = unmasking or cfg.unmasking
+    if unmasking not in ("random", "confidence"):
+        raise ValueError(f"sample: unmasking must be 'random' or 'confidence', got {unmasking!r}")
     if solver not in SOLVERS:
         raise ValueError(f"sample: solver must be one of {sorted(SOLVERS)}, got {solver!r}")
     if not isinstance(n, int) or n < 1:
@@ -139,7 +145,7 @@ def sample(
     was_training = model.training
     model.eval()
     try:
-        x = SOLVERS[solver](velocity_fn, x_init, grids, discrete, gen, temperature)
+        x = SOLVERS[solver](velocity_fn, x_init, grids, discrete, gen, temperature, unmasking)
     finally:
         model.train(was_training)
     samples = {}

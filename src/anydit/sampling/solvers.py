@@ -2,7 +2,7 @@
 
 All solvers share one signature and are pure functions over dicts of per-modality states:
 
-    solver(velocity_fn, x, grid, discrete, generator=None, temperature=1.0) -> x
+    solver(velocity_fn, x, grid, discrete, generator=None, temperature=1.0, order="random") -> x
 
     x[name]     (b, n, p) float state or (b, n) ids (mask id = vocabulary size)
     grid[name]  (K + 1,) times from 0 to 1, the same K for every modality; a modality whose
@@ -34,15 +34,32 @@ def unmask_step(
     mask_id: int,
     generator: torch.Generator | None = None,
     temperature: float = 1.0,
+    order: str = "random",
 ) -> Tensor:
-    """One ancestral step of masked diffusion. ids (b, n), logits (b, n, K)."""
+    """One step of masked diffusion from t_a to t_b. ids (b, n), logits (b, n, K).
+
+    ``random``: each masked token is revealed with probability (t_b - t_a) / (1 - t_a), the
+    exact ancestral sampler of absorbing-state diffusion. ``confidence``: per sample, the same
+    expected number of tokens (stochastically rounded) is revealed, choosing the masked positions
+    whose drawn token has the highest probability (MaskGIT's ordering): tokens that are nearly
+    determined go first, which keeps parallel decoding of text coherent.
+    """
     masked = ids == mask_id
     p_reveal = ((t_b - t_a) / (1 - t_a).clamp(min=1e-12)).clamp(0, 1)
-    reveal = masked & (torch.rand(ids.shape, generator=generator, device=ids.device) < p_reveal)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    drawn = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).reshape(
-        ids.shape
-    )
+    drawn = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+    drawn = drawn.reshape(ids.shape)
+    u = torch.rand(ids.shape, generator=generator, device=ids.device)
+    if order == "random":
+        reveal = masked & (u < p_reveal)
+    elif order == "confidence":
+        count = masked.sum(1).float() * p_reveal  # (b,) expected reveals
+        k = (count + u[:, 0]).floor().long()  # stochastic rounding keeps the expectation
+        conf = probs.gather(-1, drawn[..., None]).squeeze(-1).masked_fill(~masked, -1.0)
+        rank = conf.argsort(dim=1, descending=True).argsort(dim=1)  # 0 = most confident
+        reveal = masked & (rank < k[:, None])
+    else:
+        raise ValueError(f"unmasking order: expected 'random' or 'confidence', got {order!r}")
     return torch.where(reveal, drawn, ids)
 
 
@@ -71,6 +88,7 @@ def _run(
     discrete: dict[str, int],
     generator: torch.Generator | None,
     temperature: float,
+    order: str = "random",
 ) -> dict[str, Tensor]:
     steps = len(next(iter(grid.values()))) - 1
     skip = set(discrete)
@@ -96,25 +114,27 @@ def _run(
             raise ValueError(f"solver: expected euler, heun or midpoint, got {method!r}")
         for n, mask_id in discrete.items():
             if n in moving:
-                x_new[n] = unmask_step(x[n], out[n], t0[n], t1[n], mask_id, generator, temperature)
+                x_new[n] = unmask_step(
+                    x[n], out[n], t0[n], t1[n], mask_id, generator, temperature, order
+                )
         x = x_new
     return x
 
 
-def euler(velocity_fn, x, grid, discrete, generator=None, temperature=1.0):
+def euler(velocity_fn, x, grid, discrete, generator=None, temperature=1.0, order="random"):
     """First-order Euler: x += dt * v(x, t). One evaluation per step."""
-    return _run("euler", velocity_fn, x, grid, discrete, generator, temperature)
+    return _run("euler", velocity_fn, x, grid, discrete, generator, temperature, order)
 
 
-def heun(velocity_fn, x, grid, discrete, generator=None, temperature=1.0):
+def heun(velocity_fn, x, grid, discrete, generator=None, temperature=1.0, order="random"):
     """Heun's second-order method (explicit trapezoid): predictor Euler, corrector averages the
     velocities at both ends. Two evaluations per step."""
-    return _run("heun", velocity_fn, x, grid, discrete, generator, temperature)
+    return _run("heun", velocity_fn, x, grid, discrete, generator, temperature, order)
 
 
-def midpoint(velocity_fn, x, grid, discrete, generator=None, temperature=1.0):
+def midpoint(velocity_fn, x, grid, discrete, generator=None, temperature=1.0, order="random"):
     """Explicit midpoint (second order): the velocity at a half Euler step. Two evaluations."""
-    return _run("midpoint", velocity_fn, x, grid, discrete, generator, temperature)
+    return _run("midpoint", velocity_fn, x, grid, discrete, generator, temperature, order)
 
 
 SOLVERS = {"euler": euler, "heun": heun, "midpoint": midpoint}
