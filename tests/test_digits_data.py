@@ -124,3 +124,9 @@ def test_wav_io(tmp_path: Path) -> None:
     (tmp_path / "corrupt.wav").write_bytes(b"RIFF not really a wav file")
     with pytest.raises(ValueError, match="corrupt.wav"):
         read_wav(tmp_path / "corrupt.wav")
+
+
+def test_seed_changes_pairing_not_split() -> None:
+    a, b = DigitsDataset("train", seed=0), DigitsDataset("train", seed=1)
+    assert torch.equal(a.images, b.images)
+    assert any(a.pairing(i) != b.pairing(i) for i in range(50))

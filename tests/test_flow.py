@@ -138,3 +138,12 @@ def test_loss_weight_scales_component(model4):
     model4.modalities["text"].cfg.loss_weight = 3.0
     l3, _ = anydit.training_loss(model4, batch, generator=g())
     torch.testing.assert_close(l3 - l1, 2.0 * parts["text"], rtol=1e-4, atol=1e-5)
+
+
+def test_flow_config_moves_training_times():
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    base = sample_times("logit_normal", 20000, generator=g())
+    later = sample_times("logit_normal", 20000, logit_mean=1.0, generator=g())
+    wide = sample_times("logit_normal", 20000, logit_std=2.0, generator=g())
+    assert later.mean() > base.mean() + 0.1
+    assert wide.std() > base.std() + 0.05

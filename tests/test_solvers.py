@@ -128,3 +128,13 @@ def test_confidence_unmasking_keeps_the_expected_count():
     out = unmask_step(ids, logits, torch.tensor(0.2), torch.tensor(0.3), 7, g, order="confidence")
     share = (out != 7).float().mean().item()
     assert share == pytest.approx(0.1 / 0.8, abs=0.01)
+
+
+def test_temperature_sharpens_discrete_draws():
+    logits = torch.tensor([0.0, 0.5, 1.0]).expand(5000, 1, 3)
+    ids = torch.full((5000, 1), 3)
+    g = torch.Generator().manual_seed(0)
+    cold = unmask_step(ids, logits, torch.tensor(0.0), torch.tensor(1.0), 3, g, temperature=0.05)
+    warm = unmask_step(ids, logits, torch.tensor(0.0), torch.tensor(1.0), 3, g, temperature=1.0)
+    assert (cold == 2).float().mean() > 0.99
+    assert (warm == 2).float().mean() < 0.6

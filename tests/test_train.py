@@ -169,3 +169,11 @@ def test_schedules():
     assert cosine(10) == pytest.approx(1.0) and cosine(55) == pytest.approx(0.5)
     assert cosine(100) == pytest.approx(0.0, abs=1e-12)
     assert constant(100) == 1.0
+
+
+def test_weight_decay_and_seed_change_the_weights(straight, tmp_path):
+    ref = _weights(straight / "model.safetensors")
+    train(_cfg(weight_decay=0.5), tmp_path / "wd", progress=False)
+    train(_cfg(seed=1), tmp_path / "seed", progress=False)
+    assert not _same(ref, _weights(tmp_path / "wd" / "model.safetensors"), 1e-7)
+    assert not _same(ref, _weights(tmp_path / "seed" / "model.safetensors"), 1e-7)
