@@ -34,12 +34,10 @@ class Label(Modality):
         return torch.zeros(1, 3)
 
     def prepare(self, value, n: int | None = None) -> Tensor:
-        if isinstance(value, str) or (
-            isinstance(value, list | tuple) and value and isinstance(value[0], str)
-        ):
-            names = [value] if isinstance(value, str) else list(value)
-            value = [self.class_id(v) for v in names]
-            value = value[0] if isinstance(names, list) and len(names) == 1 and n else value
+        if isinstance(value, str):
+            value = self.class_id(value)
+        elif isinstance(value, list | tuple) and value and isinstance(value[0], str):
+            value = [self.class_id(v) for v in value]
         x = self._batch(self._check_dtype(torch.as_tensor(value)), n)
         bad = (x < 0) | (x >= self.cfg.num_classes)
         if bad.any():
