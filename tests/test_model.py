@@ -194,3 +194,12 @@ def test_pooled_conditioning_is_a_path_between_streams(pooled):
     other = dict(tokens, label=(tokens["label"] + 1) % 10)
     changed = not torch.allclose(base, model(other, times)["image"])
     assert changed == pooled
+
+
+def test_single_stream_blocks_with_non_default_equal_widths():
+    mods, cfg = four_modalities(single_depth=1)
+    for m in mods:
+        m.width = 48  # all streams 48 wide, model width 32
+    model = anydit.MMDiT(mods, cfg)
+    tokens, times = _inputs(model)
+    assert model(tokens, times)["image"].shape == (3, 16, 4)

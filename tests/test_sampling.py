@@ -192,3 +192,46 @@ def test_unmasking_option(model):
     assert not torch.equal(a["text"], b["text"])
     with pytest.raises(ValueError, match="unmasking must be 'random' or 'confidence'"):
         anydit.sample(model, task, unmasking="sorted")
+
+
+def test_known_discrete_tokens_spend_no_reveal_budget(model):
+    """Confidence order with half the text known: the unknown half is revealed on schedule."""
+    calls = []
+    forward = model.forward
+
+    def spy(tokens, times):
+        calls.append(
+            (tokens["text"][:, 6:] == model.modalities["text"].mask_id).float().mean().item()
+        )
+        return forward(tokens, times)
+
+    model.forward = spy
+    known = model.modalities["text"].encode(["abcdef"] * 8)
+    mask = torch.zeros(8, 12, dtype=torch.bool)
+    mask[:, :6] = True
+    task = {"text": anydit.generate(known=known, mask=mask)}
+    anydit.sample(model, task, n=8, steps=4, unmasking="confidence")
+    # masked share of the unknown half before each step: 1, then about 3/4, 1/2, 1/4
+    assert calls[0] == 1.0
+    assert calls[2] == pytest.approx(0.5, abs=0.2)
+
+
+def test_temperature_must_be_positive(model):
+    with pytest.raises(ValueError, match="temperature must be > 0, got 0"):
+        anydit.sample(model, {"label": "generate"}, temperature=0)
+
+
+def test_heun_inner_evaluation_keeps_discrete_time():
+    from anydit.sampling import heun
+
+    seen = []
+
+    def velocity_fn(x, t):
+        seen.append({k: float(v) for k, v in t.items()})
+        return {"c": torch.zeros_like(x["c"]), "d": torch.zeros(*x["d"].shape, 3)}
+
+    x = {"c": torch.zeros(1, 1, 1), "d": torch.full((1, 1), 3)}
+    grid = {k: torch.linspace(0, 1, 3) for k in x}
+    heun(velocity_fn, x, grid, {"d": 3}, torch.Generator().manual_seed(0))
+    # second evaluation of step 0: the continuous stream is at t1, the discrete one still at t0
+    assert seen[1] == {"c": 0.5, "d": 0.0}

@@ -68,7 +68,7 @@ class MMDiT(nn.Module):
             [DualStreamBlock(widths, *block_args) for _ in range(cfg.depth)]
         )
         self.single_blocks = nn.ModuleList(
-            [SingleStreamBlock(cfg.width, *block_args) for _ in range(cfg.single_depth)]
+            [SingleStreamBlock(widths[names[0]], *block_args) for _ in range(cfg.single_depth)]
         )
         self.final = nn.ModuleDict(
             {n: FinalLayer(widths[n], m.token_dim) for n, m in self.modalities.items()}

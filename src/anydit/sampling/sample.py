@@ -80,6 +80,8 @@ def sample(
     guidance = cfg.guidance if guidance is None else guidance
     temperature = cfg.temperature if temperature is None else temperature
     unmasking = unmasking or cfg.unmasking
+    if not temperature > 0:
+        raise ValueError(f"sample: temperature must be > 0, got {temperature!r}")
     if unmasking not in ("random", "confidence"):
         raise ValueError(f"sample: unmasking must be 'random' or 'confidence', got {unmasking!r}")
     if solver not in SOLVERS:
@@ -94,6 +96,9 @@ def sample(
     # The t = 0 state of every modality, drawn in canonical order so seeds are reproducible.
     dropped = {k: _drop_state(m, n, gen, device) for k, m in mods.items()}
     x_init = {k: dropped[k].clone() for k in generated}
+    for k in generated:  # known discrete tokens start revealed, so they spend no reveal budget
+        if mods[k].discrete and roles[k].known is not None:
+            x_init[k] = torch.where(roles[k].known, roles[k].tokens, x_init[k])
     grids = joint_grids(
         {k: roles[k].steps or steps for k in generated}, {k: mods[k].cfg.shift for k in generated}
     )

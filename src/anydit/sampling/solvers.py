@@ -73,6 +73,11 @@ def _times(grid: dict[str, Tensor], i: int | float) -> dict[str, Tensor]:
     return out
 
 
+def _hold(t: dict[str, Tensor], t0: dict[str, Tensor], names: set[str]) -> dict[str, Tensor]:
+    """Times for an inner evaluation: discrete modalities have not moved yet, so they keep t0."""
+    return {n: t0[n] if n in names else v for n, v in t.items()}
+
+
 def _axpy(
     x: dict[str, Tensor], v: dict[str, Tensor], dt: dict[str, Tensor], skip: set[str]
 ) -> dict[str, Tensor]:
@@ -102,13 +107,13 @@ def _run(
             x_new = _axpy(x, out, dt, frozen)
         elif method == "heun":
             x_pred = _axpy(x, out, dt, frozen)
-            out2 = velocity_fn(x_pred, t1)
+            out2 = velocity_fn(x_pred, _hold(t1, t0, skip))
             avg = {n: 0.5 * (out[n] + out2[n]) for n in out if n not in skip}
             x_new = _axpy(x, {**out, **avg}, dt, frozen)
         elif method == "midpoint":
             half = {n: 0.5 * dt[n] for n in dt}
             x_mid = _axpy(x, out, half, frozen)
-            out2 = velocity_fn(x_mid, _times(grid, i + 0.5))
+            out2 = velocity_fn(x_mid, _hold(_times(grid, i + 0.5), t0, skip))
             x_new = _axpy(x, {n: out2[n] if n not in skip else out[n] for n in out}, dt, frozen)
         else:
             raise ValueError(f"solver: expected euler, heun or midpoint, got {method!r}")
