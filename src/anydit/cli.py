@@ -182,13 +182,10 @@ def cmd_sample(args) -> int:
 
 
 def _ensure_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise OSError(f"output folder {out} cannot be written ({e.strerror or e})") from None
+    """Create ``out`` or fail now, naming it, if it cannot be written."""
+    from anydit.train.loop import check_writable
+
+    check_writable(out)
 
 
 def run_eval(
