@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 import anydit
 from anydit.config import config_from_tree
@@ -177,3 +178,12 @@ def test_weight_decay_and_seed_change_the_weights(straight, tmp_path):
     train(_cfg(seed=1), tmp_path / "seed", progress=False)
     assert not _same(ref, _weights(tmp_path / "wd" / "model.safetensors"), 1e-7)
     assert not _same(ref, _weights(tmp_path / "seed" / "model.safetensors"), 1e-7)
+
+
+def test_device_option():
+    from anydit.train.distributed import setup
+
+    assert setup("cpu").device.type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="train.device: expected 'cpu' or 'auto'"):
+            setup("cuda")
