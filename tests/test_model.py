@@ -69,9 +69,51 @@ def test_rotary_positions_matter():
     model = _build()
     tokens, times = _inputs(model)
     base = model(tokens, times)["image"]
-    model.rope_cos.fill_(1.0)
-    model.rope_sin.fill_(0.0)
+    model.rope[..., 0].fill_(1.0)  # every angle 0: no rotation
+    model.rope[..., 1].fill_(0.0)
     assert not torch.allclose(base, model(tokens, times)["image"])
+
+
+def test_apply_rotary_rotates_adjacent_pairs():
+    """Against the plain 2x2 rotation of each pair (x_2i, x_2i+1) by its angle."""
+    from anydit.model.rotary import apply_rotary, rotary_angles, rotary_table
+
+    pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [5.0, 0.0, 1.0]])  # (n, 3)
+    angles = rotary_angles(pos, 12, 100.0).float()  # (n, 6)
+    x = torch.randn(2, 3, 3, 12)  # (b, h, n, e)
+    a, b = x[..., 0::2], x[..., 1::2]
+    want = torch.stack(
+        [a * angles.cos() - b * angles.sin(), a * angles.sin() + b * angles.cos()], -1
+    )
+    got = apply_rotary(x, rotary_table(angles))
+    torch.testing.assert_close(got, want.flatten(-2))
+    torch.testing.assert_close(got[:, :, 0], x[:, :, 0])  # position 0: identity
+    # relative: <R(p) q, R(p + delta) k> depends on delta only
+    q, k = torch.randn(1, 1, 1, 12), torch.randn(1, 1, 1, 12)
+
+    def score(p_q, p_k):
+        table = rotary_table(rotary_angles(torch.tensor([p_q, p_k]), 12, 100.0))
+        return (apply_rotary(q, table[:1]) * apply_rotary(k, table[1:])).sum()
+
+    near = score([3.0, 1.0, 2.0], [5.0, 4.0, 2.0])
+    torch.testing.assert_close(near, score([10.0, 7.0, 0.0], [12.0, 10.0, 0.0]))
+    assert not torch.allclose(near, score([3.0, 1.0, 2.0], [3.0, 1.0, 2.0]))
+    bf = apply_rotary(x.bfloat16(), rotary_table(angles))
+    assert bf.dtype == torch.bfloat16
+    torch.testing.assert_close(bf.float(), want.flatten(-2), rtol=2e-2, atol=2e-2)
+
+
+def test_attention_short_bf16_matches_fp32():
+    from anydit.model.block import attention
+
+    q, k, v = (torch.randn(2, 2, 40, 16) for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    got = attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert got.dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(attention(q.bfloat16(), k.bfloat16(), v.bfloat16()), got)
+    torch.testing.assert_close(got.float(), ref, rtol=3e-2, atol=3e-2)
+    torch.testing.assert_close(attention(q, k, v), ref)
 
 
 @pytest.mark.parametrize(
@@ -81,6 +123,7 @@ def test_rotary_positions_matter():
         {"qk_norm": False},
         {"mlp_ratio": 2.0},
         {"rope_theta": 100.0},
+        {"activation": "gelu_tanh"},
         {"depth": 3},
     ],
     ids=lambda o: next(iter(o)),

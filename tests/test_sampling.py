@@ -120,6 +120,57 @@ def test_guidance_closed_form():
     assert (tokens["label"][2:] == model.modalities["label"].mask_id).all()
 
 
+def test_joint_guidance_closed_form():
+    """Nothing given, two generated: each is guided by the other, v = 2 v_joint - v_alone."""
+    mods, cfg = four_modalities()
+    model = anydit.MMDiT(mods, cfg)
+    randomize(model, std=0.2)
+    calls = []
+    forward = model.forward
+
+    def spy(tokens, times):
+        out = forward(tokens, times)
+        calls.append((tokens, times, out))
+        return out
+
+    model.forward = spy
+    task = {"image": "generate", "audio": "generate", "label": "drop", "text": "drop"}
+    got = anydit.sample(model, task, n=2, steps=2, guidance=2.0)
+    (tokens, times, out) = calls[1]  # the evaluation at t = 0.5
+    # branches (sorted by name): joint, audio alone (image dropped: t = 0), image alone
+    assert tokens["image"].shape[0] == 6
+    assert times["image"].tolist() == [0.5, 0.5, 0, 0, 0.5, 0.5]
+    assert times["audio"].tolist() == [0.5, 0.5, 0.5, 0.5, 0, 0]
+    img, aud = model.modalities["image"], model.modalities["audio"]
+    v_img = 2 * out["image"][:2] - out["image"][4:6]
+    v_aud = 2 * out["audio"][:2] - out["audio"][2:4]
+    want_img = img.detokenize(tokens["image"][:2] + 0.5 * v_img)
+    torch.testing.assert_close(got["image"], want_img)
+    torch.testing.assert_close(got["audio"], aud.detokenize(tokens["audio"][:2] + 0.5 * v_aud))
+    plain = anydit.sample(model, task, n=2, steps=2)
+    assert not torch.allclose(plain["image"], got["image"])
+
+
+def test_guidance_interval(model):
+    task = {"image": "generate", "label": 3}
+    plain = anydit.sample(model, task, n=2, steps=2, seed=0)
+    always = anydit.sample(model, task, n=2, steps=2, seed=0, guidance=3.0)
+    # evaluations happen at t = 0 and 0.5: (0.9, 1) guides none of them, (0.4, 1) the second
+    never = anydit.sample(
+        model, task, n=2, steps=2, seed=0, guidance=3.0, guidance_interval=(0.9, 1)
+    )
+    late = anydit.sample(
+        model, task, n=2, steps=2, seed=0, guidance=3.0, guidance_interval=(0.4, 1)
+    )
+    torch.testing.assert_close(never["image"], plain["image"])
+    assert not torch.allclose(late["image"], plain["image"])
+    assert not torch.allclose(late["image"], always["image"])
+    with pytest.raises(ValueError, match="guidance_interval must satisfy 0 <= low <= high <= 1"):
+        anydit.sample(model, task, guidance=2.0, guidance_interval=(0.5, 0.2))
+    with pytest.raises(ValueError, match="sample.guidance_interval"):
+        anydit.SampleConfig(guidance_interval=(0.0, 2.0))
+
+
 def test_asynchronous_steps_count_evaluations(model):
     calls = []
     forward = model.forward
@@ -235,3 +286,22 @@ def test_heun_inner_evaluation_keeps_discrete_time():
     heun(velocity_fn, x, grid, {"d": 3}, torch.Generator().manual_seed(0))
     # second evaluation of step 0: the continuous stream is at t1, the discrete one still at t0
     assert seen[1] == {"c": 0.5, "d": 0.0}
+
+
+def test_shift_moves_the_grid(model):
+    calls = []
+    forward = model.forward
+
+    def spy(tokens, times):
+        calls.append(float(times["image"].float().mean()))
+        return forward(tokens, times)
+
+    model.forward = spy
+    task = {"image": "generate", "label": 3}
+    plain = anydit.sample(model, task, n=2, steps=2, seed=0)
+    shifted = anydit.sample(model, task, n=2, steps=2, seed=0, shift=3.0)
+    # u = 0.5 -> t = u / (u + s (1 - u)): 0.5 unshifted, 0.25 with s = 3
+    assert calls == pytest.approx([0.0, 0.5, 0.0, 0.25])
+    assert not torch.allclose(plain["image"], shifted["image"])
+    with pytest.raises(ValueError, match="shift must be > 0"):
+        anydit.sample(model, task, shift=0.0)

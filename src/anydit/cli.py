@@ -83,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)"
     )
+    p.add_argument(
+        "--guidance-interval",
+        type=_interval,
+        default=(0.0, 1.0),
+        metavar="LOW,HIGH",
+        help="guide only while a modality's time is in [LOW, HIGH] (0 = noise, 1 = data)",
+    )
+    p.add_argument(
+        "--shift", type=float, default=None, help="time shift of the grids (default: trained)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--out", default="samples", help="output folder")
@@ -96,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-per-class", type=int, default=20)
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--guidance-interval", type=_interval, default=(0.0, 1.0), metavar="LOW,HIGH")
     _add_common(p)
 
     p = sub.add_parser("demo", help="train on the built-in digits, evaluate, write a gallery")
@@ -110,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _add_common(p)
     return parser
+
+
+def _interval(text: str) -> tuple[float, float]:
+    """``LOW,HIGH`` -> (low, high) with 0 <= low <= high <= 1."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (two times), got {text!r}") from None
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected 0 <= LOW <= HIGH <= 1, got {text!r}")
+    return lo, hi
 
 
 def _model_path(path: str) -> Path:
@@ -173,6 +195,8 @@ def cmd_sample(args) -> int:
         steps=args.steps,
         solver=args.solver,
         guidance=args.guidance,
+        guidance_interval=args.guidance_interval,
+        shift=args.shift,
         seed=args.seed,
         precision=args.precision,
     )
@@ -189,14 +213,25 @@ def _ensure_dir(out: Path) -> None:
 
 
 def run_eval(
-    model, out: Path, n_per_class: int, steps: int, guidance: float, gallery: bool
+    model,
+    out: Path,
+    n_per_class: int,
+    steps: int,
+    guidance: float,
+    gallery: bool,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
 ) -> dict:
     """Metrics (+ gallery) of a digits model into ``out``; returns the metrics."""
     from anydit.eval.metrics import evaluate_digits, format_table
 
     _ensure_dir(out)
     results = evaluate_digits(
-        model, n_per_class=n_per_class, steps=steps, guidance=guidance, progress=True
+        model,
+        n_per_class=n_per_class,
+        steps=steps,
+        guidance=guidance,
+        guidance_interval=guidance_interval,
+        progress=True,
     )
     metrics = {k: v for k, v in results.items() if k != "samples"}
     finite = {
@@ -218,7 +253,15 @@ def cmd_eval(args) -> int:
     path = _model_path(args.checkpoint)
     model = anydit.load_model(path)
     out = Path(args.out) if args.out else path.parent
-    run_eval(model, out, args.n_per_class, args.steps, args.guidance, gallery=False)
+    run_eval(
+        model,
+        out,
+        args.n_per_class,
+        args.steps,
+        args.guidance,
+        gallery=False,
+        guidance_interval=args.guidance_interval,
+    )
     print(f"metrics: {out / 'metrics.json'}")
     return 0
 

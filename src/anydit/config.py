@@ -159,6 +159,7 @@ class ModelConfig:
     head_dim: int = 64  # joint attention width = heads * head_dim, the same for every stream
     mlp_ratio: float = 4.0
     qk_norm: bool = True  # RMSNorm on q and k (SD3): keeps attention logits bounded in bf16
+    activation: str = "gelu"  # MLP: gelu (exact; 4x faster on CPU) | gelu_tanh (SD3, Flux)
     rope_theta: float = 10000.0
     time_dim: int = 256  # sinusoidal features per time before the MLP (DiT uses 256)
     pooled_cond: bool = True  # add every modality's mean token embedding to the adaLN input
@@ -182,6 +183,12 @@ class ModelConfig:
         )
         _check(self.time_dim % 2 == 0, "model.time_dim", "an even integer", self.time_dim)
         _check(self.mlp_ratio > 0, "model.mlp_ratio", "a number > 0", self.mlp_ratio)
+        _check(
+            self.activation in ("gelu", "gelu_tanh"),
+            "model.activation",
+            "gelu|gelu_tanh",
+            self.activation,
+        )
         _check(self.rope_theta > 1, "model.rope_theta", "a number > 1", self.rope_theta)
 
 
@@ -207,9 +214,17 @@ class SampleConfig:
     guidance: float = 1.0  # 1 = no guidance
     temperature: float = 1.0  # discrete unmasking: softmax temperature
     unmasking: str = "random"  # random (exact ancestral) | confidence (MaskGIT order)
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # guide only while t is in [low, high]
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "sample.steps", "an integer >= 1", self.steps)
+        iv = tuple(self.guidance_interval)
+        _check(
+            len(iv) == 2 and 0.0 <= iv[0] <= iv[1] <= 1.0,
+            "sample.guidance_interval",
+            "two times low <= high in [0, 1]",
+            self.guidance_interval,
+        )
         _check(
             self.solver in ("euler", "heun", "midpoint"),
             "sample.solver",

@@ -67,10 +67,10 @@ def time_per_step(cfg: Config, steps: int = 6) -> float:
     from anydit.data.sources import build_dataset, make_collate
     from anydit.flow.objective import training_loss
     from anydit.model import MMDiT
-    from anydit.train.step import autocast_for
+    from anydit.train.step import autocast_for, make_optimizer
 
     model = MMDiT(cfg.modalities, cfg.model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = make_optimizer(model.parameters(), 1e-4)
     data = build_dataset(cfg.data, "train")
     batch = make_collate(model)([data[i] for i in range(cfg.train.batch_size)])
     times = []

