@@ -61,6 +61,9 @@ ROLE_CASES = [
     (["--generate", "image,audio,label"], {"image", "audio", "label"}),
     (["--generate", "image", "--given", "label=3", "--drop", "text", "--guidance", "2"], {"image"}),
     (["--generate", "image", "--given", "audio=NPY", "--solver", "heun"], {"image"}),
+    (["--generate", "image", "--given", "label=3", "--guidance", "label=2"], {"image"}),
+    (["--generate", "image,audio", "--guidance", "3", "--guidance-interval", "0.3,1"], {"image"}),
+    (["--generate", "image", "--given", "label=3", "--shift", "3"], {"image"}),
 ]
 
 
@@ -202,6 +205,21 @@ def test_bad_inputs_end_in_one_clear_message(run_dir, tmp_path, capsys):
         ],
     )
     assert "output folder" in err and "cannot be written" in err
+
+
+def test_bad_sampler_options_are_usage_errors(run_dir, tmp_path, capsys):
+    ck = ["sample", "--checkpoint", str(run_dir), "--generate", "image", "--out", str(tmp_path)]
+    for flag, value, want in [
+        ("--guidance", "label:2", "expected a number or NAME=W pairs"),
+        ("--guidance-interval", "0.5", "expected LOW,HIGH"),
+        ("--guidance-interval", "0.8,0.2", "expected 0 <= LOW <= HIGH <= 1"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*ck, flag, value])
+        assert exit_info.value.code == 2
+        assert want in capsys.readouterr().err
+    err = _err(capsys, [*ck, "--given", "label=3", "--guidance", "text=2"])
+    assert "guidance names ['text'], which are not given" in err
 
 
 def test_bad_config_names_key(tmp_path, capsys):

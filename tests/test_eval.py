@@ -152,3 +152,26 @@ def test_gallery_references_existing_files(
     assert len(wavs) >= 20  # label -> audio, joint, and the given recordings (written once)
     assert not any(w.startswith("audio_to_label_given") for w in wavs)  # same as audio_to_image
     assert "<audio controls" in page and "FAIL" in page
+
+
+def test_guidance_per_task_source() -> None:
+    """A dict guides only the tasks whose given modality (or "joint") it names."""
+    from conftest import randomize
+
+    torch.manual_seed(0)
+    model = anydit.MMDiT(digits_modalities(), anydit.preset("debug"))
+    randomize(model, std=0.2)  # zero-initialised outputs would ignore guidance
+    tasks = ("label_to_image", "text_to_image")
+    kw = {"n_per_class": 1, "steps": 2, "tasks": tasks}
+    plain = evaluate_digits(model, **kw)["samples"]
+    label_only = evaluate_digits(model, guidance={"label": 3.0}, **kw)["samples"]
+    both = evaluate_digits(model, guidance=3.0, **kw)["samples"]
+    image = {
+        k: {t: s[t]["generated"]["image"] for t in tasks}
+        for k, s in [("plain", plain), ("label", label_only), ("both", both)]
+    }
+    assert not torch.allclose(image["label"]["label_to_image"], image["plain"]["label_to_image"])
+    torch.testing.assert_close(image["label"]["label_to_image"], image["both"]["label_to_image"])
+    torch.testing.assert_close(image["label"]["text_to_image"], image["plain"]["text_to_image"])
+    with pytest.raises(ValueError, match=r"guidance names \['lable'\]"):
+        evaluate_digits(model, guidance={"lable": 2.0}, **kw)

@@ -81,7 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--solver", default="euler", choices=["euler", "heun", "midpoint"])
     p.add_argument(
-        "--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)"
+        "--guidance",
+        type=_guidance,
+        default=1.0,
+        metavar="W|NAME=W,...",
+        help="classifier-free guidance: one scale for all given modalities, or one per given "
+        "modality (label=2,audio=3); 1 = none",
     )
     p.add_argument(
         "--guidance-interval",
@@ -105,7 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n-per-class", type=int, default=20)
     p.add_argument("--steps", type=int, default=32)
-    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument(
+        "--guidance",
+        type=_guidance,
+        default=1.0,
+        metavar="W|SOURCE=W,...",
+        help="one scale, or one per task source: label, text, image, audio, joint",
+    )
     p.add_argument("--guidance-interval", type=_interval, default=(0.0, 1.0), metavar="LOW,HIGH")
     _add_common(p)
 
@@ -115,12 +126,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument(
+        "--guidance",
+        type=_guidance,
+        default=None,
+        metavar="W|SOURCE=W,...",
+        help="evaluation guidance (default label=1.5,text=2.5,image=2.5,audio=2.5,joint=2.5)",
+    )
+    p.add_argument(
+        "--guidance-interval",
+        type=_interval,
+        default=None,
+        metavar="LOW,HIGH",
+        help="evaluation guidance interval (0.3,1)",
+    )
+    p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
     )
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     _add_common(p)
     return parser
+
+
+def _guidance(text: str) -> float | dict[str, float]:
+    """``W`` -> W, or ``NAME=W,NAME=W`` -> {NAME: W}."""
+    try:
+        if "=" not in text:
+            return float(text)
+        pairs = [item.split("=", 1) for item in text.split(",")]
+        return {name.strip(): float(w) for name, w in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or NAME=W pairs separated by commas, got {text!r}"
+        ) from None
 
 
 def _interval(text: str) -> tuple[float, float]:
@@ -217,7 +255,7 @@ def run_eval(
     out: Path,
     n_per_class: int,
     steps: int,
-    guidance: float,
+    guidance: float | dict[str, float],
     gallery: bool,
     guidance_interval: tuple[float, float] = (0.0, 1.0),
 ) -> dict:
@@ -267,7 +305,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from anydit.demo import run_demo
+    from anydit.demo import GUIDANCE, GUIDANCE_INTERVAL, run_demo
 
     run_demo(
         Path(args.out),
@@ -275,6 +313,8 @@ def cmd_demo(args) -> int:
         overrides=args.set,
         resume=not args.no_resume,
         progress=not args.no_progress,
+        guidance=dict(GUIDANCE) if args.guidance is None else args.guidance,
+        guidance_interval=args.guidance_interval or GUIDANCE_INTERVAL,
     )
     return 0
 

@@ -27,12 +27,19 @@ DEMO_TREE = {
         "warmup": 100,
         "schedule": "cosine",
         "ema": 0.995,
-        "precision": "fp32",
+        "precision": "bf16",
         "log_every": 25,
         "checkpoint_every": 200,
     },
 }
 EVAL_RESERVE_S = 130.0  # evaluation (8 tasks x 200 samples x 32 steps, guided) and gallery
+# Evaluation guidance per given modality, off while t < 0.3 (near noise, where guidance narrows
+# diversity most). Labels are the condition the model learns best (label -> image 90% with no
+# guidance), so they need least; captions, images, speech and joint agreement need more. On
+# one 10-minute model, 2.5 everywhere gave label -> image 99.0% at 0.78 of the real per-class
+# diversity; 1.5 for labels gave 96.5% at 0.87.
+GUIDANCE = {"label": 1.5, "text": 2.5, "image": 2.5, "audio": 2.5, "joint": 2.5}
+GUIDANCE_INTERVAL = (0.3, 1.0)
 MIN_STEPS = 50
 
 
@@ -91,7 +98,8 @@ def run_demo(
     overrides: list[str] | tuple[str, ...] = (),
     resume: bool = True,
     progress: bool = True,
-    guidance: float = 3.0,
+    guidance: float | dict[str, float] | None = None,
+    guidance_interval: tuple[float, float] = GUIDANCE_INTERVAL,
     eval_per_class: int = 20,
 ) -> dict:
     """Train, evaluate and write the gallery into ``out``; returns the metrics."""
@@ -118,7 +126,13 @@ def run_demo(
     result = train(cfg, out, resume=resume, progress=progress)
     model = load_model(result.model_path)
     metrics = run_eval(
-        model, out, n_per_class=eval_per_class, steps=32, guidance=guidance, gallery=True
+        model,
+        out,
+        n_per_class=eval_per_class,
+        steps=32,
+        guidance=dict(GUIDANCE) if guidance is None else guidance,
+        gallery=True,
+        guidance_interval=guidance_interval,
     )
     wall = time.perf_counter() - start
     metrics["wall_seconds"] = wall

@@ -161,13 +161,19 @@ class _Run:
         self.given_images = _real_per_class(images, image_labels, self.labels)  # (N, 1, 8, 8)
         self.given_audio = _real_per_class(audio, audio_labels, self.labels)  # (N, 32, 32)
 
-    def sample(self, task_index: int, task: dict, n: int) -> dict[str, Tensor]:
-        out = sample(self.model, task, n=n, seed=self.seed + task_index, **self.sample_kw)
+    def sample(self, task_index: int, task: dict, n: int, source: str) -> dict[str, Tensor]:
+        """One task's samples; guidance is the weight for ``source`` (what is given, or
+        "joint") when ``guidance`` is a dict, else the one float."""
+        kw = dict(self.sample_kw)
+        if isinstance(kw["guidance"], dict):
+            kw["guidance"] = kw["guidance"].get(source, 1.0)
+        out = sample(self.model, task, n=n, seed=self.seed + task_index, **kw)
         return {k: v.detach().cpu() for k, v in out.items()}
 
     def conditional(self, i: int, given: dict, target: str) -> dict:
         """Sample ``target`` given ``given``; judge it against ``self.labels``."""
-        out = self.sample(i, {target: "generate", **given}, len(self.labels))
+        (source,) = given
+        out = self.sample(i, {target: "generate", **given}, len(self.labels), source)
         x = out[target]
         if target == "image":
             pred = self.judge_image.predict(x)
@@ -189,7 +195,7 @@ class _Run:
         """Image, audio and label sampled together (text dropped)."""
         n = len(self.labels)
         task = {"image": "generate", "audio": "generate", "label": "generate", "text": "drop"}
-        out = self.sample(i, task, n)
+        out = self.sample(i, task, n, "joint")
         return {
             "labels": out["label"],
             "given": {},
@@ -255,7 +261,7 @@ def evaluate_digits(
     n_per_class: int = 20,
     steps: int = 32,
     solver: str = "euler",
-    guidance: float = 1.0,
+    guidance: float | dict[str, float] = 1.0,
     seed: int = 0,
     precision: str = "fp32",
     progress: bool = False,
@@ -271,7 +277,9 @@ def evaluate_digits(
         steps, solver, guidance, guidance_interval, shift, precision, unmasking: passed to
             ``anydit.sample`` (confidence-ordered unmasking by default: captions come out
             spelled right). ``joint`` has nothing given, so there guidance pulls each
-            generated modality towards agreement with the others.
+            generated modality towards agreement with the others. ``guidance`` may be a dict
+            {source: w} with sources "label", "text", "image", "audio" (the given modality
+            of a task) and "joint"; a source it does not name is not guided.
         seed: task ``i`` of ``TASKS`` samples with seed ``seed + i``.
         tasks: a subset of ``TASKS`` to run (image statistics need ``label_to_image``,
             ``fid_audio`` needs ``label_to_audio``).
@@ -288,6 +296,13 @@ def evaluate_digits(
     if n_per_class < 1:
         raise ValueError(f"evaluate_digits: n_per_class must be >= 1, got {n_per_class}")
     _check_model(model)
+    if isinstance(guidance, dict):
+        bad = sorted(set(guidance) - {"label", "text", "image", "audio", "joint"})
+        if bad:
+            raise ValueError(
+                f"evaluate_digits: guidance names {bad}; expected some of "
+                "label, text, image, audio, joint"
+            )
     kw = {
         "steps": steps,
         "solver": solver,
