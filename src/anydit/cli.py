@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_common(p)
 
+    p = sub.add_parser("data", help="inspect training data")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    q = data_sub.add_parser("check", help="read every sample of a config's data; report problems")
+    q.add_argument("config", help="YAML run config (its data and modalities)")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _add_common(q)
+
     p = sub.add_parser("sample", help="sample any task from a trained model")
     p.add_argument("--checkpoint", required=True, help="model.safetensors or a run folder")
     p.add_argument("--generate", required=True, help="modalities to generate, comma-separated")
@@ -194,6 +201,35 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    """``anydit data check``: every problem at once, counts per kind; non-zero exit if any."""
+    from anydit.config import load_config
+    from anydit.data import own
+    from anydit.data.sources import build_dataset
+
+    cfg = load_config(args.config, args.set)
+    dataset = build_dataset(cfg.data, "train", cfg.modalities)
+    if cfg.data.source == "digits":
+        print(f"data: built-in digits, {len(dataset)} samples")
+        return 0
+    filled = own.fill_label_classes(cfg.modalities, dataset)
+    if filled:
+        dataset = build_dataset(cfg.data, "train", cfg.modalities)
+    report = own.scan(dataset)
+    for _, message in report.problems:
+        print(message)
+    total = len(dataset.rows)
+    print(f"{dataset.where}: {total} samples, {len(report.good)} readable")
+    for name in filled:
+        classes = next(m.classes for m in cfg.modalities if m.name == name)
+        print(f"label '{name}': {len(classes)} classes from the data")
+    if not report.problems and total:
+        return 0
+    counts = report.counts or {"empty dataset": 1}
+    print("problems: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return 1
+
+
 def parse_task(model, generate: str, given: list[str], drop: list[str], n: int) -> dict:
     """CLI roles -> a task dict; values read from literals or files."""
     from anydit.data.files import read_value
@@ -319,7 +355,13 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "demo": cmd_demo}
+COMMANDS = {
+    "train": cmd_train,
+    "sample": cmd_sample,
+    "eval": cmd_eval,
+    "demo": cmd_demo,
+    "data": cmd_data,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

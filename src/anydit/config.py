@@ -42,7 +42,7 @@ class ModalityConfig:
     shape: tuple[int, ...] = ()
     patch: int = 1  # image/video: square spatial patch; sequence: frames per token
     patch_t: int = 1  # video: frames per token
-    num_classes: int = 0  # label: K classes (names may be given in `classes`)
+    num_classes: int = 0  # label: K classes (names may be given in `classes`); 0 = from data
     classes: tuple[str, ...] = ()  # label: optional class names, index = class id
     tokenizer: str = "bytes"  # text: "bytes" or a path to a `tokenizers` JSON file
     codec: str = ""  # "" = raw arrays; "logmel": a sequence of normalised log-mel frames (L, mels)
@@ -108,7 +108,12 @@ class ModalityConfig:
         if self.kind == "label":
             if self.classes and not self.num_classes:
                 self.num_classes = len(self.classes)
-            _check(self.num_classes >= 2, f"{w}.num_classes", "an integer >= 2", self.num_classes)
+            _check(
+                self.num_classes >= 2 or self.num_classes == 0,
+                f"{w}.num_classes",
+                "an integer >= 2 (or 0: the classes the training data names)",
+                self.num_classes,
+            )
             _check(
                 not self.classes or len(self.classes) == self.num_classes,
                 f"{w}.classes",
@@ -309,16 +314,32 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    """Where training data comes from."""
+    """Where training data comes from (see ``anydit.data.own`` for the layouts)."""
 
-    source: str = "digits"  # built-in: "digits" (the audio-visual digits of the demo)
+    source: str = "digits"  # digits (built in) | arrays | manifest | folder
+    path: str = ""  # arrays: .npz or folder of NAME.npy; manifest: .jsonl/.csv/.parquet; folder
     seed: int = 0  # pairing/caption draws of the built-in dataset
+    image_fit: str = "crop"  # image files of another size: crop | stretch | exact (refuse)
+    on_error: str = "error"  # a bad sample: error (stop, naming it) | skip (count and go on)
 
     def __post_init__(self) -> None:
         _check(self.source in DATA_SOURCES, "data.source", f"one of {DATA_SOURCES}", self.source)
+        _check(
+            self.source == "digits" or bool(self.path),
+            "data.path",
+            f"a file or folder for source '{self.source}'",
+            self.path,
+        )
+        _check(
+            self.image_fit in ("crop", "stretch", "exact"),
+            "data.image_fit",
+            "crop|stretch|exact",
+            self.image_fit,
+        )
+        _check(self.on_error in ("error", "skip"), "data.on_error", "error|skip", self.on_error)
 
 
-DATA_SOURCES = ("digits",)
+DATA_SOURCES = ("digits", "arrays", "manifest", "folder")
 
 
 @dataclass

@@ -79,7 +79,7 @@ def time_per_step(cfg: Config, steps: int = 6) -> float:
     model = MMDiT(cfg.modalities, cfg.model)
     opt = make_optimizer(model.parameters(), 1e-4)
     data = build_dataset(cfg.data, "train")
-    batch = make_collate(model)([data[i] for i in range(cfg.train.batch_size)])
+    batch, _ = make_collate(model)([data[i] for i in range(cfg.train.batch_size)])
     times = []
     for _ in range(steps + 2):
         t0 = time.perf_counter()

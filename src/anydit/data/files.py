@@ -149,13 +149,24 @@ def _parse_vector(text: str, where: str) -> Tensor:
     return torch.tensor(values, dtype=torch.float32)
 
 
-def read_image(path: str | Path, shape: tuple[int, ...], name: str = "image") -> Tensor:
+IMAGE_FITS = ("exact", "crop", "stretch")
+
+
+def read_image(
+    path: str | Path, shape: tuple[int, ...], name: str = "image", fit: str = "exact"
+) -> Tensor:
     """Read an image file as float32 (C, H, W) in [-1, 1] for a modality of ``shape``.
 
+    The file is converted to C channels (grey, RGB or RGBA). ``fit`` says what to do when its
+    size is not (H, W): ``exact`` refuses it, ``crop`` scales the shorter side to fit and
+    centre-crops the rest (the usual training preprocessing), ``stretch`` resizes to (H, W).
+
     Raises:
-        ValueError: unreadable file, unsupported channel count, or size other than (H, W).
+        ValueError: unreadable file, unsupported channel count, or (``exact``) another size.
     """
     c, h, w = shape
+    if fit not in IMAGE_FITS:
+        raise ValueError(f"image fit: expected one of {IMAGE_FITS}, got {fit!r}")
     if c not in _PIL_MODES:
         raise ValueError(
             f"file '{path}': modality '{name}' has {c} channels; image files need 1, 3 or 4"
@@ -170,10 +181,19 @@ def read_image(path: str | Path, shape: tuple[int, ...], name: str = "image") ->
             f"image of {h}x{w} pixels (H x W) ({err})"
         ) from err
     if (img.height, img.width) != (h, w):
-        raise ValueError(
-            f"image file '{path}' for modality '{name}': expected {h}x{w} pixels (H x W), "
-            f"found {img.height}x{img.width}"
-        )
+        if fit == "exact":
+            raise ValueError(
+                f"image file '{path}' for modality '{name}': expected {h}x{w} pixels (H x W), "
+                f"found {img.height}x{img.width}"
+            )
+        if fit == "crop":
+            scale = max(h / img.height, w / img.width)
+            size = (max(w, round(img.width * scale)), max(h, round(img.height * scale)))
+            img = img.resize(size, Image.Resampling.BICUBIC)
+            left, top = (img.width - w) // 2, (img.height - h) // 2
+            img = img.crop((left, top, left + w, top + h))
+        else:
+            img = img.resize((w, h), Image.Resampling.BICUBIC)
     arr = np.asarray(img, dtype=np.float32).reshape(h, w, c)  # (H, W, C)
     return torch.from_numpy(arr / 127.5 - 1.0).permute(2, 0, 1).contiguous()  # (C, H, W)
 

@@ -7,37 +7,92 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from anydit.config import DataConfig
+from anydit.config import DataConfig, ModalityConfig
 
 
-def build_dataset(cfg: DataConfig, split: str = "train"):
-    """The dataset a run trains on. Items are dicts {modality: raw value}."""
+def build_dataset(cfg: DataConfig, split: str = "train", modalities=None):
+    """The dataset a run trains on. Items are dicts {modality: raw value}; a modality missing
+    from an item is dropped for that sample. Own data needs the run's ``modalities``."""
     if cfg.source == "digits":
         from anydit.data.digits import DigitsDataset
 
         return DigitsDataset(split, seed=cfg.seed)
+    from anydit.data import own
+
+    if modalities is None:
+        raise ValueError(f"data.source '{cfg.source}' needs the run's modalities")
+    if cfg.source == "arrays":
+        return own.ArraysDataset(cfg.path, modalities)
+    if cfg.source == "manifest":
+        return own.ManifestDataset(cfg.path, modalities, cfg.image_fit)
+    if cfg.source == "folder":
+        return own.ImageFolderDataset(cfg.path, modalities, cfg.image_fit)
     raise ValueError(f"data.source: unknown source {cfg.source!r}")
 
 
-def make_collate(model) -> Callable[[list[dict]], dict[str, Tensor]]:
-    """Items -> {modality: (b, *shape) tensor}: tensors stacked, text strings tokenised, label
-    names mapped to ids. Every item must carry every modality of the model."""
+def open_training_data(cfg: DataConfig, modalities: list[ModalityConfig], log=print):
+    """The training dataset, ready for the loop: label classes filled from the data where
+    the config declares none, and (``on_error: skip``) bad samples left out after one read of
+    everything, each problem logged once and the totals reported.
+
+    Returns (dataset, {problem kind: count}).
+    """
+    dataset = build_dataset(cfg, "train", modalities)
+    if cfg.source == "digits":
+        return dataset, {}
+    from anydit.data import own
+
+    filled = own.fill_label_classes(modalities, dataset)
+    if filled:
+        dataset = build_dataset(cfg, "train", modalities)  # readers see the filled classes
+        for name in filled:
+            cls = next(m.classes for m in modalities if m.name == name)
+            log(f"data: label '{name}' has {len(cls)} classes from the data: {list(cls)[:10]}")
+    counts: dict[str, int] = {}
+    if cfg.on_error == "skip":
+        report = own.scan(dataset)
+        for _, message in report.problems:
+            log(f"data: skipped: {message}")
+        dataset.rows = report.good
+        counts = report.counts
+        if counts:
+            log(f"data: skipped {len(report.problems)} samples: {counts}")
+    if len(dataset) == 0:
+        raise own.DataError(f"{dataset.where}: no samples to train on", "empty dataset")
+    return dataset, counts
+
+
+def make_collate(model) -> Callable[[list[dict]], tuple[dict[str, Tensor], dict[str, Tensor]]]:
+    """Items -> (batch {modality: (b, *shape)}, present {modality: (b,) bool}).
+
+    Tensors are stacked, text strings tokenised, label names mapped to ids. A modality an item
+    lacks gets a placeholder value and ``present = False`` (the objective drops it for that
+    sample); ``present`` only lists modalities that some item lacks.
+    """
     mods = model.modalities
 
-    def collate(items: list[dict]) -> dict[str, Tensor]:
-        batch = {}
+    def collate(items: list[dict]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        batch, present = {}, {}
         for name, m in mods.items():
-            values = []
-            for i, item in enumerate(items):
-                if name not in item:
-                    raise ValueError(
-                        f"data: item {i} of the batch has no modality '{name}' (has {sorted(item)})"
-                    )
-                values.append(item[name])
+            have = torch.tensor([name in item for item in items])
+            if not have.any():
+                batch[name] = _placeholder(m, len(items))
+                present[name] = have
+                continue
+            first = next(item[name] for item in items if name in item)
+            values = [item.get(name, first) for item in items]  # placeholders: any real value
             if isinstance(values[0], str):
                 batch[name] = m.prepare(values)
             else:
                 batch[name] = m.prepare(torch.stack([torch.as_tensor(v) for v in values]))
-        return batch
+            if not have.all():
+                present[name] = have
+        return batch, present
 
     return collate
+
+
+def _placeholder(m, n: int) -> Tensor:
+    if m.discrete:
+        return torch.zeros(n, *m.shape, dtype=torch.long)
+    return torch.zeros(n, *m.shape)

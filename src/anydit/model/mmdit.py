@@ -45,6 +45,12 @@ class MMDiT(nn.Module):
         self.cfg = cfg
         self.modality_configs = list(modalities)
         self.modalities: dict[str, Modality] = build_modalities(modalities)
+        for m in self.modalities.values():
+            if m.cfg.kind == "label" and m.cfg.num_classes < 2:
+                raise ValueError(
+                    f"modality '{m.name}': no classes; declare classes or num_classes, or train "
+                    "on data that names them (anydit train fills them from the data)"
+                )
         names = list(self.modalities)
         widths = {n: m.cfg.width or cfg.width for n, m in self.modalities.items()}
         self.embed = nn.ModuleDict(

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from anydit.config import Config
-from anydit.data.sources import build_dataset, make_collate
+from anydit.data.sources import make_collate, open_training_data
 from anydit.flow.objective import combine_losses, make_inputs, scored_loss_sum
 from anydit.model import MMDiT
 from anydit.train import distributed as D
@@ -80,6 +80,7 @@ class TrainResult:
     model_path: Path
     step: int
     history: list[dict] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # bad samples left out, by kind
 
 
 def check_writable(out_dir: Path) -> None:
@@ -175,6 +176,9 @@ def train(
     local_b = tc.batch_size // world
     micro_b = local_b // tc.grad_accum
 
+    dataset, data_problems = open_training_data(
+        cfg.data, cfg.modalities, log=print if info.main else (lambda *_: None)
+    )  # first: label classes may come from the data
     torch.manual_seed(tc.seed)  # the same initial weights in every process
     model = MMDiT(cfg.modalities, cfg.model).to(info.device)
     ema = copy.deepcopy(model).requires_grad_(False) if tc.ema > 0 else None
@@ -183,7 +187,6 @@ def train(
         D.shard(ema)  # EMA shards live beside the model's shards
     optimizer = make_optimizer(net.parameters(), tc.lr, tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
-    dataset = build_dataset(cfg.data, "train")
     collate = make_collate(model)
     gen = torch.Generator(info.device).manual_seed(tc.seed + 1)  # shared by all processes
     state = RunState()
@@ -209,11 +212,10 @@ def train(
             dataset.set_epoch(state.epoch)
         while state.position < len(batches) and state.step < tc.steps:
             rows = batches[state.position][rank * local_b : (rank + 1) * local_b]
-            raw = {
-                k: v.to(info.device) for k, v in collate([dataset[int(i)] for i in rows]).items()
-            }
+            raw, present = collate([dataset[int(i)] for i in rows])
+            raw = {k: v.to(info.device) for k, v in raw.items()}
             state.position += 1
-            loss, parts = _step(model, net, raw, cfg, gen, info, micro_b, local_b)
+            loss, parts = _step(model, net, raw, present, cfg, gen, info, micro_b, local_b)
             if loss is None:
                 bad_in_row += 1
                 warnings.warn(f"step {state.step}: non-finite loss; step skipped", stacklevel=1)
@@ -280,10 +282,13 @@ def train(
     if bar is not None:
         bar.close()
     logger.close()
-    return TrainResult(out_dir, out_dir / "model.safetensors", state.step, history)
+    if data_problems and info.main:
+        print(f"data: {sum(data_problems.values())} samples were skipped: {data_problems}")
+        (out_dir / "data_problems.json").write_text(json.dumps(data_problems, indent=2))
+    return TrainResult(out_dir, out_dir / "model.safetensors", state.step, history, data_problems)
 
 
-def _step(model, net, raw, cfg: Config, gen, info: D.DistInfo, micro_b: int, local_b: int):
+def _step(model, net, raw, present, cfg: Config, gen, info: D.DistInfo, micro_b: int, local_b: int):
     """Forward and backward of one step over this process's micro-batches. Returns (loss,
     per-modality losses) of this process's share, or (None, None) if any process saw a
     non-finite loss (then no gradient is applied anywhere)."""
@@ -294,9 +299,11 @@ def _step(model, net, raw, cfg: Config, gen, info: D.DistInfo, micro_b: int, loc
     for j in range(tc.grad_accum):
         gen.set_state(start)  # every micro-batch cuts its rows from the same global draws
         lo = info.rank * local_b + j * micro_b
-        part = {k: v[j * micro_b : (j + 1) * micro_b] for k, v in raw.items()}
+        cut = slice(j * micro_b, (j + 1) * micro_b)
+        part = {k: v[cut] for k, v in raw.items()}
+        have = {k: v[cut] for k, v in present.items()} or None
         micro.append(
-            make_inputs(model, part, cfg.flow, None, gen, slice(lo, lo + micro_b), tc.batch_size)
+            make_inputs(model, part, cfg.flow, have, gen, slice(lo, lo + micro_b), tc.batch_size)
         )
     counts = {n: sum(m.scored[n].sum() for m in micro) for n in model.names}
     counts = dict(zip(counts, D.all_sum(torch.stack(list(counts.values()))), strict=True))
