@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("config", help="YAML run config (its data and modalities)")
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     _add_common(q)
+    q = data_sub.add_parser("pack", help="write a manifest's samples into tar shards")
+    q.add_argument("manifest", help="JSONL, CSV or Parquet manifest")
+    q.add_argument("--out", required=True, help="folder for the shards and shards.json")
+    q.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    _add_common(q)
 
     p = sub.add_parser("sample", help="sample any task from a trained model")
     p.add_argument("--checkpoint", required=True, help="model.safetensors or a run folder")
@@ -202,13 +207,29 @@ def cmd_train(args) -> int:
 
 
 def cmd_data(args) -> int:
-    """``anydit data check``: every problem at once, counts per kind; non-zero exit if any."""
+    """``anydit data check``: every problem at once, counts per kind, non-zero exit if any;
+    ``anydit data pack``: a manifest into tar shards."""
     from anydit.config import load_config
     from anydit.data import own
     from anydit.data.sources import build_dataset
 
+    if args.data_command == "pack":
+        from anydit.data.shards import pack
+
+        shards = pack(args.manifest, args.out, args.shard_size)
+        print(f"wrote {len(shards)} shards to {args.out}")
+        return 0
     cfg = load_config(args.config, args.set)
+    if cfg.data.source == "shards":
+        cfg.data.on_error = "skip"  # read everything, report every problem
     dataset = build_dataset(cfg.data, "train", cfg.modalities)
+    if cfg.data.source == "shards":
+        n = sum(1 for _ in dataset)
+        bad = sum(dataset.skipped.values())
+        print(f"{dataset.where}: {n + bad} samples, {n} readable")
+        if bad:
+            print("problems: " + ", ".join(f"{k} {v}" for k, v in sorted(dataset.skipped.items())))
+        return 1 if bad or not n else 0
     if cfg.data.source == "digits":
         print(f"data: built-in digits, {len(dataset)} samples")
         return 0

@@ -316,11 +316,13 @@ class TrainConfig:
 class DataConfig:
     """Where training data comes from (see ``anydit.data.own`` for the layouts)."""
 
-    source: str = "digits"  # digits (built in) | arrays | manifest | folder
-    path: str = ""  # arrays: .npz or folder of NAME.npy; manifest: .jsonl/.csv/.parquet; folder
+    source: str = "digits"  # digits (built in) | arrays | manifest | folder | shards
+    path: str = ""  # arrays: .npz or NAME.npy folder; manifest: .jsonl/.csv/.parquet; folder
+    # of CLASS/ folders; shards: a folder written by `anydit data pack`
     seed: int = 0  # pairing/caption draws of the built-in dataset
     image_fit: str = "crop"  # image files of another size: crop | stretch | exact (refuse)
     on_error: str = "error"  # a bad sample: error (stop, naming it) | skip (count and go on)
+    workers: int = 0  # DataLoader processes reading and decoding; 0 = in the training process
 
     def __post_init__(self) -> None:
         _check(self.source in DATA_SOURCES, "data.source", f"one of {DATA_SOURCES}", self.source)
@@ -337,9 +339,10 @@ class DataConfig:
             self.image_fit,
         )
         _check(self.on_error in ("error", "skip"), "data.on_error", "error|skip", self.on_error)
+        _check(self.workers >= 0, "data.workers", "an integer >= 0", self.workers)
 
 
-DATA_SOURCES = ("digits", "arrays", "manifest", "folder")
+DATA_SOURCES = ("digits", "arrays", "manifest", "folder", "shards")
 
 
 @dataclass

@@ -27,6 +27,12 @@ def build_dataset(cfg: DataConfig, split: str = "train", modalities=None):
         return own.ManifestDataset(cfg.path, modalities, cfg.image_fit)
     if cfg.source == "folder":
         return own.ImageFolderDataset(cfg.path, modalities, cfg.image_fit)
+    if cfg.source == "shards":
+        from anydit.data.shards import ShardStream
+
+        return ShardStream(
+            cfg.path, modalities, cfg.image_fit, seed=cfg.seed, on_error=cfg.on_error
+        )
     raise ValueError(f"data.source: unknown source {cfg.source!r}")
 
 
@@ -49,6 +55,10 @@ def open_training_data(cfg: DataConfig, modalities: list[ModalityConfig], log=pr
             cls = next(m.classes for m in modalities if m.name == name)
             log(f"data: label '{name}' has {len(cls)} classes from the data: {list(cls)[:10]}")
     counts: dict[str, int] = {}
+    if cfg.source == "shards":  # streamed: bad samples are skipped (or not) as they come
+        if not sum(dataset.counts.values()):
+            raise own.DataError(f"{dataset.where}: no samples to train on", "empty dataset")
+        return dataset, dataset.skipped
     if cfg.on_error == "skip":
         report = own.scan(dataset)
         for _, message in report.problems:
@@ -96,3 +106,60 @@ def _placeholder(m, n: int) -> Tensor:
     if m.discrete:
         return torch.zeros(n, *m.shape, dtype=torch.long)
     return torch.zeros(n, *m.shape)
+
+
+class _Failed:
+    """A sample that could not be read in a worker: carried to the training process, which
+    raises it there with the original message (a worker's traceback would bury it)."""
+
+    def __init__(self, err: Exception):
+        self.message, self.kind = str(err), getattr(err, "kind", None)
+        self.missing = isinstance(err, FileNotFoundError)
+
+    def raise_(self):
+        from anydit.data.own import DataError, problem_kind
+
+        raise DataError(self.message, self.kind or problem_kind(ValueError(self.message)))
+
+
+class _Catching(torch.utils.data.Dataset):
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.dataset[i]
+        except (ValueError, FileNotFoundError) as err:
+            return _Failed(err)
+
+
+def epoch_loader(dataset, batches: list[Tensor], collate, workers: int = 0):
+    """Iterate (batch, present) over ``batches`` (lists of dataset indices) in order.
+
+    With ``workers > 0``, DataLoader worker processes read, decode and collate the next batches
+    while the model trains; the order (and so a resumed run) is the same either way.
+    """
+    rows = [b.tolist() if isinstance(b, Tensor) else list(b) for b in batches]
+    if workers == 0:
+        return (collate([dataset[i] for i in r]) for r in rows)
+
+    def checked(items):
+        for item in items:
+            if isinstance(item, _Failed):
+                return item
+        return collate(items)
+
+    loader = torch.utils.data.DataLoader(
+        _Catching(dataset), batch_sampler=rows, collate_fn=checked, num_workers=workers
+    )
+
+    def batches_in_order():
+        for out in loader:
+            if isinstance(out, _Failed):
+                out.raise_()
+            yield out
+
+    return batches_in_order()

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from anydit.config import Config
-from anydit.data.sources import make_collate, open_training_data
+from anydit.data.sources import epoch_loader, make_collate, open_training_data
 from anydit.flow.objective import combine_losses, make_inputs, scored_loss_sum
 from anydit.model import MMDiT
 from anydit.train import distributed as D
@@ -207,12 +207,8 @@ def train(
     tokens_per_sample = sum(m.num_tokens for m in model.modalities.values())
     t_last, steps_since = time.perf_counter(), 0
     while state.step < tc.steps:
-        batches = batch_order(len(dataset), tc.batch_size, tc.seed, state.epoch)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(state.epoch)
-        while state.position < len(batches) and state.step < tc.steps:
-            rows = batches[state.position][rank * local_b : (rank + 1) * local_b]
-            raw, present = collate([dataset[int(i)] for i in rows])
+        loader, epoch_len = _epoch(dataset, state, cfg, rank, info.world, local_b, collate)
+        for raw, present in loader:
             raw = {k: v.to(info.device) for k, v in raw.items()}
             state.position += 1
             loss, parts = _step(model, net, raw, present, cfg, gen, info, micro_b, local_b)
@@ -277,7 +273,9 @@ def train(
                 and not info.enabled
             ):
                 write_sample_grid(ema if ema is not None else model, out_dir, state.step, logger)
-        if state.position >= len(batches):
+            if state.step >= tc.steps:
+                break
+        if state.position >= epoch_len:
             state.epoch, state.position = state.epoch + 1, 0
     if bar is not None:
         bar.close()
@@ -286,6 +284,23 @@ def train(
         print(f"data: {sum(data_problems.values())} samples were skipped: {data_problems}")
         (out_dir / "data_problems.json").write_text(json.dumps(data_problems, indent=2))
     return TrainResult(out_dir, out_dir / "model.safetensors", state.step, history, data_problems)
+
+
+def _epoch(dataset, state: RunState, cfg: Config, rank: int, world: int, local_b: int, collate):
+    """(batches of this rank from the run's position on, batches in the epoch)."""
+    from anydit.data.shards import ShardStream, stream_batches
+
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(state.epoch)
+    if isinstance(dataset, ShardStream):  # streamed: each rank reads its own shards
+        dataset.rank, dataset.world = rank, world
+        n = dataset.batches_per_epoch(local_b)
+        if n == 0:
+            raise ValueError(f"{dataset.where}: too few samples per rank for a batch of {local_b}")
+        return stream_batches(dataset, local_b, collate, cfg.data.workers, state.position, n), n
+    batches = batch_order(len(dataset), cfg.train.batch_size, cfg.train.seed, state.epoch)
+    mine = [b[rank * local_b : (rank + 1) * local_b] for b in batches[state.position :]]
+    return epoch_loader(dataset, mine, collate, cfg.data.workers), len(batches)
 
 
 def _step(model, net, raw, present, cfg: Config, gen, info: D.DistInfo, micro_b: int, local_b: int):
