@@ -152,12 +152,34 @@ def _attention_flops(c: dict) -> float:
     return 3 * 4 * c["batch"] * c["heads"] * n * n * c["head_dim"] * c["depth"]
 
 
-def worker(impl: str, c: dict, precision: str, checkpointing: bool, steps: int, prof: bool):
+def _compile_blocks(impl: str, model) -> None:
+    """torch.compile each transformer block (anydit's ``train.compile`` does the same)."""
+    if impl == "anydit":
+        blocks = [*model.blocks, *model.single_blocks]
+    elif impl == "diffusers":
+        blocks = list(model.transformer_blocks)
+    else:
+        blocks = list(model.blocks)
+    for block in blocks:
+        block.compile()
+
+
+def worker(
+    impl: str,
+    c: dict,
+    precision: str,
+    checkpointing: bool,
+    steps: int,
+    prof: bool,
+    compiled: bool = False,
+):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
     model, inputs, output = _build(impl, c, checkpointing)
+    if compiled:
+        _compile_blocks(impl, model)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
@@ -172,14 +194,22 @@ def worker(impl: str, c: dict, precision: str, checkpointing: bool, steps: int, 
         loss.backward()
         opt.step()
 
-    step()  # warm-up: allocator, AdamW state
+    step()  # warm-up: allocator, AdamW state (and compilation)
+    step()
     before = _vm("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak resident set
     step()
     peak = _vm("VmHWM") - before
-    with FlopCounterMode(display=False) as counter:
-        step()
+    if compiled:  # the counter cannot see inside compiled graphs: count on an eager twin
+        torch.manual_seed(0)
+        twin, twin_inputs, twin_output = _build(impl, c, checkpointing)
+        twin_kw = twin_inputs(torch.Generator().manual_seed(0))
+        with FlopCounterMode(display=False) as counter, autocast:
+            twin_output(twin, twin_kw).float().pow(2).mean().backward()
+    else:
+        with FlopCounterMode(display=False) as counter:
+            step()
     flops = counter.get_total_flops() + _attention_flops(c)
     times = []
     for _ in range(steps):
@@ -188,7 +218,7 @@ def worker(impl: str, c: dict, precision: str, checkpointing: bool, steps: int, 
         times.append(time.perf_counter() - t0)
     median = sorted(times)[len(times) // 2]
     row = {
-        "impl": impl,
+        "impl": impl + (" (compiled)" if compiled else ""),
         "precision": precision,
         "checkpointing": checkpointing,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
@@ -236,12 +266,14 @@ def _run(args: list[str]) -> dict | None:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _measure(impl, cfg, precision, ckpt, steps, prof=False) -> dict | None:
-    spec = json.dumps({"impl": impl, "cfg": cfg, "precision": precision, "ckpt": ckpt})
+def _measure(impl, cfg, precision, ckpt, steps, prof=False, compiled=False) -> dict | None:
+    spec = json.dumps(
+        {"impl": impl, "cfg": cfg, "precision": precision, "ckpt": ckpt, "compiled": compiled}
+    )
     return _run(["--worker", spec, "--steps", str(steps)] + (["--profile"] if prof else []))
 
 
-def section_step(configs: list[str], steps: int, peaks: dict) -> list[dict]:
+def section_step(configs: list[str], steps: int, peaks: dict, compiled: bool) -> list[dict]:
     rows = []
     for name in configs:
         c = CONFIGS[name]
@@ -251,6 +283,12 @@ def section_step(configs: list[str], steps: int, peaks: dict) -> list[dict]:
                     if impl == "mmdit" and ckpt:
                         continue
                     r = _measure(impl, c, precision, ckpt, steps)
+                    if r:
+                        r.update(config=name, peak_share=r["gflops"] / peaks[precision])
+                        rows.append(r)
+            if compiled and name == "modest":  # torch.compile per block, no checkpointing
+                for impl in ("anydit", "diffusers"):
+                    r = _measure(impl, c, precision, False, steps, compiled=True)
                     if r:
                         r.update(config=name, peak_share=r["gflops"] / peaks[precision])
                         rows.append(r)
@@ -265,7 +303,7 @@ def section_step(configs: list[str], steps: int, peaks: dict) -> list[dict]:
             (
                 x
                 for x in rows
-                if x["impl"] == "diffusers"
+                if x["impl"] == "diffusers"  # compiled rows too are compared with eager diffusers
                 and (x["config"], x["precision"], x["checkpointing"])
                 == (r["config"], r["precision"], r["checkpointing"])
             ),
@@ -324,6 +362,9 @@ def main() -> None:
     ap.add_argument("--configs", default="tiny,modest", help="comma-separated: tiny, modest")
     ap.add_argument("--sections", default="step", help="comma-separated: step, scaling")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
+    ap.add_argument(
+        "--compile", action="store_true", help="add modest rows with torch.compile per block"
+    )
     ap.add_argument("--out", default="benchmarks/peers.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--peak", help=argparse.SUPPRESS)
@@ -331,7 +372,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         s = json.loads(args.worker)
-        row = worker(s["impl"], s["cfg"], s["precision"], s["ckpt"], args.steps, args.profile)
+        row = worker(
+            s["impl"],
+            s["cfg"],
+            s["precision"],
+            s["ckpt"],
+            args.steps,
+            args.profile,
+            s.get("compiled", False),
+        )
         print(json.dumps(row))
         return
     if args.peak:
@@ -348,7 +397,7 @@ def main() -> None:
     result = {"torch": torch.__version__, "peak_gflops": peaks}
     sections = args.sections.split(",")
     if "step" in sections:
-        result["step"] = section_step(args.configs.split(","), args.steps, peaks)
+        result["step"] = section_step(args.configs.split(","), args.steps, peaks, args.compile)
     if "scaling" in sections:
         result["scaling"] = section_scaling(args.steps, peaks)
     with open(args.out, "w") as f:
