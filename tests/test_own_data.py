@@ -345,3 +345,29 @@ def test_worker_errors_name_the_row(tmp_path, capsys):
     err = capsys.readouterr().err
     assert re.search(r"error: manifest '.*bad.jsonl', row \d, column '\w+': ", err), err
     assert "Traceback" not in err
+
+
+def test_vector_standardised_with_stored_statistics(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    pose = rng.normal([100.0, -3.0, 0.5], [5.0, 0.1, 2.0], size=(64, 3)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", vec=pose, label=np.arange(64) % 2)
+    mods = [
+        ModalityConfig("vec", "vector", (3,), standardize=True),
+        ModalityConfig("label", "label", num_classes=2),
+    ]
+    ds, _ = open_training_data(DataConfig("arrays", str(tmp_path / "d.npz")), mods, log=print)
+    np.testing.assert_allclose(mods[0].mean, pose.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(mods[0].std, pose.std(0, ddof=1), rtol=1e-4)
+    model = anydit.MMDiT(mods, anydit.preset("debug"))
+    x = torch.from_numpy(pose)
+    tokens = model.modalities["vec"].tokenize(x)  # (64, 1, 3): standardised
+    torch.testing.assert_close(tokens.mean((0, 1)), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(tokens.std((0, 1)), torch.ones(3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(model.modalities["vec"].detokenize(tokens), x)  # original units
+    cfg = _config(tmp_path, {"source": "arrays", "path": str(tmp_path / "d.npz")}, mods)
+    out = tmp_path / "run"
+    assert main(["train", cfg, "--out", str(out), "--no-progress"]) == 0
+    loaded = anydit.load_model(out / "model.safetensors")
+    assert loaded.modalities["vec"].cfg.mean == mods[0].mean  # stored in the checkpoint
+    s = anydit.sample(loaded, {"vec": "generate", "label": 1}, n=4, steps=2)
+    assert s["vec"].shape == (4, 3) and s["vec"][:, 0].abs().mean() > 20  # back in data units

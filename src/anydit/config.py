@@ -58,6 +58,9 @@ class ModalityConfig:
     p_given: float = 0.15  # chance, per sample, that this modality is a condition (t = 1)
     p_drop: float = 0.1  # chance it is marginalised (t = 0); this is what CFG's branch uses
     p_partial: float = 0.0  # chance of per-token roles (random tokens given); needs per_token_time
+    standardize: bool = False  # vector: train on (x - mean) / std of the training data
+    mean: tuple[float, ...] = ()  # vector: stored statistics (filled from the data at train start)
+    std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)
@@ -147,6 +150,22 @@ class ModalityConfig:
             "a sum <= 1",
             self.p_given + self.p_drop,
         )
+        self.mean, self.std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
+        _check(
+            not (self.standardize or self.mean or self.std) or self.kind == "vector",
+            f"{w}.standardize",
+            "only on a vector modality",
+            self.kind,
+        )
+        if self.mean or self.std:
+            d = self.shape[0] if self.shape else 0
+            _check(
+                len(self.mean) == len(self.std) == d,
+                f"{w}.mean / std",
+                f"{d} values each",
+                (len(self.mean), len(self.std)),
+            )
+            _check(all(v > 0 for v in self.std), f"{w}.std", "values > 0", self.std)
 
     @property
     def discrete(self) -> bool:

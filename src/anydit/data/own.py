@@ -369,3 +369,29 @@ def fill_label_classes(modalities: list[ModalityConfig], dataset: _Source) -> li
 
 def _natural(name: str):
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def fill_vector_stats(modalities: list[ModalityConfig], dataset) -> list[str]:
+    """Store mean and std (per feature, over the training data) on vector modalities that ask
+    to be standardised and have none yet. Returns the names filled."""
+    want = [c for c in modalities if c.kind == "vector" and c.standardize and not c.mean]
+    if not want:
+        return []
+    values: dict[str, list] = {c.name: [] for c in want}
+    items = (
+        iter(dataset) if not hasattr(dataset, "rows") else (dataset[i] for i in range(len(dataset)))
+    )
+    for item in items:
+        for name, seen in values.items():
+            if name in item:
+                seen.append(torch.as_tensor(item[name], dtype=torch.float64))
+    for cfg in want:
+        if len(values[cfg.name]) < 2:
+            raise DataError(
+                f"{dataset.where}: vector '{cfg.name}' has standardize on but "
+                f"{len(values[cfg.name])} values in the data; need at least 2"
+            )
+        x = torch.stack(values[cfg.name])  # (N, D)
+        cfg.mean = tuple(x.mean(0).tolist())
+        cfg.std = tuple(x.std(0).clamp(min=1e-6).tolist())
+    return [c.name for c in want]

@@ -58,6 +58,7 @@ def open_training_data(cfg: DataConfig, modalities: list[ModalityConfig], log=pr
     if cfg.source == "shards":  # streamed: bad samples are skipped (or not) as they come
         if not sum(dataset.counts.values()):
             raise own.DataError(f"{dataset.where}: no samples to train on", "empty dataset")
+        _standardise(modalities, dataset, log)
         return dataset, dataset.skipped
     if cfg.on_error == "skip":
         report = own.scan(dataset)
@@ -69,7 +70,15 @@ def open_training_data(cfg: DataConfig, modalities: list[ModalityConfig], log=pr
             log(f"data: skipped {len(report.problems)} samples: {counts}")
     if len(dataset) == 0:
         raise own.DataError(f"{dataset.where}: no samples to train on", "empty dataset")
+    _standardise(modalities, dataset, log)
     return dataset, counts
+
+
+def _standardise(modalities, dataset, log) -> None:
+    from anydit.data import own
+
+    for name in own.fill_vector_stats(modalities, dataset):
+        log(f"data: vector '{name}' standardised with the training data's mean and std")
 
 
 def make_collate(model) -> Callable[[list[dict]], tuple[dict[str, Tensor], dict[str, Tensor]]]:

@@ -96,17 +96,29 @@ class Sequence(Modality):
 
 
 class Vector(Modality):
-    """(D,) -> one token of D features, no position."""
+    """(D,) -> one token of D features, no position. With stored ``mean``/``std`` the token is
+    the standardised vector; values in and out stay in the data's own units."""
 
     @property
     def token_dim(self) -> int:
         return self.shape[0]
 
+    def _stats(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        if not self.cfg.mean:
+            return None
+        mean = torch.tensor(self.cfg.mean, dtype=x.dtype, device=x.device)
+        return mean, torch.tensor(self.cfg.std, dtype=x.dtype, device=x.device)
+
     def tokenize(self, x: Tensor) -> Tensor:
+        stats = self._stats(x)
+        if stats is not None:
+            x = (x - stats[0]) / stats[1]
         return x.unsqueeze(1)
 
     def detokenize(self, tokens: Tensor) -> Tensor:
-        return tokens.squeeze(1)
+        x = tokens.squeeze(1)
+        stats = self._stats(x)
+        return x if stats is None else x * stats[1] + stats[0]
 
     def positions(self) -> Tensor:
         return torch.zeros(1, 3)
