@@ -8,7 +8,8 @@ Every model is built at the same width, depth, heads and token counts: an image 
 4-channel 2x2-patched latents and a 77-token text stream of continuous embeddings (the
 condition), QK RMSNorm on. One step is forward + backward + AdamW of the image output's MSE.
 Each measurement runs in its own process (so peak memory is that step's own: the rise of the
-resident set's high-water mark, reset just before the measured step, over its size before it).
+resident set's high-water mark, reset just before the measured step, over its size before it,
+with glibc's mmap threshold fixed so freed tensors leave the resident set).
 
 Reported: samples/s and tokens/s (median step), model FLOPs per step (linears counted by
 ``torch.utils.flop_counter`` in forward and backward, attention added as 3 x 4 b h N^2 e since
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -258,7 +260,11 @@ def peak_worker(precision: str) -> dict:
 
 def _run(args: list[str]) -> dict | None:
     cmd = [sys.executable, __file__, *args]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    # A fixed mmap threshold turns off glibc's adaptive one, so every large tensor is mapped on
+    # allocation and unmapped on free: the resident set then follows the live tensors, and
+    # its high-water mark over one step is that step's peak (else freed blocks stay resident).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["?"])[-1]
         print(f"  skipped {' '.join(args)}: {last}", file=sys.stderr)
