@@ -218,7 +218,7 @@ def worker(
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    median = sorted(times)[len(times) // 2]
+    median = sorted(times)[len(times) // 2] if times else float("nan")
     row = {
         "impl": impl + (" (compiled)" if compiled else ""),
         "precision": precision,
@@ -258,12 +258,15 @@ def peak_worker(precision: str) -> dict:
     return {"precision": precision, "peak_gflops": 2 * 2048**3 / best / 1e9}
 
 
-def _run(args: list[str]) -> dict | None:
+def _run(args: list[str], memory: bool = False) -> dict | None:
     cmd = [sys.executable, __file__, *args]
-    # A fixed mmap threshold turns off glibc's adaptive one, so every large tensor is mapped on
-    # allocation and unmapped on free: the resident set then follows the live tensors, and
-    # its high-water mark over one step is that step's peak (else freed blocks stay resident).
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    env = dict(os.environ)
+    if memory:
+        # A fixed mmap threshold turns off glibc's adaptive one, so every large tensor is mapped
+        # on allocation and unmapped on free: the resident set then follows the live tensors and
+        # its high-water mark over one step is that step's peak. It also slows every step (an
+        # mmap per tensor), so memory is measured in a process of its own, not timed.
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["?"])[-1]
@@ -273,10 +276,15 @@ def _run(args: list[str]) -> dict | None:
 
 
 def _measure(impl, cfg, precision, ckpt, steps, prof=False, compiled=False) -> dict | None:
+    """Speed in one process (default allocator), peak memory in another."""
     spec = json.dumps(
         {"impl": impl, "cfg": cfg, "precision": precision, "ckpt": ckpt, "compiled": compiled}
     )
-    return _run(["--worker", spec, "--steps", str(steps)] + (["--profile"] if prof else []))
+    row = _run(["--worker", spec, "--steps", str(steps)] + (["--profile"] if prof else []))
+    mem = _run(["--worker", spec, "--steps", "0"], memory=True)
+    if row and mem:
+        row["peak_step_mem_mb"] = mem["peak_step_mem_mb"]
+    return row
 
 
 def section_step(configs: list[str], steps: int, peaks: dict, compiled: bool) -> list[dict]:

@@ -6,13 +6,16 @@ Measures samples/s of a full step (forward + backward + AdamW) in fp32 and in bf
 and the peak memory of a step with and without activation checkpointing at the same batch.
 Each configuration runs in its own process; peak memory is the rise of the process's peak
 resident set (VmHWM, reset just before the measured step) over its size before that step, so
-the interpreter and the weights are not counted.
+the interpreter and the weights are not counted. Memory is measured in a second process with
+glibc's mmap threshold fixed (freed tensors then leave the resident set; that slows the step,
+so that process is not timed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -99,7 +102,11 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--preset", args.preset, "--batch", str(args.batch)]
         cmd += ["--steps", str(args.steps), "--worker", precision, ckpt]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+        row = json.loads(out.strip().splitlines()[-1])
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # memory: see benchmarks/peers.py
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+        row["peak_step_mem_mb"] = json.loads(out.strip().splitlines()[-1])["peak_step_mem_mb"]
+        rows.append(row)
     print("| preset | params | batch | precision | act. ckpt | step (s) | samples/s | peak MiB |")
     print("|---|---:|---:|---|---|---:|---:|---:|")
     for r in rows:
