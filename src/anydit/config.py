@@ -289,8 +289,10 @@ class TrainConfig:
     checkpoint_every: int = 500  # a crash loses at most this many steps
     keep_checkpoints: int = 2  # the newest K resumable checkpoints are kept
     max_bad_steps: int = 10  # consecutive NaN/inf losses before the run stops
+    freeze: tuple[str, ...] = ()  # streams (modality names) or "shared" whose weights stay fixed
 
     def __post_init__(self) -> None:
+        self.freeze = tuple(self.freeze)
         _check(self.steps >= 1, "train.steps", "an integer >= 1", self.steps)
         _check(self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size)
         _check(self.lr > 0, "train.lr", "a number > 0", self.lr)
@@ -392,6 +394,8 @@ class Config:
                 "equal stream widths (single-stream blocks share weights)",
                 widths,
             )
+        unknown = sorted(set(self.train.freeze) - set(names) - {"shared"})
+        _check(not unknown, "train.freeze", f"names among {sorted(names)} or 'shared'", unknown)
         for m in self.modalities:
             _check(
                 m.p_partial == 0 or self.model.per_token_time,

@@ -22,6 +22,8 @@ from anydit.model.block import DualStreamBlock, SingleStreamBlock, modulate, run
 from anydit.model.embeddings import TimeEmbedder, TimeSummary
 from anydit.model.rotary import rotary_angles, rotary_table
 
+_STREAM_DICTS = ("embed", "time_embed", "summary_proj", "pool_proj", "final", "streams")
+
 
 class FinalLayer(nn.Module):
     """adaLN (shift, scale) then a zero-initialised projection to the stream's outputs."""
@@ -90,6 +92,30 @@ class MMDiT(nn.Module):
     @property
     def names(self) -> list[str]:
         return list(self.modalities)
+
+    def stream_of(self, parameter_name: str) -> str:
+        """The stream a parameter belongs to (a modality name), or "shared" (time summary,
+        single-stream blocks: weights every stream uses)."""
+        parts = parameter_name.split(".")
+        for i, part in enumerate(parts[1:], 1):
+            if part in self.modalities and parts[i - 1] in _STREAM_DICTS:
+                return part
+        return "shared"
+
+    def freeze(self, streams: list[str] | tuple[str, ...]) -> int:
+        """Stop gradients to the weights of ``streams`` (modality names and/or "shared").
+        Returns how many parameters were frozen."""
+        unknown = sorted(set(streams) - set(self.modalities) - {"shared"})
+        if unknown:
+            raise ValueError(
+                f"freeze: unknown streams {unknown}; expected {self.names} or 'shared'"
+            )
+        frozen = 0
+        for name, p in self.named_parameters():
+            if self.stream_of(name) in streams:
+                p.requires_grad_(False)
+                frozen += p.numel()
+        return frozen
 
     def initialize_weights(self) -> None:
         """DiT's recipe: Xavier linears, N(0, 0.02) embeddings and time MLPs, and zeros for every

@@ -181,11 +181,16 @@ def train(
     )  # first: label classes may come from the data
     torch.manual_seed(tc.seed)  # the same initial weights in every process
     model = MMDiT(cfg.modalities, cfg.model).to(info.device)
+    if tc.freeze and info.main:
+        print(f"frozen: {tc.freeze} ({model.freeze(tc.freeze) / 1e6:.2f}M parameters)")
+    elif tc.freeze:
+        model.freeze(tc.freeze)
     ema = copy.deepcopy(model).requires_grad_(False) if tc.ema > 0 else None
     net = D.parallelize(model, info, tc.parallel, tc.compile)
     if ema is not None and info.enabled and tc.parallel == "fsdp":
         D.shard(ema)  # EMA shards live beside the model's shards
-    optimizer = make_optimizer(net.parameters(), tc.lr, tc.weight_decay)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    optimizer = make_optimizer(trainable, tc.lr, tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
     collate = make_collate(model)
     gen = torch.Generator(info.device).manual_seed(tc.seed + 1)  # shared by all processes
