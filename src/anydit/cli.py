@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_guidance,
         default=None,
         metavar="W|SOURCE=W,...",
-        help="evaluation guidance (default label=1.5,text=2.5,image=2.5,audio=2.5,joint=3)",
+        help="evaluation guidance (default label=1.5,text=2.5,image=2.5,audio=2.5,joint=4)",
     )
     p.add_argument(
         "--guidance-interval",

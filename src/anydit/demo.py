@@ -37,9 +37,9 @@ EVAL_RESERVE_S = 130.0  # evaluation (8 tasks x 200 samples x 32 steps, guided) 
 # diversity most). Labels are the condition the model learns best (label -> image 90% with no
 # guidance), so they need least; captions, images, speech and joint agreement need more. On
 # one 10-minute model, 2.5 everywhere gave label -> image 99.0% at 0.78 of the real per-class
-# diversity; 1.5 for labels gave 96.5% at 0.87. Joint agreement: 81.5-82.5% at 2.5, 84-84.5%
-# at 3 (two 10-minute models).
-GUIDANCE = {"label": 1.5, "text": 2.5, "image": 2.5, "audio": 2.5, "joint": 3.0}
+# diversity; 1.5 for labels gave 96.5% at 0.87. Joint agreement on three 10-minute models:
+# 81.5-82.5% at 2.5, 79.5-84.5% at 3, 83.0-85.5% at 4, 85.5-87.0% at 5.
+GUIDANCE = {"label": 1.5, "text": 2.5, "image": 2.5, "audio": 2.5, "joint": 4.0}
 GUIDANCE_INTERVAL = (0.3, 1.0)
 MIN_STEPS = 50
 
