@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 
+from common import vm  # benchmarks/common.py (scripts run from their folder)
+
 CONFIGS = {
     # the size of the unit tests' models
     "tiny": {"depth": 2, "heads": 2, "head_dim": 16, "side": 8, "text": 16, "batch": 8},
@@ -37,14 +39,6 @@ CONFIGS = {
 }
 IMPLS = ("anydit", "diffusers", "mmdit")
 CHANNELS, PATCH = 4, 2
-
-
-def _vm(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return float(line.split()[1]) / 1024  # MiB
-    return float("nan")
 
 
 def _build(impl: str, c: dict, checkpointing: bool):
@@ -198,11 +192,11 @@ def worker(
 
     step()  # warm-up: allocator, AdamW state (and compilation)
     step()
-    before = _vm("VmRSS")
+    before = vm("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak resident set
     step()
-    peak = _vm("VmHWM") - before
+    peak = vm("VmHWM") - before
     if compiled:  # the counter cannot see inside compiled graphs: count on an eager twin
         torch.manual_seed(0)
         twin, twin_inputs, twin_output = _build(impl, c, checkpointing)

@@ -20,19 +20,13 @@ import subprocess
 import sys
 import time
 
+from common import vm  # benchmarks/common.py (scripts run from their folder)
+
 MODALITIES = [  # an image-text-label model with 256 + 32 + 1 tokens
     {"name": "image", "kind": "image", "shape": [3, 32, 32], "patch": 2},
     {"name": "text", "kind": "text", "shape": [32]},
     {"name": "label", "kind": "label", "num_classes": 10},
 ]
-
-
-def _vm(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return float(line.split()[1]) / 1024  # MiB
-    return float("nan")
 
 
 def worker(preset: str, batch: int, steps: int, precision: str, checkpointing: bool) -> dict:
@@ -61,11 +55,11 @@ def worker(preset: str, batch: int, steps: int, precision: str, checkpointing: b
         opt.step()
 
     step()  # warm-up (allocator, AdamW state)
-    before = _vm("VmRSS")
+    before = vm("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak resident set
     step()
-    peak = _vm("VmHWM") - before
+    peak = vm("VmHWM") - before
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()

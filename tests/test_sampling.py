@@ -99,8 +99,8 @@ def test_guidance(model):
         anydit.sample(model, task, guidance={"text": 2.0})
 
 
-def test_guidance_closed_form():
-    """With one given modality, w = 2 equals 2 v_cond - v_uncond, computed by hand."""
+def _spied_model():
+    """A random four-modality model whose forward records (tokens, times, outputs)."""
     mods, cfg = four_modalities()
     model = anydit.MMDiT(mods, cfg)
     randomize(model, std=0.2)
@@ -113,6 +113,12 @@ def test_guidance_closed_form():
         return out
 
     model.forward = spy
+    return model, calls
+
+
+def test_guidance_closed_form():
+    """With one given modality, w = 2 equals 2 v_cond - v_uncond, computed by hand."""
+    model, calls = _spied_model()
     anydit.sample(model, {"audio": "generate", "label": 5}, n=2, steps=1, guidance=2.0)
     ((tokens, times, out),) = calls
     assert tokens["audio"].shape[0] == 4  # conditional and unconditional in one batch
@@ -122,18 +128,7 @@ def test_guidance_closed_form():
 
 def test_joint_guidance_closed_form():
     """Nothing given, two generated: each is guided by the other, v = 2 v_joint - v_alone."""
-    mods, cfg = four_modalities()
-    model = anydit.MMDiT(mods, cfg)
-    randomize(model, std=0.2)
-    calls = []
-    forward = model.forward
-
-    def spy(tokens, times):
-        out = forward(tokens, times)
-        calls.append((tokens, times, out))
-        return out
-
-    model.forward = spy
+    model, calls = _spied_model()
     task = {"image": "generate", "audio": "generate", "label": "drop", "text": "drop"}
     got = anydit.sample(model, task, n=2, steps=2, guidance=2.0)
     (tokens, times, out) = calls[1]  # the evaluation at t = 0.5
