@@ -122,13 +122,14 @@ class _Failed:
     raises it there with the original message (a worker's traceback would bury it)."""
 
     def __init__(self, err: Exception):
-        self.message, self.kind = str(err), getattr(err, "kind", None)
-        self.missing = isinstance(err, FileNotFoundError)
+        from anydit.data.own import problem_kind
+
+        self.message, self.kind = str(err), problem_kind(err)
 
     def raise_(self):
-        from anydit.data.own import DataError, problem_kind
+        from anydit.data.own import DataError
 
-        raise DataError(self.message, self.kind or problem_kind(ValueError(self.message)))
+        raise DataError(self.message, self.kind)
 
 
 class _Catching(torch.utils.data.Dataset):
