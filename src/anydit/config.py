@@ -61,6 +61,14 @@ class ModalityConfig:
     standardize: bool = False  # vector: train on (x - mean) / std of the training data
     mean: tuple[float, ...] = ()  # vector: stored statistics (filled from the data at train start)
     std: tuple[float, ...] = ()
+    generate: bool = True  # False: a condition only (always given, never generated): no output
+    # head, and with no single-stream blocks its last block only lends keys and values (SD3)
+    pooled: str = ""  # vector: "" = a token stream; "mlp" = added to every stream's adaLN input
+    # through an MLP, no tokens (SD3/Flux pooled text); "time" = a scalar embedded like a time
+    # (Flux's guidance). Pooled modalities are conditions only.
+    rope: bool = True  # False: the tokens carry no rotary position (SD3 latents, Flux text)
+    pos_table: int = 0  # image: side S of an S x S table of absolute position embeddings added
+    # to its tokens, centre-cropped to the patch grid (SD3's pos_embed_max_size); 0 = none
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)
@@ -166,6 +174,32 @@ class ModalityConfig:
                 (len(self.mean), len(self.std)),
             )
             _check(all(v > 0 for v in self.std), f"{w}.std", "values > 0", self.std)
+        _check(
+            self.pooled in ("", "mlp", "time"), f"{w}.pooled", "'', 'mlp' or 'time'", self.pooled
+        )
+        if self.pooled:
+            _check(self.kind == "vector", f"{w}.pooled", "only on a vector modality", self.kind)
+            _check(
+                self.pooled != "time" or self.shape == (1,),
+                f"{w}.shape",
+                "(1,) for pooled 'time' (one scalar)",
+                self.shape,
+            )
+            self.generate = False
+        _check(
+            self.pos_table == 0 or self.kind == "image",
+            f"{w}.pos_table",
+            "0 unless the modality is an image",
+            self.pos_table,
+        )
+        if self.pos_table:
+            grid = max(self.shape[1:]) // self.patch
+            _check(
+                self.pos_table >= grid,
+                f"{w}.pos_table",
+                f"a side >= the patch grid ({grid})",
+                self.pos_table,
+            )
 
     @property
     def discrete(self) -> bool:
@@ -190,6 +224,19 @@ class ModelConfig:
     # (SD3's pooled-text path, DiT's class path): conditions reach every block directly
     per_token_time: bool = False  # each token may carry its own time (inpainting, continuation)
     checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more time
+    conditioning: str = "summary"  # each stream's adaLN input: its own time embedding plus
+    # "summary": a projected MLP of all modalities' times (+ pooled parts);
+    # "sum": the sum of every modality's own time embedding (+ pooled parts) -- SD3 and Flux
+    time_input: str = "t"  # what time embedders see: "t" (0 = noise) or "sigma" = 1 - t
+    # (diffusers' SD3 and Flux: 0 = data); the model's own time convention is unchanged
+    rope_axes: tuple[int, ...] = ()  # rotation pairs per axis (time, row, column); () = even
+    single_block: str = "sequential"  # single-stream blocks: "sequential" (attention then MLP)
+    # or "parallel" (attention and MLP side by side from one input, Flux)
+    dual_attention: tuple[int, ...] = ()  # blocks whose generated streams also attend to
+    # themselves alone, in a second attention (SD3.5's MMDiT-X)
+    lora_rank: int = 0  # > 0: low-rank adapters on the linear layers of `lora_streams`
+    lora_alpha: float = 0.0  # adapter scale alpha / rank; 0 = rank (scale 1)
+    lora_streams: tuple[str, ...] = ()  # modality names and/or "shared"
 
     def __post_init__(self) -> None:
         for name in ("width", "heads", "head_dim", "time_dim"):
@@ -214,6 +261,43 @@ class ModelConfig:
             self.activation,
         )
         _check(self.rope_theta > 1, "model.rope_theta", "a number > 1", self.rope_theta)
+        self.rope_axes = tuple(int(a) for a in self.rope_axes)
+        self.dual_attention = tuple(int(i) for i in self.dual_attention)
+        self.lora_streams = tuple(self.lora_streams)
+        _check(
+            self.conditioning in ("summary", "sum"),
+            "model.conditioning",
+            "summary|sum",
+            self.conditioning,
+        )
+        _check(self.time_input in ("t", "sigma"), "model.time_input", "t|sigma", self.time_input)
+        _check(
+            not self.rope_axes
+            or (len(self.rope_axes) == 3 and sum(self.rope_axes) == self.head_dim // 2),
+            "model.rope_axes",
+            f"three pair counts summing to head_dim / 2 = {self.head_dim // 2}",
+            self.rope_axes,
+        )
+        _check(
+            self.single_block in ("sequential", "parallel"),
+            "model.single_block",
+            "sequential|parallel",
+            self.single_block,
+        )
+        _check(
+            all(0 <= i < self.depth for i in self.dual_attention),
+            "model.dual_attention",
+            f"block indices in [0, {self.depth})",
+            self.dual_attention,
+        )
+        _check(self.lora_rank >= 0, "model.lora_rank", "an integer >= 0", self.lora_rank)
+        _check(self.lora_alpha >= 0, "model.lora_alpha", "a number >= 0", self.lora_alpha)
+        _check(
+            not self.lora_streams or self.lora_rank > 0,
+            "model.lora_streams",
+            "empty unless model.lora_rank > 0",
+            self.lora_streams,
+        )
 
 
 @dataclass
@@ -386,16 +470,26 @@ class Config:
         _check(len(names) >= 1, "modalities", "at least one modality", names)
         dup = sorted({n for n in names if names.count(n) > 1})
         _check(not dup, "modalities", "unique names", dup)
-        if self.model.single_depth:
+        if self.model.single_depth or self.model.conditioning == "sum":
             widths = {m.name: m.width or self.model.width for m in self.modalities}
             _check(
                 len(set(widths.values())) == 1,
                 "model.single_depth",
-                "equal stream widths (single-stream blocks share weights)",
+                "equal stream widths (with single-stream blocks or conditioning 'sum')",
                 widths,
             )
-        unknown = sorted(set(self.train.freeze) - set(names) - {"shared"})
-        _check(not unknown, "train.freeze", f"names among {sorted(names)} or 'shared'", unknown)
+        for where, streams in (
+            ("train.freeze", self.train.freeze),
+            ("model.lora_streams", self.model.lora_streams),
+        ):
+            unknown = sorted(set(streams) - set(names) - {"shared"})
+            _check(not unknown, where, f"names among {sorted(names)} or 'shared'", unknown)
+        _check(
+            any(m.generate for m in self.modalities),
+            "modalities",
+            "at least one that can be generated (generate: true, not pooled)",
+            names,
+        )
         for m in self.modalities:
             _check(
                 m.p_partial == 0 or self.model.per_token_time,

@@ -43,13 +43,18 @@ class TrainingInputs:
 def draw_roles(
     model, batch_size: int, generator: torch.Generator | None, device
 ) -> dict[str, Tensor]:
-    """(b,) role per modality from its p_given / p_drop."""
+    """(b,) role per modality from its p_given / p_drop (a condition-only modality is given
+    unless dropped)."""
     roles = {}
     for name, m in model.modalities.items():
         u = torch.rand(batch_size, generator=generator, device=device)
         role = torch.full((batch_size,), GENERATE, dtype=torch.long, device=device)
-        role[u < m.cfg.p_given] = GIVEN
-        role[(u >= m.cfg.p_given) & (u < m.cfg.p_given + m.cfg.p_drop)] = DROPPED
+        if not m.cfg.generate:  # a condition only: given, or dropped with p_drop
+            role[:] = GIVEN
+            role[u < m.cfg.p_drop] = DROPPED
+        else:
+            role[u < m.cfg.p_given] = GIVEN
+            role[(u >= m.cfg.p_given) & (u < m.cfg.p_given + m.cfg.p_drop)] = DROPPED
         roles[name] = role
     return roles
 
@@ -147,7 +152,8 @@ def combine_losses(
     gives the gradient of the global mean)."""
     total = torch.zeros((), device=next(iter(sums.values())).device)
     parts = {}
-    for name, m in model.modalities.items():
+    for name in model.outputs:
+        m = model.modalities[name]
         loss = sums[name] / counts[name].to(sums[name].dtype).clamp(min=1.0)
         total = total + m.cfg.loss_weight * loss
         parts[name] = loss.detach()
@@ -165,7 +171,9 @@ def training_loss(
     inputs = make_inputs(model, batch, flow or FlowConfig(), present, generator)
     preds = model(inputs.tokens, inputs.times)
     sums = {
-        n: scored_loss_sum(preds[n], inputs.targets[n], inputs.scored[n], m.discrete)
-        for n, m in model.modalities.items()
+        n: scored_loss_sum(
+            preds[n], inputs.targets[n], inputs.scored[n], model.modalities[n].discrete
+        )
+        for n in model.outputs
     }
     return combine_losses(model, sums, {n: inputs.scored[n].sum() for n in sums})

@@ -48,9 +48,92 @@ class QKNorm(nn.RMSNorm):
         return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
 
 
+def _mlp(width: int, hidden: int, activation: str) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(width, hidden),
+        nn.GELU(approximate=ACTIVATIONS[activation]),
+        nn.Linear(hidden, width),
+    )
+
+
+class SelfAttention(nn.Module):
+    """Attention of one stream's tokens to themselves (SD3.5's second attention, MMDiT-X)."""
+
+    def __init__(self, width: int, heads: int, head_dim: int, qk_norm: bool):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * heads * head_dim)
+        self.q_norm = QKNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = QKNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.out = nn.Linear(heads * head_dim, width)
+
+    def forward(self, h: Tensor, rope: Tensor) -> Tensor:
+        """(b, n, d) modulated input, rotary table (n, e/2, 2) -> (b, n, d)."""
+        q, k, v = rearrange(self.qkv(h), "b n (three h e) -> three b h n e", three=3, h=self.heads)
+        q, k = apply_rotary(self.q_norm(q), rope), apply_rotary(self.k_norm(k), rope)
+        return self.out(rearrange(attention(q, k, v), "b h n e -> b n (h e)"))
+
+
 class StreamLayer(nn.Module):
     """One stream's weights in a block: adaLN-Zero modulation, fused qkv, QK RMSNorm, output
-    projection and MLP. Attention itself is joint, so it lives in ``joint_block``."""
+    projection and MLP. Attention itself is joint, so it lives in ``joint_block``.
+
+    Modulation chunks (each of the stream's width): shift, scale, gate before attention;
+    shift, scale, gate before the MLP; with ``self_attention`` a third (shift, scale, gate) for
+    the stream's own attention. A ``pre_only`` layer (a condition stream in the last block,
+    SD3's context_pre_only) only lends keys and values: chunks shift, scale; no output.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        head_dim: int,
+        mlp_ratio: float,
+        qk_norm: bool,
+        activation: str = "gelu",
+        pre_only: bool = False,
+        self_attention: bool = False,
+    ):
+        super().__init__()
+        inner = heads * head_dim
+        self.heads = heads
+        self.pre_only = pre_only
+        chunks = 2 if pre_only else 9 if self_attention else 6
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, chunks * width))
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(width, 3 * inner)  # one fused projection: one matmul, not three
+        self.q_norm = QKNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = QKNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        if not pre_only:
+            self.out = nn.Linear(inner, width)
+            self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+            self.mlp = _mlp(width, int(width * mlp_ratio), activation)
+        self.attn2 = SelfAttention(width, heads, head_dim, qk_norm) if self_attention else None
+
+    def begin(self, x: Tensor, mod: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(b, n, d) -> q, k, v each (b, h, n, e), q and k normalised; and the normed input."""
+        normed = self.norm1(x)
+        qkv = self.qkv(modulate(normed, mod[0], mod[1]))  # (b, n, 3 h e)
+        q, k, v = rearrange(qkv, "b n (three h e) -> three b h n e", three=3, h=self.heads)
+        return self.q_norm(q), self.k_norm(k), v, normed
+
+    def finish(
+        self, x: Tensor, attn: Tensor, mod: tuple[Tensor, ...], normed: Tensor, rope: Tensor
+    ) -> Tensor:
+        """Residual updates after attention; attn (b, n, h e) -> x (b, n, d)."""
+        if self.pre_only:
+            return x
+        _, _, gate1, shift2, scale2, gate2 = mod[:6]
+        out = x + gate1 * self.out(attn)
+        if self.attn2 is not None:
+            out = out + mod[8] * self.attn2(modulate(normed, mod[6], mod[7]), rope)
+        return out + gate2 * self.mlp(modulate(self.norm2(out), shift2, scale2))
+
+
+class ParallelLayer(nn.Module):
+    """Flux's single-stream layer: attention and MLP side by side from one modulated input,
+    one output projection over both. Modulation chunks: shift, scale, gate."""
 
     def __init__(
         self,
@@ -62,44 +145,39 @@ class StreamLayer(nn.Module):
         activation: str = "gelu",
     ):
         super().__init__()
-        inner = heads * head_dim
-        hidden = int(width * mlp_ratio)
+        self.inner, self.hidden = heads * head_dim, int(width * mlp_ratio)
         self.heads = heads
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+        self.pre_only, self.attn2 = False, None
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.qkv = nn.Linear(width, 3 * inner)  # one fused projection: one matmul, not three
+        self.qkv_mlp = nn.Linear(width, 3 * self.inner + self.hidden)  # one matmul for both
         self.q_norm = QKNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.k_norm = QKNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
-        self.out = nn.Linear(inner, width)
-        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.mlp = nn.Sequential(
-            nn.Linear(width, hidden),
-            nn.GELU(approximate=ACTIVATIONS[activation]),
-            nn.Linear(hidden, width),
+        self.act = nn.GELU(approximate=ACTIVATIONS[activation])
+        self.out = nn.Linear(self.inner + self.hidden, width)
+
+    def begin(self, x: Tensor, mod: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(b, n, d) -> q, k, v (b, h, n, e) and the MLP's hidden activation (b, n, hidden)."""
+        qkv, hidden = self.qkv_mlp(modulate(self.norm1(x), mod[0], mod[1])).split(
+            [3 * self.inner, self.hidden], dim=-1
         )
-
-    def qkv_heads(self, x: Tensor, shift: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(b, n, d) -> q, k, v each (b, h, n, e), q and k normalised."""
-        qkv = self.qkv(modulate(self.norm1(x), shift, scale))  # (b, n, 3 h e)
         q, k, v = rearrange(qkv, "b n (three h e) -> three b h n e", three=3, h=self.heads)
-        return self.q_norm(q), self.k_norm(k), v
+        return self.q_norm(q), self.k_norm(k), v, self.act(hidden)
 
-    def finish(self, x: Tensor, attn: Tensor, mod: tuple[Tensor, ...]) -> Tensor:
-        """Residual updates after attention; attn (b, n, h e) -> x (b, n, d)."""
-        _, _, gate1, shift2, scale2, gate2 = mod
-        x = x + gate1 * self.out(attn)
-        return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+    def finish(
+        self, x: Tensor, attn: Tensor, mod: tuple[Tensor, ...], hidden: Tensor, rope: Tensor
+    ) -> Tensor:
+        return x + mod[2] * self.out(torch.cat([attn, hidden], dim=-1))
 
 
 def joint_block(
-    layers: list[StreamLayer], xs: list[Tensor], mods: list[Tensor], rope: Tensor
+    layers: list[nn.Module], xs: list[Tensor], mods: list[Tensor], rope: Tensor
 ) -> list[Tensor]:
-    """Run ``layers[i]`` on ``xs[i]`` (b, n_i, d) with modulation ``mods[i]`` (b, 1|n_i, 6d),
+    """Run ``layers[i]`` on ``xs[i]`` (b, n_i, d) with modulation ``mods[i]`` (b, 1|n_i, k d),
     attending jointly over all tokens (rotary table ``rope`` (N, e/2, 2)). Returns the xs."""
-    chunks = [m.chunk(6, dim=-1) for m in mods]
-    qs, ks, vs = zip(
-        *[layer.qkv_heads(x, c[0], c[1]) for layer, x, c in zip(layers, xs, chunks, strict=True)],
-        strict=True,
+    chunks = [m.chunk(m.shape[-1] // x.shape[-1], dim=-1) for m, x in zip(mods, xs, strict=True)]
+    qs, ks, vs, carry = zip(
+        *[layer.begin(x, c) for layer, x, c in zip(layers, xs, chunks, strict=True)], strict=True
     )
     q, ps = pack(list(qs), "b h * e")  # (b, h, N, e)
     k, _ = pack(list(ks), "b h * e")
@@ -107,19 +185,32 @@ def joint_block(
     q, k = apply_rotary(q, rope), apply_rotary(k, rope)
     o = attention(q, k, v)  # (b, h, N, e)
     outs = unpack(o, ps, "b h * e")
+    ropes = rope.split([x.shape[1] for x in xs])  # each stream's own rows, for attn2
     return [
-        layer.finish(x, rearrange(o_i, "b h n e -> b n (h e)"), c)
-        for layer, x, o_i, c in zip(layers, xs, outs, chunks, strict=True)
+        layer.finish(x, rearrange(o_i, "b h n e -> b n (h e)"), c, extra, r)
+        for layer, x, o_i, c, extra, r in zip(layers, xs, outs, chunks, carry, ropes, strict=True)
     ]
 
 
 class DualStreamBlock(nn.Module):
-    """One ``StreamLayer`` per modality, one joint attention."""
+    """One ``StreamLayer`` per modality, one joint attention. ``pre_only`` and
+    ``self_attention`` name the streams whose layer has that form."""
 
-    def __init__(self, widths: dict[str, int], *layer_args):
+    def __init__(
+        self,
+        widths: dict[str, int],
+        *layer_args,
+        pre_only: tuple[str, ...] = (),
+        self_attention: tuple[str, ...] = (),
+    ):
         super().__init__()
         self.streams = nn.ModuleDict(
-            {name: StreamLayer(w, *layer_args) for name, w in widths.items()}
+            {
+                name: StreamLayer(
+                    w, *layer_args, pre_only=name in pre_only, self_attention=name in self_attention
+                )
+                for name, w in widths.items()
+            }
         )
 
     def forward(
@@ -127,17 +218,18 @@ class DualStreamBlock(nn.Module):
     ) -> dict[str, Tensor]:
         names = list(x)
         layers = [self.streams[n] for n in names]
-        mods = [self.streams[n].modulation(c[n]) for n in names]  # (b, 1|n, 6d)
+        mods = [self.streams[n].modulation(c[n]) for n in names]  # (b, 1|n, k d)
         return dict(zip(names, joint_block(layers, [x[n] for n in names], mods, rope), strict=True))
 
 
 class SingleStreamBlock(nn.Module):
-    """One shared ``StreamLayer`` over all tokens (Flux's single-stream blocks). Each token is
-    still modulated by its own stream's conditioning vector."""
+    """One shared layer over all tokens (Flux's single-stream blocks): a ``StreamLayer``
+    (``parallel`` false) or a ``ParallelLayer``. Each token is still modulated by its own
+    stream's conditioning vector."""
 
-    def __init__(self, width: int, *layer_args):
+    def __init__(self, width: int, *layer_args, parallel: bool = False):
         super().__init__()
-        self.layer = StreamLayer(width, *layer_args)
+        self.layer = (ParallelLayer if parallel else StreamLayer)(width, *layer_args)
 
     def forward(
         self, x: dict[str, Tensor], c: dict[str, Tensor], rope: Tensor
@@ -145,7 +237,7 @@ class SingleStreamBlock(nn.Module):
         names = list(x)
         mods = [self.layer.modulation(c[n]).expand(-1, x[n].shape[1], -1) for n in names]
         xs, ps = pack([x[n] for n in names], "b * d")  # (b, N, d)
-        mod, _ = pack(mods, "b * d")  # (b, N, 6d)
+        mod, _ = pack(mods, "b * d")  # (b, N, k d)
         (out,) = joint_block([self.layer], [xs], [mod], rope)
         return dict(zip(names, unpack(out, ps, "b * d"), strict=True))
 

@@ -25,28 +25,63 @@ def sinusoidal(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
 
 
 class TimeEmbedder(nn.Module):
-    """t -> sinusoidal -> MLP, the DiT timestep embedder. (...,) -> (..., d)."""
+    """t -> sinusoidal -> MLP, the DiT timestep embedder. (...,) -> (..., d).
 
-    def __init__(self, time_dim: int, width: int):
+    With ``reverse`` the features are those of sigma = 1 - t (diffusers' SD3 and Flux count
+    time from data: their timestep is 1000 sigma)."""
+
+    def __init__(self, time_dim: int, width: int, reverse: bool = False):
         super().__init__()
-        self.time_dim = time_dim
+        self.time_dim, self.reverse = time_dim, reverse
         self.mlp = nn.Sequential(nn.Linear(time_dim, width), nn.SiLU(), nn.Linear(width, width))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(sinusoidal(t, self.time_dim))
+        return self.mlp(sinusoidal(1 - t if self.reverse else t, self.time_dim))
 
 
 class TimeSummary(nn.Module):
     """Every modality's (mean) time, in canonical order, -> one vector: tells each stream what is
     given (t = 1), dropped (t = 0) or in between. (b, m) -> (b, d)."""
 
-    def __init__(self, num_modalities: int, time_dim: int, width: int):
+    def __init__(self, num_modalities: int, time_dim: int, width: int, reverse: bool = False):
         super().__init__()
-        self.time_dim = time_dim
+        self.time_dim, self.reverse = time_dim, reverse
         self.mlp = nn.Sequential(
             nn.Linear(num_modalities * time_dim, width), nn.SiLU(), nn.Linear(width, width)
         )
 
     def forward(self, times: Tensor) -> Tensor:
-        feats = sinusoidal(times, self.time_dim)  # (b, m, f)
+        feats = sinusoidal(1 - times if self.reverse else times, self.time_dim)  # (b, m, f)
         return self.mlp(feats.flatten(1))  # (b, d)
+
+
+def sincos_2d(side: int, width: int) -> Tensor:
+    """Fixed 2-D sine-cosine position embeddings of a side x side grid, row-major:
+    (side * side, width); the first half encodes the row, the second the column."""
+    quarter = width // 4
+    freqs = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (q,)
+    pos = torch.arange(side, dtype=torch.float64)
+    rows, cols = torch.meshgrid(pos, pos, indexing="ij")
+    parts = []
+    for axis in (rows, cols):
+        args = axis.reshape(-1, 1) * freqs  # (side^2, q)
+        parts += [args.sin(), args.cos()]
+    table = torch.cat(parts, dim=-1)
+    return torch.nn.functional.pad(table, (0, width - table.shape[-1])).float()
+
+
+class PositionTable(nn.Module):
+    """Absolute position embeddings of an image stream (SD3's ``pos_embed``): a fixed
+    ``side`` x ``side`` table, centre-cropped to the stream's ``rows`` x ``cols`` patch grid
+    and added to its tokens. (b, n, d) -> (b, n, d)."""
+
+    def __init__(self, side: int, width: int, rows: int, cols: int):
+        super().__init__()
+        self.side, self.rows, self.cols = side, rows, cols
+        self.register_buffer("table", sincos_2d(side, width))  # (side^2, d), saved with weights
+
+    def forward(self, x: Tensor) -> Tensor:
+        top, left = (self.side - self.rows) // 2, (self.side - self.cols) // 2
+        grid = self.table.view(self.side, self.side, -1)
+        crop = grid[top : top + self.rows, left : left + self.cols].reshape(-1, grid.shape[-1])
+        return x + crop.to(x.dtype)

@@ -19,10 +19,20 @@ from torch import Tensor, nn
 from anydit.config import ModalityConfig, ModelConfig
 from anydit.modalities import Modality, build_modalities
 from anydit.model.block import DualStreamBlock, SingleStreamBlock, modulate, run_block
-from anydit.model.embeddings import TimeEmbedder, TimeSummary
+from anydit.model.embeddings import PositionTable, TimeEmbedder, TimeSummary
+from anydit.model.lora import add_lora
 from anydit.model.rotary import rotary_angles, rotary_table
 
-_STREAM_DICTS = ("embed", "time_embed", "summary_proj", "pool_proj", "final", "streams")
+_STREAM_DICTS = (
+    "embed",
+    "pos_embed",
+    "time_embed",
+    "pooled_embed",
+    "summary_proj",
+    "pool_proj",
+    "final",
+    "streams",
+)
 
 
 class FinalLayer(nn.Module):
@@ -40,7 +50,11 @@ class FinalLayer(nn.Module):
 
 
 class MMDiT(nn.Module):
-    """Any-to-any diffusion transformer over the given modalities."""
+    """Any-to-any diffusion transformer over the given modalities.
+
+    Token streams (every modality but the pooled ones) meet in joint attention; pooled
+    modalities only add to the adaLN input; only modalities with ``generate`` get an output.
+    """
 
     def __init__(self, modalities: list[ModalityConfig], cfg: ModelConfig):
         super().__init__()
@@ -54,40 +68,101 @@ class MMDiT(nn.Module):
                     "on data that names them (anydit train fills them from the data)"
                 )
         names = list(self.modalities)
-        widths = {n: m.cfg.width or cfg.width for n, m in self.modalities.items()}
+        streams = [n for n in names if not self.modalities[n].cfg.pooled]
+        widths = {n: self.modalities[n].cfg.width or cfg.width for n in streams}
+        reverse = cfg.time_input == "sigma"
         self.embed = nn.ModuleDict(
             {
                 n: nn.Embedding(m.token_dim + 1, widths[n])
                 if m.discrete
                 else nn.Linear(m.token_dim, widths[n])
                 for n, m in self.modalities.items()
+                if n in widths
             }
         )
-        self.time_embed = nn.ModuleDict({n: TimeEmbedder(cfg.time_dim, widths[n]) for n in names})
-        self.time_summary = TimeSummary(len(names), cfg.time_dim, cfg.width)
-        self.summary_proj = nn.ModuleDict({n: nn.Linear(cfg.width, widths[n]) for n in names})
+        self.pos_embed = nn.ModuleDict(
+            {
+                n: PositionTable(
+                    m.cfg.pos_table, widths[n], *(s // m.cfg.patch for s in m.cfg.shape[1:])
+                )
+                for n, m in self.modalities.items()
+                if m.cfg.pos_table
+            }
+        )
+        self.time_embed = nn.ModuleDict(
+            {n: TimeEmbedder(cfg.time_dim, widths[n], reverse) for n in streams}
+        )
+        self.pooled_embed = nn.ModuleDict(
+            {
+                n: TimeEmbedder(cfg.time_dim, cfg.width)
+                if m.cfg.pooled == "time"
+                else nn.Sequential(
+                    nn.Linear(m.token_dim, cfg.width), nn.SiLU(), nn.Linear(cfg.width, cfg.width)
+                )
+                for n, m in self.modalities.items()
+                if m.cfg.pooled
+            }
+        )
+        summary = cfg.conditioning == "summary"
+        self.time_summary = (
+            TimeSummary(len(names), cfg.time_dim, cfg.width, reverse) if summary else None
+        )
+        self.summary_proj = (
+            nn.ModuleDict({n: nn.Linear(cfg.width, widths[n]) for n in streams})
+            if summary
+            else None
+        )
         self.pool_proj = (
-            nn.ModuleDict({n: nn.Linear(widths[n], cfg.width) for n in names})
+            nn.ModuleDict({n: nn.Linear(widths[n], cfg.width) for n in streams})
             if cfg.pooled_cond
             else None
         )
         block_args = (cfg.heads, cfg.head_dim, cfg.mlp_ratio, cfg.qk_norm, cfg.activation)
+        outputs = [n for n in streams if self.modalities[n].cfg.generate]
+        conditions = tuple(n for n in streams if n not in outputs)
         self.blocks = nn.ModuleList(
-            [DualStreamBlock(widths, *block_args) for _ in range(cfg.depth)]
+            [
+                DualStreamBlock(
+                    widths,
+                    *block_args,
+                    pre_only=conditions if i == cfg.depth - 1 and not cfg.single_depth else (),
+                    self_attention=tuple(outputs) if i in cfg.dual_attention else (),
+                )
+                for i in range(cfg.depth)
+            ]
         )
+        parallel = cfg.single_block == "parallel"
         self.single_blocks = nn.ModuleList(
-            [SingleStreamBlock(widths[names[0]], *block_args) for _ in range(cfg.single_depth)]
+            [
+                SingleStreamBlock(widths[streams[0]], *block_args, parallel=parallel)
+                for _ in range(cfg.single_depth)
+            ]
         )
         self.final = nn.ModuleDict(
-            {n: FinalLayer(widths[n], m.token_dim) for n, m in self.modalities.items()}
+            {n: FinalLayer(widths[n], self.modalities[n].token_dim) for n in outputs}
         )
+        positions = [
+            m.positions() if m.cfg.rope else torch.zeros(m.num_tokens, 3)
+            for n, m in self.modalities.items()
+            if n in widths
+        ]
         angles = rotary_angles(
-            torch.cat([m.positions() for m in self.modalities.values()]),
-            cfg.head_dim,
-            cfg.rope_theta,
+            torch.cat(positions), cfg.head_dim, cfg.rope_theta, cfg.rope_axes
         )  # (N, e/2)
         self.register_buffer("rope", rotary_table(angles), persistent=False)  # (N, e/2, 2)
         self.initialize_weights()
+        if cfg.lora_rank:
+            add_lora(self, self.stream_of, cfg.lora_streams, cfg.lora_rank, cfg.lora_alpha)
+
+    @property
+    def streams(self) -> list[str]:
+        """Modalities with tokens in the joint attention (all but the pooled ones)."""
+        return list(self.embed)
+
+    @property
+    def outputs(self) -> list[str]:
+        """Modalities the model predicts (``generate`` true): the keys of ``forward``'s result."""
+        return list(self.final)
 
     @property
     def names(self) -> list[str]:
@@ -103,8 +178,8 @@ class MMDiT(nn.Module):
         return "shared"
 
     def freeze(self, streams: list[str] | tuple[str, ...]) -> int:
-        """Stop gradients to the weights of ``streams`` (modality names and/or "shared").
-        Returns how many parameters were frozen."""
+        """Stop gradients to the weights of ``streams`` (modality names and/or "shared"); their
+        LoRA adapters, if any, stay trainable. Returns how many parameters were frozen."""
         unknown = sorted(set(streams) - set(self.modalities) - {"shared"})
         if unknown:
             raise ValueError(
@@ -112,7 +187,7 @@ class MMDiT(nn.Module):
             )
         frozen = 0
         for name, p in self.named_parameters():
-            if self.stream_of(name) in streams:
+            if self.stream_of(name) in streams and ".lora_" not in name:
                 p.requires_grad_(False)
                 frozen += p.numel()
         return frozen
@@ -126,8 +201,9 @@ class MMDiT(nn.Module):
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=0.02)
-        for emb in [*self.time_embed.values(), self.time_summary]:
-            for layer in emb.mlp:
+        embedders = [*self.time_embed.values(), *self.pooled_embed.values()]
+        for emb in embedders + ([self.time_summary] if self.time_summary else []):
+            for layer in getattr(emb, "mlp", emb):
                 if isinstance(layer, nn.Linear):
                     nn.init.normal_(layer.weight, std=0.02)
         layers = [layer for b in self.blocks for layer in b.streams.values()]
@@ -155,27 +231,53 @@ class MMDiT(nn.Module):
                     "was built with per_token_time = false; pass one time per sample (b,)"
                 )
 
-    def conditioning(self, times: dict[str, Tensor], x: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Per-stream conditioning vectors: own time (per token if given so) + a summary of all
-        modalities' times (+ their mean token embeddings x (b, n, d), with ``pooled_cond``)."""
-        mean_t = torch.stack(
-            [times[n].reshape(times[n].shape[0], -1).float().mean(1) for n in self.names], 1
-        )
-        summary = self.time_summary(mean_t)  # (b, d)
+    def conditioning(
+        self, times: dict[str, Tensor], x: dict[str, Tensor], pooled: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """Per-stream adaLN inputs (b, 1|n, d): the stream's own time embedding (per token if
+        its times are) plus the shared part: with ``conditioning: summary`` a projected
+        summary of all modalities' times, with ``sum`` the other streams' time embeddings; plus
+        every pooled modality's embedding (scaled by its time: 1 given, 0 dropped) and, with
+        ``pooled_cond``, the streams' mean token embeddings x (b, n, d)."""
+        own = {n: self.time_embed[n](times[n]) for n in self.streams}  # (b, d) or (b, n, d)
+        extra = []  # (b, d) parts every stream receives
+        for n in self.pooled_embed:
+            value = pooled[n].float().flatten(1)  # (b, D)
+            kind = self.modalities[n].cfg.pooled
+            e = self.pooled_embed[n](value[:, 0] if kind == "time" else value)
+            extra.append(e * times[n].float().reshape(-1, 1))
         if self.pool_proj is not None:
-            summary = summary + sum(self.pool_proj[n](x[n].mean(1)) for n in self.names)
+            extra.append(sum(self.pool_proj[n](x[n].mean(1)) for n in self.streams))
         c = {}
-        for n in self.names:
-            own = self.time_embed[n](times[n])  # (b, d) or (b, n, d)
-            own = own.unsqueeze(1) if own.dim() == 2 else own
-            c[n] = own + self.summary_proj[n](summary).unsqueeze(1)  # (b, 1|n, d)
+        if self.time_summary is not None:
+            mean_t = torch.stack(
+                [times[n].reshape(times[n].shape[0], -1).float().mean(1) for n in self.names], 1
+            )
+            shared = sum(extra, self.time_summary(mean_t))  # (b, d)
+            for n in self.streams:
+                e = own[n] if own[n].dim() == 3 else own[n].unsqueeze(1)
+                c[n] = e + self.summary_proj[n](shared).unsqueeze(1)  # (b, 1|n, d)
+            return c
+        per_sample = {
+            n: e if e.dim() == 2 else self.time_embed[n](times[n].float().mean(1))
+            for n, e in own.items()
+        }
+        for n in self.streams:
+            total = own[n]  # (b, d) or (b, n, d)
+            for part in [*(per_sample[m] for m in self.streams if m != n), *extra]:
+                total = total + (part if total.dim() == 2 else part.unsqueeze(1))
+            c[n] = total if total.dim() == 3 else total.unsqueeze(1)
         return c
 
     def forward(self, tokens: dict[str, Tensor], times: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Predict each modality's velocity (continuous) or clean-token logits (discrete)."""
+        """Predict each generated modality's velocity (continuous) or clean-token logits
+        (discrete): a dict over ``outputs``."""
         self._check_inputs(tokens, times)
-        x = {n: self.embed[n](tokens[n]) for n in self.names}  # (b, n, d)
-        c = self.conditioning(times, x)
+        x = {n: self.embed[n](tokens[n]) for n in self.streams}  # (b, n, d)
+        for n, table in self.pos_embed.items():
+            x[n] = table(x[n])
+        pooled = {n: tokens[n] for n in self.pooled_embed}
+        c = self.conditioning(times, x, pooled)
         for block in [*self.blocks, *self.single_blocks]:
             x = run_block(block, x, c, self.rope, self.cfg.checkpointing and self.training)
-        return {n: self.final[n](x[n], c[n]) for n in self.names}
+        return {n: self.final[n](x[n], c[n]) for n in self.outputs}

@@ -14,17 +14,22 @@ import torch
 from torch import Tensor
 
 
-def axis_pairs(head_dim: int, axes: int = 3) -> list[int]:
-    """How many rotation pairs each axis gets; the first (time) axis takes the remainder."""
+def axis_pairs(head_dim: int, axes: int = 3, split: tuple[int, ...] = ()) -> list[int]:
+    """How many rotation pairs each axis gets: ``split`` when given (Flux's axes_dim / 2),
+    else an even share with the first (time) axis taking the remainder."""
+    if split:
+        return list(split)
     pairs = head_dim // 2
     each = pairs // axes
     return [pairs - each * (axes - 1)] + [each] * (axes - 1)
 
 
-def rotary_angles(positions: Tensor, head_dim: int, theta: float) -> Tensor:
+def rotary_angles(
+    positions: Tensor, head_dim: int, theta: float, split: tuple[int, ...] = ()
+) -> Tensor:
     """(n, axes) float positions -> (n, head_dim // 2) angles."""
     parts = []
-    for axis, k in enumerate(axis_pairs(head_dim, positions.shape[-1])):
+    for axis, k in enumerate(axis_pairs(head_dim, positions.shape[-1], split)):
         if k == 0:
             continue
         freqs = theta ** (-torch.arange(k, dtype=torch.float64) / k)  # (k,)

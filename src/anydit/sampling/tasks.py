@@ -97,6 +97,11 @@ def resolve_task(
                 raise ValueError(
                     f"task: modality '{name}': expected steps >= 1, got {role.steps!r}"
                 )
+            if not m.cfg.generate:
+                raise ValueError(
+                    f"task: modality '{name}' is a condition only (generate: false, or pooled): "
+                    "give it a value or drop it"
+                )
             r = ResolvedRole("generate", steps=role.steps)
             if (role.known is None) != (role.mask is None):
                 raise ValueError(
@@ -119,6 +124,6 @@ def resolve_task(
             resolved[name] = r
     if not any(r.kind == "generate" for r in resolved.values()):
         raise ValueError(
-            f"task generates nothing; name at least one of {model.names} as 'generate'"
+            f"task generates nothing; name at least one of {model.outputs} as 'generate'"
         )
     return resolved

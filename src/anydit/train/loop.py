@@ -140,7 +140,7 @@ def write_sample_grid(model, out_dir: Path, step: int, logger: Logger) -> None:
     images = [n for n, m in model.modalities.items() if m.cfg.kind == "image"]
     if not images:
         return
-    out = sample(model, {n: "generate" for n in model.names}, n=16, steps=16, seed=step)
+    out = sample(model, {n: "generate" for n in model.outputs}, n=16, steps=16, seed=step)
     (out_dir / "samples").mkdir(exist_ok=True)
     for name in images:
         grid = image_grid(out[name].cpu(), nrow=8, scale=4)
@@ -325,7 +325,7 @@ def _step(model, net, raw, present, cfg: Config, gen, info: D.DistInfo, micro_b:
         micro.append(
             make_inputs(model, part, cfg.flow, have, gen, slice(lo, lo + micro_b), tc.batch_size)
         )
-    counts = {n: sum(m.scored[n].sum() for m in micro) for n in model.names}
+    counts = {n: sum(m.scored[n].sum() for m in micro) for n in model.outputs}
     counts = dict(zip(counts, D.all_sum(torch.stack(list(counts.values()))), strict=True))
     total_loss, total_parts = 0.0, None
     for j, inputs in enumerate(micro):
@@ -333,8 +333,10 @@ def _step(model, net, raw, present, cfg: Config, gen, info: D.DistInfo, micro_b:
         with _no_sync(net, sync), autocast_for(info.device, tc.precision):
             preds = net(inputs.tokens, inputs.times)
             sums = {
-                n: scored_loss_sum(preds[n], inputs.targets[n], inputs.scored[n], m.discrete)
-                for n, m in model.modalities.items()
+                n: scored_loss_sum(
+                    preds[n], inputs.targets[n], inputs.scored[n], model.modalities[n].discrete
+                )
+                for n in model.outputs
             }
             loss, parts = combine_losses(model, sums, counts, scale=float(info.world))
         bad = D.all_sum(torch.tensor([float(not torch.isfinite(loss))], device=loss.device))
