@@ -17,10 +17,11 @@ def sinusoidal(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     (...,) -> (..., dim)
     """
     half = dim // 2
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
     freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half
+        -math.log(max_period) * torch.arange(half, device=t.device, dtype=dtype) / half
     )
-    args = (t.float() * 1000.0)[..., None] * freqs  # (..., half)
+    args = (t.to(dtype) * 1000.0)[..., None] * freqs  # (..., half)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 

@@ -48,6 +48,7 @@ def apply_rotary(x: Tensor, table: Tensor) -> Tensor:
 
     Computed in float32 (there is no bfloat16 complex type) and returned in x's dtype.
     """
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (b, h, n, d/2)
+    real = x if x.dtype == torch.float64 else x.float()
+    pairs = torch.view_as_complex(real.unflatten(-1, (-1, 2)))  # (b, h, n, d/2)
     rotated = torch.view_as_real(pairs * torch.view_as_complex(table))  # (b, h, n, d/2, 2)
     return rotated.flatten(-2).to(x.dtype)
