@@ -20,7 +20,9 @@ from anydit.config import (
     TrainConfig,
 )
 from anydit.flow import training_loss
+from anydit.interop.diffusers import export_diffusers, import_diffusers, save_diffusers
 from anydit.model import MMDiT, preset
+from anydit.model.extend import extend
 from anydit.sampling import Drop, Generate, Given, drop, generate, given, sample
 from anydit.train.checkpoint import load_model, save_model
 
@@ -39,11 +41,15 @@ __all__ = [
     "SampleConfig",
     "TrainConfig",
     "drop",
+    "export_diffusers",
+    "extend",
     "generate",
     "given",
+    "import_diffusers",
     "load_model",
     "preset",
     "sample",
+    "save_diffusers",
     "save_model",
     "training_loss",
 ]

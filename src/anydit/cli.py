@@ -4,6 +4,8 @@
     anydit sample --checkpoint PATH --generate NAME[,NAME] [--given NAME=VALUE ...] [--drop NAME]
     anydit eval --checkpoint PATH [--out DIR]
     anydit demo [--minutes M] [--out DIR]
+    anydit import sd3|flux SOURCE --out MODEL.safetensors [--config-out RUN.yaml]
+    anydit export sd3|flux MODEL --out FOLDER
 
 Errors end with one line naming what was wrong and a non-zero exit code; ``--debug`` shows the
 traceback instead.
@@ -71,6 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="folder for the shards and shards.json")
     q.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     _add_common(q)
+
+    p = sub.add_parser("import", help="turn a diffusers SD3 / Flux transformer into a model file")
+    p.add_argument("family", choices=["sd3", "flux"])
+    p.add_argument("source", help="a local diffusers model folder (config.json + safetensors)")
+    p.add_argument("--out", required=True, help="the anydit model file to write")
+    p.add_argument("--height", type=int, help="latent height the model will see")
+    p.add_argument("--width", type=int, help="latent width")
+    p.add_argument("--text-tokens", type=int, help="text-embedding sequence length")
+    p.add_argument(
+        "--config-out", help="also write a run config (modalities, model, train.init) to extend"
+    )
+    _add_common(p)
+    p = sub.add_parser("export", help="write an imported (fine-tuned) model as a diffusers folder")
+    p.add_argument("family", choices=["sd3", "flux"])
+    p.add_argument("model", help="an anydit model file or run folder")
+    p.add_argument("--out", required=True, help="the diffusers model folder to write")
+    p.add_argument("--sample-size", type=int, help="SD3: the config's sample_size")
+    _add_common(p)
 
     p = sub.add_parser("sample", help="sample any task from a trained model")
     p.add_argument("--checkpoint", required=True, help="model.safetensors or a run folder")
@@ -203,6 +223,39 @@ def cmd_train(args) -> int:
         distributed.teardown()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {result.step} steps; model: {result.model_path}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    import dataclasses
+
+    import yaml
+
+    from anydit.interop.diffusers import import_diffusers
+    from anydit.train.checkpoint import save_model
+
+    model = import_diffusers(args.source, args.family, args.height, args.width, args.text_tokens)
+    path = save_model(model, args.out)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"imported {args.family} ({n / 1e6:.1f}M parameters, modalities {model.names}): {path}")
+    if args.config_out:
+        tree = {
+            "modalities": [dataclasses.asdict(m) for m in model.modality_configs],
+            "model": dataclasses.asdict(model.cfg),
+            "train": {"init": str(path)},
+        }
+        Path(args.config_out).write_text(yaml.safe_dump(tree, sort_keys=False))
+        print(f"run config: {args.config_out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    import anydit
+    from anydit.interop.diffusers import save_diffusers
+
+    model = anydit.load_model(_model_path(args.model))
+    folder = save_diffusers(model, args.out, args.family, args.sample_size)
+    print(f"exported {args.family}: {folder}")
     return 0
 
 
@@ -382,6 +435,8 @@ COMMANDS = {
     "eval": cmd_eval,
     "demo": cmd_demo,
     "data": cmd_data,
+    "import": cmd_import,
+    "export": cmd_export,
 }
 
 

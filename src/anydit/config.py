@@ -374,6 +374,8 @@ class TrainConfig:
     keep_checkpoints: int = 2  # the newest K resumable checkpoints are kept
     max_bad_steps: int = 10  # consecutive NaN/inf losses before the run stops
     freeze: tuple[str, ...] = ()  # streams (modality names) or "shared" whose weights stay fixed
+    init: str = ""  # an anydit model file (e.g. from `anydit import`) whose weights start the
+    # run; streams and adapters it lacks start fresh
 
     def __post_init__(self) -> None:
         self.freeze = tuple(self.freeze)

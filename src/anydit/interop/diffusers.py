@@ -406,9 +406,10 @@ def export_diffusers(
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(diffusers config, state dict) of an anydit model built by ``import_diffusers``
     (possibly fine-tuned; LoRA adapters are merged). SD3's ``sample_size`` (which only sets
-    the default resolution) is the image modality's height unless given. The text stream's own time embedding,
-    which diffusers has no place for, is folded into the pooled projection's bias at t = 1
-    (the text is always given). Models with streams beyond the imported ones are refused."""
+    the default resolution) is the image modality's height unless given. The text stream's
+    own time embedding, which diffusers has no place for, is folded into the pooled
+    projection's bias at t = 1 (the text is always given). Models with streams beyond the
+    imported ones are refused."""
     names = _imported_names(model, family)
     config = _config_of(model, family, names)
     if family == "sd3" and sample_size:

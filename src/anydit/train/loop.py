@@ -31,6 +31,7 @@ from anydit.config import Config
 from anydit.data.sources import epoch_loader, make_collate, open_training_data
 from anydit.flow.objective import combine_losses, make_inputs, scored_loss_sum
 from anydit.model import MMDiT
+from anydit.model.extend import init_from_file
 from anydit.train import distributed as D
 from anydit.train.state import RunState, latest_checkpoint, load_checkpoint, save_checkpoint
 from anydit.train.step import autocast_for, make_optimizer
@@ -180,7 +181,13 @@ def train(
         cfg.data, cfg.modalities, log=print if info.main else (lambda *_: None)
     )  # first: label classes may come from the data
     torch.manual_seed(tc.seed)  # the same initial weights in every process
-    model = MMDiT(cfg.modalities, cfg.model).to(info.device)
+    model = MMDiT(cfg.modalities, cfg.model)
+    if tc.init:
+        report = init_from_file(model, tc.init)
+        if info.main:
+            new = sorted({model.stream_of(k) for k in report["new"]})
+            print(f"init: {len(report['loaded'])} tensors from {tc.init}; fresh: {new or 'none'}")
+    model = model.to(info.device)
     if tc.freeze and info.main:
         print(f"frozen: {tc.freeze} ({model.freeze(tc.freeze) / 1e6:.2f}M parameters)")
     elif tc.freeze:
