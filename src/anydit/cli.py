@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("config", help="YAML run config (its data and modalities)")
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     _add_common(q)
+    q = data_sub.add_parser(
+        "encode", help="read a config's data once into an arrays folder (vae latents encoded)"
+    )
+    q.add_argument("config", help="YAML run config (its data and modalities)")
+    q.add_argument("--out", required=True, help="folder for NAME.npy arrays")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _add_common(q)
     q = data_sub.add_parser("pack", help="write a manifest's samples into tar shards")
     q.add_argument("manifest", help="JSONL, CSV or Parquet manifest")
     q.add_argument("--out", required=True, help="folder for the shards and shards.json")
@@ -273,6 +280,14 @@ def cmd_data(args) -> int:
         print(f"wrote {len(shards)} shards to {args.out}")
         return 0
     cfg = load_config(args.config, args.set)
+    if args.data_command == "encode":
+        from anydit.data.sources import open_training_data
+        from anydit.data.vae import encode_dataset
+
+        dataset, _ = open_training_data(cfg.data, cfg.modalities)
+        out = encode_dataset(dataset, cfg.modalities, args.out)
+        print(f"wrote {out} (train with data.source: arrays, data.path: {out})")
+        return 0
     if cfg.data.source == "shards":
         cfg.data.on_error = "skip"  # read everything, report every problem
     dataset = build_dataset(cfg.data, "train", cfg.modalities)

@@ -45,8 +45,10 @@ class ModalityConfig:
     num_classes: int = 0  # label: K classes (names may be given in `classes`); 0 = from data
     classes: tuple[str, ...] = ()  # label: optional class names, index = class id
     tokenizer: str = "bytes"  # text: "bytes" or a path to a `tokenizers` JSON file
-    codec: str = ""  # "" = raw arrays; "logmel": a sequence of normalised log-mel frames (L, mels)
+    codec: str = ""  # "" = raw arrays; "logmel": a sequence of normalised log-mel frames (L, mels);
+    # "vae": image latents (C, h, w) of a diffusers autoencoder in the folder `codec_path`
     codec_args: dict[str, float] = field(default_factory=dict)  # e.g. the log-mel STFT parameters
+    codec_path: str = ""  # codec "vae": a local diffusers AutoencoderKL folder
     clock: str = ""  # modalities naming the same clock share a rotary time axis (audio-video sync)
     rate: float = 1.0  # tokens per unit of the shared clock (e.g. tokens per second)
     width: int = 0  # stream width; 0 = the model's width
@@ -131,7 +133,15 @@ class ModalityConfig:
                 f"{self.num_classes} names",
                 self.classes,
             )
-        _check(self.codec in ("", "logmel"), f"{w}.codec", "'' or 'logmel'", self.codec)
+        _check(
+            self.codec in ("", "logmel", "vae"), f"{w}.codec", "'', 'logmel' or 'vae'", self.codec
+        )
+        _check(
+            self.codec != "vae" or (self.kind == "image" and bool(self.codec_path)),
+            f"{w}.codec",
+            "'vae' only on an image modality, with codec_path naming the autoencoder folder",
+            (self.kind, self.codec_path),
+        )
         _check(
             self.codec != "logmel" or self.kind == "sequence",
             f"{w}.codec",

@@ -109,7 +109,7 @@ def _read_file(modality, path: Path, n: int | None) -> Tensor | str:
     if ext == ".npy":
         return _read_npy(modality, path, n)
     if ext in IMAGE_EXTENSIONS:
-        return read_image(path, cfg.shape, cfg.name)
+        return read_image_for(cfg, path)
     if ext in AUDIO_EXTENSIONS:
         return read_logmel(path, codec_params(cfg), cfg.shape, cfg.name)
     return _read_text(path, cfg.name)
@@ -196,6 +196,18 @@ def read_image(
             img = img.resize((w, h), Image.Resampling.BICUBIC)
     arr = np.asarray(img, dtype=np.float32).reshape(h, w, c)  # (H, W, C)
     return torch.from_numpy(arr / 127.5 - 1.0).permute(2, 0, 1).contiguous()  # (C, H, W)
+
+
+def read_image_for(cfg, path: str | Path, fit: str = "exact") -> Tensor:
+    """An image file as the value of image modality ``cfg``: pixels (C, H, W) in [-1, 1], or
+    for ``codec: vae`` the latents (C, h, w) of the file read at the autoencoder's size."""
+    if cfg.codec != "vae":
+        return read_image(path, tuple(cfg.shape), cfg.name, fit)
+    from anydit.data.vae import codec_at
+
+    codec = codec_at(cfg.codec_path)
+    pixels = read_image(path, codec.pixel_shape(cfg.shape, cfg.name), cfg.name, fit)
+    return codec.encode(pixels[None])[0]
 
 
 def codec_params(cfg) -> MelParams:
@@ -393,6 +405,10 @@ def _write_jsonl(path: Path, rows: list[dict]) -> list[str]:
 def _write_modality(out: Path, stem: str, m, x: Tensor) -> list[str]:
     """The human files of one modality (none for vectors and raw sequences)."""
     kind = m.cfg.kind
+    if kind == "image" and m.cfg.codec == "vae":
+        from anydit.data.vae import codec_at
+
+        return _write_images(out, stem, codec_at(m.cfg.codec_path).decode(x))
     if kind == "image" and x.shape[1] in _PIL_MODES:
         return _write_images(out, stem, x)
     if kind == "video" and x.shape[2] in _PIL_MODES:

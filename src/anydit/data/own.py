@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from anydit.config import ModalityConfig
-from anydit.data.files import IMAGE_EXTENSIONS, read_image, read_value
+from anydit.data.files import IMAGE_EXTENSIONS, read_image_for, read_value
 
 ID_COLUMNS = ("key", "id")  # manifest columns that name a sample and are not read
 
@@ -131,7 +131,7 @@ def _read_cell(modality, value, base: Path, fit: str):
         if path.suffix.lower() in IMAGE_EXTENSIONS and cfg.kind == "image":
             if not path.is_file():
                 raise FileNotFoundError(f"file '{path}' does not exist")
-            return read_image(path, tuple(cfg.shape), cfg.name, fit)
+            return read_image_for(cfg, path, fit)
         x = read_value(modality, str(path))
     modality.prepare(x)
     return x
@@ -308,7 +308,7 @@ class ImageFolderDataset(_Source):
         path, label = self.files[row]
         cfg = self.modalities[self.image_name].cfg
         try:
-            image = read_image(path, tuple(cfg.shape), cfg.name, self.fit)
+            image = read_image_for(cfg, path, self.fit)
         except ValueError as err:
             raise DataError(f"{self.where}, file '{path}': {err}", problem_kind(err)) from err
         return {self.image_name: image, self.label_name: label}
