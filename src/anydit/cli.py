@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config-out", help="also write a run config (modalities, model, train.init) to extend"
     )
+    p.add_argument("--vae", help="a diffusers autoencoder folder: the image modality's codec")
     _add_common(p)
     p = sub.add_parser("export", help="write an imported (fine-tuned) model as a diffusers folder")
     p.add_argument("family", choices=["sd3", "flux"])
@@ -234,26 +235,41 @@ def cmd_train(args) -> int:
 
 
 def cmd_import(args) -> int:
-    import dataclasses
-
     import yaml
 
     from anydit.interop.diffusers import import_diffusers
     from anydit.train.checkpoint import save_model
 
-    model = import_diffusers(args.source, args.family, args.height, args.width, args.text_tokens)
+    model = import_diffusers(
+        args.source, args.family, args.height, args.width, args.text_tokens, vae=args.vae
+    )
     path = save_model(model, args.out)
     n = sum(p.numel() for p in model.parameters())
     print(f"imported {args.family} ({n / 1e6:.1f}M parameters, modalities {model.names}): {path}")
     if args.config_out:
         tree = {
-            "modalities": [dataclasses.asdict(m) for m in model.modality_configs],
-            "model": dataclasses.asdict(model.cfg),
+            "modalities": [
+                _set_fields(m, keep=("name", "kind", "shape")) for m in model.modality_configs
+            ],
+            "model": _set_fields(model.cfg),
             "train": {"init": str(path)},
         }
         Path(args.config_out).write_text(yaml.safe_dump(tree, sort_keys=False))
         print(f"run config: {args.config_out}")
     return 0
+
+
+def _set_fields(obj, keep: tuple[str, ...] = ()) -> dict:
+    """A dataclass as a dict of the fields that differ from their defaults (and ``keep``)."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if f.name in keep or value != default:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def cmd_export(args) -> int:

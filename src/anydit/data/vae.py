@@ -32,7 +32,9 @@ class LatentCodec:
             raise FileNotFoundError(
                 f"codec_path '{folder}': expected a diffusers autoencoder folder with config.json"
             )
-        self.vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True).eval()
+        self.vae = AutoencoderKL.from_pretrained(
+            str(folder), local_files_only=True, low_cpu_mem_usage=False
+        ).eval()
         self.vae.requires_grad_(False)
         cfg = self.vae.config
         self.scale = float(cfg.scaling_factor)

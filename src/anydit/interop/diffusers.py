@@ -26,6 +26,7 @@ with every missing, unexpected and mis-shaped key listed; nothing is loaded part
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,7 @@ def sd3_architecture(
         patch=config["patch_size"],
         rope=False,
         pos_table=config["pos_embed_max_size"],
+        shift=3.0,  # the SD3 pipelines' flow-matching schedule shift
     )
     model = _model_config(
         config,
@@ -194,6 +196,7 @@ def flux_architecture(
         kind="image",
         shape=(config["in_channels"] // 4, height or 128, width or 128),
         patch=2,
+        shift=3.0,  # near Flux's resolution-dependent shift at 1024 pixels (e^1.15)
     )
     mods = [image, *_text_modalities(config, text_tokens, names)]
     if config["guidance_embeds"]:
@@ -370,6 +373,7 @@ def import_diffusers(
     width: int | None = None,
     text_tokens: int | None = None,
     names: dict[str, str] | None = None,
+    vae: str | Path | None = None,
 ):
     """Build an anydit ``MMDiT`` equal to a diffusers SD3 or Flux transformer.
 
@@ -378,10 +382,12 @@ def import_diffusers(
         family: "sd3" or "flux".
         height, width: the latent image size the model will see (SD3: its sample_size by
             default; Flux: 128, the unpacked latents of a 1024-pixel image).
-        text_tokens: length of the text-embedding sequence (SD3: 154 = 77 CLIP + 77 T5;
-            Flux: 512).
+        text_tokens: length of the text-embedding sequence (SD3: 333 = 77 CLIP + 256 T5
+            tokens, its pipeline's default; Flux: 512).
         names: rename the modalities ({"image": ..., "text": ..., "pooled": ...,
             "guidance": ...}).
+        vae: a diffusers autoencoder folder to use as the image modality's codec (image
+            files in, decoded pictures out); the latent size is still ``height`` x ``width``.
     """
     from anydit.model import MMDiT
 
@@ -389,9 +395,11 @@ def import_diffusers(
         raise ValueError(f"import: family must be one of {sorted(FAMILIES)}, got {family!r}")
     config, state, where = read_source(source, family)
     names = {**NAMES, **(names or {})}
-    tokens = text_tokens or (154 if family == "sd3" else 512)
+    tokens = text_tokens or (333 if family == "sd3" else 512)
     build, mapping_of = ARCHITECTURES[family]
     mods, model_cfg = build(config, height, width, tokens, names)
+    if vae:
+        mods[0] = dataclasses.replace(mods[0], codec="vae", codec_path=str(vae))
     model = MMDiT(mods, model_cfg)
     mapping = mapping_of(model, config, names)
     expected = {k: tuple(v.shape) for k, v in invert_links(mapping, model.state_dict()).items()}

@@ -185,8 +185,12 @@ def train(
     if tc.init:
         report = init_from_file(model, tc.init)
         if info.main:
-            new = sorted({model.stream_of(k) for k in report["new"]})
-            print(f"init: {len(report['loaded'])} tensors from {tc.init}; fresh: {new or 'none'}")
+            new = sorted({model.stream_of(k) for k in report["new"] if ".lora_" not in k})
+            lora = sorted({model.stream_of(k) for k in report["new"] if ".lora_" in k})
+            print(
+                f"init: {len(report['loaded'])} tensors from {tc.init}; new streams: "
+                f"{new or 'none'}" + (f"; new LoRA adapters on {lora}" if lora else "")
+            )
     model = model.to(info.device)
     if tc.freeze and info.main:
         print(f"frozen: {tc.freeze} ({model.freeze(tc.freeze) / 1e6:.2f}M parameters)")
