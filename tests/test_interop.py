@@ -230,3 +230,13 @@ def test_bad_folders_are_refused_with_the_keys_named(tmp_path):
 
     with pytest.raises(WeightsError, match="expected FluxTransformer2DModel"):
         import_diffusers(_save(tmp_path, config, state, "g"), "flux")
+
+
+def test_sharded_folder_is_read_whole(tmp_path):
+    theirs = _flux({**FLUX_TINY, "guidance_embeds": True})
+    theirs.save_pretrained(tmp_path / "flux", max_shard_size="20KB")
+    assert (tmp_path / "flux" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    a = import_diffusers(theirs, "flux", height=4, width=4, text_tokens=3)
+    b = import_diffusers(tmp_path / "flux", "flux", height=4, width=4, text_tokens=3)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
