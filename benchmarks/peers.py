@@ -15,8 +15,11 @@ Reported: samples/s and tokens/s (median step), model FLOPs per step (linears co
 ``torch.utils.flop_counter`` in forward and backward, attention added as 3 x 4 b h N^2 e since
 the counter does not see the CPU flash kernel), achieved GFLOP/s and its share of this machine's
 matmul peak measured in the same run (a 2048^3 matmul, fp32 and bf16). Ratios are against
-diffusers in the same run. ``mmdit`` is blocks only (no patch embedding, no final layer, no
-time embedding: the caller passes the conditioning vector), so its step does a little less.
+diffusers in the same run. ``anydit`` is the any-to-any model (the text stream has an output
+too); ``anydit-sd3`` is diffusers' own SD3 network imported into anydit (``import_diffusers``):
+the same computation as ``diffusers``, so its ratio is the implementations' alone. ``mmdit``
+is blocks only (no patch embedding, no final layer, no time embedding: the caller passes the
+conditioning vector), so its step does a little less.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ CONFIGS = {
     # the issue's modest config: 8 layers, 6 heads x 64, 256 image + 77 text tokens, batch 8
     "modest": {"depth": 8, "heads": 6, "head_dim": 64, "side": 32, "text": 77, "batch": 8},
 }
-IMPLS = ("anydit", "diffusers", "mmdit")
+IMPLS = ("anydit", "anydit-sd3", "diffusers", "mmdit")
 CHANNELS, PATCH = 4, 2
 
 
@@ -79,23 +82,33 @@ def _build(impl: str, c: dict, checkpointing: bool):
         def output(m, kw):
             return m(kw["tokens"], kw["times"])["image"]
 
-    elif impl == "diffusers":
-        from diffusers import SD3Transformer2DModel
+    elif impl == "anydit-sd3":  # diffusers' network imported: the same computation, our code
+        import anydit
 
-        model = SD3Transformer2DModel(
-            sample_size=side,
-            patch_size=PATCH,
-            in_channels=CHANNELS,
-            num_layers=c["depth"],
-            attention_head_dim=c["head_dim"],
-            num_attention_heads=c["heads"],
-            joint_attention_dim=width,
-            caption_projection_dim=width,
-            pooled_projection_dim=width,
-            out_channels=CHANNELS,
-            pos_embed_max_size=side // PATCH,
-            qk_norm="rms_norm",
-        )
+        model = anydit.import_diffusers(_sd3(c), "sd3", height=side, width=side, text_tokens=text)
+        model.cfg.checkpointing = checkpointing
+        img_mod = model.modalities["image"]
+
+        def inputs(g):
+            image = torch.randn(b, CHANNELS, side, side, generator=g)
+            return {
+                "tokens": {
+                    "image": img_mod.tokenize(image),
+                    "text": torch.randn(b, text, width, generator=g),
+                    "pooled": torch.randn(b, 1, width, generator=g),
+                },
+                "times": {
+                    "image": torch.rand(b, generator=g),
+                    "text": torch.ones(b),
+                    "pooled": torch.ones(b),
+                },
+            }
+
+        def output(m, kw):
+            return m(kw["tokens"], kw["times"])["image"]
+
+    elif impl == "diffusers":
+        model = _sd3(c)
         if checkpointing:
             model.enable_gradient_checkpointing()
 
@@ -142,6 +155,27 @@ def _build(impl: str, c: dict, checkpointing: bool):
     return model, inputs, output
 
 
+def _sd3(c: dict):
+    """diffusers' SD3 transformer at config ``c`` (QK RMSNorm on)."""
+    from diffusers import SD3Transformer2DModel
+
+    width = c["heads"] * c["head_dim"]
+    return SD3Transformer2DModel(
+        sample_size=c["side"],
+        patch_size=PATCH,
+        in_channels=CHANNELS,
+        num_layers=c["depth"],
+        attention_head_dim=c["head_dim"],
+        num_attention_heads=c["heads"],
+        joint_attention_dim=width,
+        caption_projection_dim=width,
+        pooled_projection_dim=width,
+        out_channels=CHANNELS,
+        pos_embed_max_size=c["side"] // PATCH,
+        qk_norm="rms_norm",
+    )
+
+
 def _attention_flops(c: dict) -> float:
     """Model FLOPs of joint attention in one step: 3 x (QK^T + AV) = 3 x 4 b h N^2 e."""
     n = (c["side"] // PATCH) ** 2 + c["text"]
@@ -150,7 +184,7 @@ def _attention_flops(c: dict) -> float:
 
 def _compile_blocks(impl: str, model) -> None:
     """torch.compile each transformer block (anydit's ``train.compile`` does the same)."""
-    if impl == "anydit":
+    if impl.startswith("anydit"):
         blocks = [*model.blocks, *model.single_blocks]
     elif impl == "diffusers":
         blocks = list(model.transformer_blocks)
@@ -281,13 +315,15 @@ def _measure(impl, cfg, precision, ckpt, steps, prof=False, compiled=False) -> d
     return row
 
 
-def section_step(configs: list[str], steps: int, peaks: dict, compiled: bool) -> list[dict]:
+def section_step(
+    configs: list[str], steps: int, peaks: dict, compiled: bool, impls=IMPLS
+) -> list[dict]:
     rows = []
     for name in configs:
         c = CONFIGS[name]
         for precision in ("fp32", "bf16"):
             for ckpt in (False, True):
-                for impl in IMPLS:
+                for impl in impls:
                     if impl == "mmdit" and ckpt:
                         continue
                     r = _measure(impl, c, precision, ckpt, steps)
@@ -373,6 +409,7 @@ def main() -> None:
     ap.add_argument(
         "--compile", action="store_true", help="add modest rows with torch.compile per block"
     )
+    ap.add_argument("--impls", default=",".join(IMPLS), help="comma-separated: " + ", ".join(IMPLS))
     ap.add_argument("--out", default="benchmarks/peers.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--peak", help=argparse.SUPPRESS)
@@ -405,7 +442,9 @@ def main() -> None:
     result = {"torch": torch.__version__, "peak_gflops": peaks}
     sections = args.sections.split(",")
     if "step" in sections:
-        result["step"] = section_step(args.configs.split(","), args.steps, peaks, args.compile)
+        result["step"] = section_step(
+            args.configs.split(","), args.steps, peaks, args.compile, args.impls.split(",")
+        )
     if "scaling" in sections:
         result["scaling"] = section_scaling(args.steps, peaks)
     with open(args.out, "w") as f:

@@ -12,6 +12,7 @@ import torch
 import anydit
 
 STEPS = 600
+MIXTURE_STEPS = 1200  # with batch 512: the label posterior near class boundaries is calibrated
 N = 3000
 
 
@@ -93,8 +94,8 @@ def mixture_model():
 
     def batches():
         while True:
-            k = torch.multinomial(PRIOR, 256, replacement=True, generator=g)
-            x = CENTRES[k] + S * torch.randn(256, generator=g)
+            k = torch.multinomial(PRIOR, 512, replacement=True, generator=g)
+            x = CENTRES[k] + S * torch.randn(512, generator=g)
             yield {"k": k, "x": x[:, None]}
 
     kw = {"p_given": 0.4, "p_drop": 0.2}
@@ -103,14 +104,15 @@ def mixture_model():
         anydit.ModalityConfig("x", "vector", (1,), time_sampler="uniform", **kw),
     ]
     model = _model(mods)
-    anydit.train.fit(model, batches(), STEPS, lr=2e-3)
+    anydit.train.fit(model, batches(), MIXTURE_STEPS, lr=2e-3)
     return model
 
 
 @pytest.mark.parametrize("x0", [-1.0, 0.8, 2.5])
 def test_label_given_vector_is_bayes_posterior(mixture_model, x0):
-    """p(k | x0) ∝ prior_k N(x0; c_k, s^2). Tolerance: total variation <= 0.10 (sampling noise
-    with N = 3000 is ~0.01; the rest is the small model's calibration error, measured 0.00-0.08)."""
+    """p(k | x0) ∝ prior_k N(x0; c_k, s^2). Tolerance: total variation <= 0.05 (sampling noise
+    with N = 3000 is ~0.01; measured 0.002-0.010 with the 1,200-step, batch-512 fit; the
+    600-step, batch-256 fit it replaced was off by up to 0.10 near class boundaries)."""
     post = PRIOR * torch.exp(-0.5 * ((x0 - CENTRES) / S) ** 2)
     post = post / post.sum()
     out = anydit.sample(
@@ -119,7 +121,7 @@ def test_label_given_vector_is_bayes_posterior(mixture_model, x0):
     freq = torch.bincount(out["k"], minlength=3).float() / N
     tv = 0.5 * (freq - post).abs().sum().item()
     print(f"k | x={x0}: sampled {freq.tolist()}, Bayes {post.tolist()}, TV {tv:.3f}")
-    assert tv <= 0.10, (freq, post)
+    assert tv <= 0.05, (freq, post)
 
 
 @pytest.mark.parametrize("k", [0, 1, 2])

@@ -150,6 +150,7 @@ class MMDiT(nn.Module):
             torch.cat(positions), cfg.head_dim, cfg.rope_theta, cfg.rope_axes
         )  # (N, e/2)
         self.register_buffer("rope", rotary_table(angles), persistent=False)  # (N, e/2, 2)
+        self.positionless = bool((angles == 0).all())  # no rotation anywhere: skip it (SD3)
         self.initialize_weights()
         if cfg.lora_rank:
             add_lora(self, self.stream_of, cfg.lora_streams, cfg.lora_rank, cfg.lora_alpha)
@@ -278,6 +279,7 @@ class MMDiT(nn.Module):
             x[n] = table(x[n])
         pooled = {n: tokens[n] for n in self.pooled_embed}
         c = self.conditioning(times, x, pooled)
+        rope = None if self.positionless else self.rope
         for block in [*self.blocks, *self.single_blocks]:
-            x = run_block(block, x, c, self.rope, self.cfg.checkpointing and self.training)
+            x = run_block(block, x, c, rope, self.cfg.checkpointing and self.training)
         return {n: self.final[n](x[n], c[n]) for n in self.outputs}
