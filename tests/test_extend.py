@@ -158,3 +158,30 @@ def test_init_refuses_weights_it_has_no_place_for(sd35, tmp_path):
 
     with pytest.raises(ValueError, match=r"no place in this model: \['pooled_embed.pooled"):
         init_from_file(smaller, path)
+
+
+def test_export_merges_lora_into_the_backbone(sd35):
+    """An adapted (not extended) backbone exports as plain diffusers weights computing the
+    same prediction."""
+    theirs, _ = sd35
+    base = anydit.import_diffusers(theirs, "sd3", height=8, width=8, text_tokens=10)
+    adapted = extend(base, [], lora_rank=2, lora_streams=("image", "text"))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if ".lora_b" in name:
+                p.normal_(std=0.05, generator=g)
+    raw = {n: torch.randn(2, *m.shape, generator=g) for n, m in adapted.modalities.items()}
+    tokens = {n: m.tokenize(raw[n]) for n, m in adapted.modalities.items()}
+    times = {n: torch.ones(2) for n in adapted.names}
+    times["image"] = torch.tensor([0.2, 0.7])
+    cfg, state = anydit.export_diffusers(adapted, "sd3", 32)
+    d = diffusers.SD3Transformer2DModel(**{k: v for k, v in cfg.items() if k != "_class_name"})
+    d.load_state_dict(state)  # a diffusers model of the exported config and weights
+    back = anydit.import_diffusers(d.eval(), "sd3", height=8, width=8, text_tokens=10)
+    with torch.no_grad():
+        want = adapted(tokens, times)["image"]
+        got = back(tokens, times)["image"]
+        plain = base(tokens, times)["image"]
+    assert not torch.allclose(want, plain, atol=1e-4)  # the adapters do something
+    assert torch.allclose(got, want, atol=1e-5)
