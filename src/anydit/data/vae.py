@@ -72,7 +72,7 @@ def codec_at(folder: str) -> LatentCodec:
     return LatentCodec(folder)
 
 
-def encode_dataset(dataset, modalities, out: str | Path, batch: int = 16, log=print) -> Path:
+def encode_dataset(dataset, modalities, out: str | Path, log=print) -> Path:
     """Read every sample of ``dataset`` once and write it as an arrays folder (``NAME.npy``
     per modality; ``data.source: arrays``), so training never runs the encoder. Image files of
     ``codec: vae`` modalities are stored as latents; text and label names as strings."""

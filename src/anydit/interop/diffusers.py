@@ -241,13 +241,3 @@ def _config_of(model, family: str, names: dict) -> dict[str, Any]:
         "axes_dims_rope": [2 * a for a in cfg.rope_axes],
         **common,
     }
-
-
-def import_sd3(source, **kw):
-    """``import_diffusers(source, "sd3", ...)``."""
-    return import_diffusers(source, "sd3", **kw)
-
-
-def import_flux(source, **kw):
-    """``import_diffusers(source, "flux", ...)``."""
-    return import_diffusers(source, "flux", **kw)
