@@ -92,6 +92,7 @@ def test_train_a_new_stream_on_a_frozen_imported_backbone(sd35, tmp_path):
     tree["model"].update(lora_rank=2, lora_streams=["image"])
     tree["data"] = {"source": "arrays", "path": str(_arrays(tmp_path))}
     tree["train"].update(
+        sample_every=3,  # the sample grid of a model with condition-only streams
         steps=3,
         batch_size=4,
         warmup=1,
@@ -105,6 +106,7 @@ def test_train_a_new_stream_on_a_frozen_imported_backbone(sd35, tmp_path):
     after = load_file(str(result.model_path))
     for k, v in before.items():
         assert torch.equal(after[k], v), f"frozen weight {k} moved"
+    assert (tmp_path / "run" / "samples" / "image_step00000003.png").is_file()
     moved = [
         k
         for k in after
@@ -185,3 +187,43 @@ def test_export_merges_lora_into_the_backbone(sd35):
         plain = base(tokens, times)["image"]
     assert not torch.allclose(want, plain, atol=1e-4)  # the adapters do something
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_new_streams_start_silent_in_the_old_streams_conditioning(sd35):
+    theirs, _ = sd35
+    base = anydit.import_diffusers(theirs, "sd3", height=8, width=8, text_tokens=10)
+    guidance = ModalityConfig("scale", "vector", (1,), pooled="time")
+    grown = extend(base, [AUDIO, guidance])
+    g = torch.Generator().manual_seed(0)
+    raw = {n: torch.randn(2, *m.shape, generator=g) for n, m in grown.modalities.items()}
+    tokens = {n: m.tokenize(raw[n]) for n, m in grown.modalities.items()}
+    times = {n: torch.rand(2, generator=g) for n in grown.names}
+    with torch.no_grad():
+        x = {n: grown.embed[n](tokens[n]) for n in grown.streams}
+        pooled = {n: tokens[n] for n in grown.pooled_embed}
+        c_new = grown.conditioning(times, x, pooled)
+        old_times = {n: times[n] for n in base.names}
+        c_old = base.conditioning(old_times, x, {"pooled": tokens["pooled"]})
+    assert torch.equal(c_new["image"], c_old["image"])  # audio's time and the scale add 0
+
+
+def test_export_refuses_what_the_layout_cannot_hold(sd35):
+    import dataclasses
+
+    from anydit.interop.weights import WeightsError
+
+    theirs, _ = sd35
+    base = anydit.import_diffusers(theirs, "sd3", height=8, width=8, text_tokens=10)
+    other = anydit.MMDiT(
+        base.modality_configs, dataclasses.replace(base.cfg, conditioning="summary")
+    )
+    with pytest.raises(
+        WeightsError, match=r"settings differ.*'conditioning': \('summary', 'sum'\)"
+    ):
+        anydit.export_diffusers(other, "sd3")
+    pooled = anydit.MMDiT(base.modality_configs, dataclasses.replace(base.cfg, pooled_cond=True))
+    with pytest.raises(WeightsError, match="pooled_cond"):
+        anydit.export_diffusers(pooled, "sd3")
+    bf16 = anydit.import_diffusers(theirs, "sd3", height=8, width=8, text_tokens=10)
+    _, state = anydit.export_diffusers(bf16.to(torch.bfloat16), "sd3")
+    assert state["proj_out.weight"].dtype == torch.bfloat16

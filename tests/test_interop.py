@@ -240,3 +240,8 @@ def test_sharded_folder_is_read_whole(tmp_path):
     b = import_diffusers(tmp_path / "flux", "flux", height=4, width=4, text_tokens=3)
     assert a.state_dict().keys() == b.state_dict().keys()
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_flux_without_single_blocks_is_refused():
+    with pytest.raises(WeightsError, match="num_single_layers must be >= 1"):
+        import_diffusers(_flux({**FLUX_TINY, "num_single_layers": 0}), "flux", text_tokens=3)

@@ -191,3 +191,21 @@ def test_lora_starts_as_the_base_model_and_merges_exactly():
     frozen = lora.freeze(["image", "text", "pooled"])
     trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
     assert frozen > 0 and trainable and all(".lora_" in n for n in trainable)
+
+
+def test_option_combinations_that_cannot_work_are_refused():
+    with pytest.raises(ConfigError, match="lora_streams: expected the streams to adapt"):
+        anydit.preset("debug", lora_rank=4)
+    with pytest.raises(ConfigError, match=r"conditioning 'sum'.*model.width = 32"):
+        anydit.Config(
+            modalities=[ModalityConfig("a", "vector", (2,), width=16)],
+            model=anydit.preset("debug", conditioning="sum"),
+        )
+    # pooled modalities have no stream: they do not count in the equal-widths rule
+    anydit.Config(
+        modalities=[
+            ModalityConfig("a", "image", (1, 4, 4), patch=2, width=16),
+            ModalityConfig("p", "vector", (3,), pooled="mlp"),
+        ],
+        model=anydit.preset("debug", width=16, single_depth=1),
+    )

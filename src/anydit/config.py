@@ -303,9 +303,9 @@ class ModelConfig:
         _check(self.lora_rank >= 0, "model.lora_rank", "an integer >= 0", self.lora_rank)
         _check(self.lora_alpha >= 0, "model.lora_alpha", "a number >= 0", self.lora_alpha)
         _check(
-            not self.lora_streams or self.lora_rank > 0,
+            bool(self.lora_streams) == (self.lora_rank > 0),
             "model.lora_streams",
-            "empty unless model.lora_rank > 0",
+            "the streams to adapt when model.lora_rank > 0 (and none otherwise)",
             self.lora_streams,
         )
 
@@ -482,12 +482,19 @@ class Config:
         _check(len(names) >= 1, "modalities", "at least one modality", names)
         dup = sorted({n for n in names if names.count(n) > 1})
         _check(not dup, "modalities", "unique names", dup)
-        if self.model.single_depth or self.model.conditioning == "sum":
-            widths = {m.name: m.width or self.model.width for m in self.modalities}
+        widths = {m.name: m.width or self.model.width for m in self.modalities if not m.pooled}
+        if self.model.single_depth:
             _check(
                 len(set(widths.values())) == 1,
                 "model.single_depth",
-                "equal stream widths (with single-stream blocks or conditioning 'sum')",
+                "equal stream widths (single-stream blocks share weights)",
+                widths,
+            )
+        if self.model.conditioning == "sum":
+            _check(
+                set(widths.values()) == {self.model.width},
+                "model.conditioning 'sum'",
+                f"every stream at model.width = {self.model.width} (they add one vector)",
                 widths,
             )
         for where, streams in (

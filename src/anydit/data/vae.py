@@ -92,10 +92,12 @@ def encode_dataset(dataset, modalities, out: str | Path, log=print) -> Path:
                 f"sample {i} lacks modalities {lacking}; an arrays folder needs every "
                 "modality in every sample"
             )
-        for name, value in item.items():
-            columns[name].append(value)
+        for name in columns:
+            columns[name].append(item[name])
         if log and (i + 1) % 1000 == 0:
             log(f"encode: {i + 1} samples")
+    if not columns or not next(iter(columns.values())):
+        raise ValueError("encode: the dataset has no samples")
     for name, values in columns.items():
         if isinstance(values[0], str):
             arr = np.array(values)

@@ -165,12 +165,24 @@ def export_diffusers(
     config = _config_of(model, family, names)
     if family == "sd3" and sample_size:
         config["sample_size"] = sample_size
-    _, mapping_of = ARCHITECTURES[family]
+    build, mapping_of = ARCHITECTURES[family]
+    _check_architecture(model, family, build(config, None, None, 1, names)[1])
     mapping = mapping_of(model, config, names)
     state = merged_state_dict(model)
-    text_time = model.time_embed[names["text"]](torch.ones(1))[0].detach()  # (d,)
+    mapped = {link.ours for link in mapping.links} | set(mapping.fill)
+    if set(state) - mapped or mapped - set(state):
+        raise WeightsError(
+            f"export {family}: the model's weights do not fit the {FAMILIES[family][0]} layout "
+            f"(weights with no place: {sorted(set(state) - mapped)[:8]}; missing: "
+            f"{sorted(mapped - set(state))[:8]})"
+        )
+    emb = model.time_embed[names["text"]]  # the text is always given: a constant, in fp32
+    weights = {k: v.float() for k, v in emb.state_dict().items()}
+    with torch.no_grad():
+        one = torch.ones(1, device=next(emb.parameters()).device)
+        text_time = torch.func.functional_call(emb, weights, (one,))
     bias = f"pooled_embed.{names['pooled']}.2.bias"
-    state[bias] = state[bias] + text_time
+    state[bias] = state[bias] + text_time[0].to(state[bias].dtype)
     cls_name = FAMILIES[family][0]
     return {"_class_name": cls_name, **config}, invert_links(mapping, state)
 
@@ -179,6 +191,29 @@ def save_diffusers(model, folder: str | Path, family: str, sample_size: int | No
     """Write an imported (and fine-tuned) model as a diffusers model folder."""
     config, state = export_diffusers(model, family, sample_size)
     return write_folder(folder, config, state)
+
+
+_ARCH_FIELDS = (
+    "width", "depth", "single_depth", "heads", "head_dim", "mlp_ratio", "qk_norm", "activation",
+    "time_dim", "pooled_cond", "conditioning", "time_input", "rope_axes",
+    "single_block", "dual_attention", "rope_theta",
+)  # fmt: skip
+
+
+def _check_architecture(model, family: str, expected) -> None:
+    """Refuse a model whose computation the diffusers layout cannot hold (adapters and
+    checkpointing aside): its export would compute something else."""
+    wrong = {
+        f: (getattr(model.cfg, f), getattr(expected, f))
+        for f in _ARCH_FIELDS
+        if f != "rope_axes" or family == "flux"
+        if getattr(model.cfg, f) != getattr(expected, f)
+    }
+    if wrong:
+        raise WeightsError(
+            f"export {family}: model settings differ from a {FAMILIES[family][0]} "
+            f"(field: (this model, the layout)): {wrong}"
+        )
 
 
 def _imported_names(model, family: str) -> dict[str, str]:

@@ -101,6 +101,8 @@ def flux_architecture(
         raise WeightsError("Flux config: expected patch_size 1 and in_channels a multiple of 4")
     if config["out_channels"] not in (None, config["in_channels"]):
         raise WeightsError("Flux config: out_channels must equal in_channels")
+    if config["num_single_layers"] < 1:
+        raise WeightsError("Flux config: num_single_layers must be >= 1 (Flux text layers go on)")
     image = ModalityConfig(
         name=names["image"],
         kind="image",
@@ -167,7 +169,7 @@ def _embedders(m: Mapping, model, names: dict, guidance: bool) -> None:
             m.copy(f"pooled_embed.{g}.mlp.{i}", f"time_text_embed.guidance_embedder.linear_{j}")
     m.copy(f"embed.{text}", "context_embedder")
     for key in model.state_dict():  # the text stream's own time embedding: zero (text is given)
-        if key.startswith(f"time_embed.{text}."):
+        if key.startswith(f"time_embed.{text}.") and ".lora_" not in key:
             m.fill[key] = torch.zeros_like
     for p in ("weight", "bias"):
         m.links.append(swap_halves(f"final.{image}.modulation.1.{p}", f"norm_out.linear.{p}"))

@@ -176,7 +176,6 @@ class ParallelLayer(nn.Module):
         super().__init__()
         self.inner, self.hidden = heads * head_dim, int(width * mlp_ratio)
         self.heads = heads
-        self.pre_only, self.attn2 = False, None
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.qkv_mlp = nn.Linear(width, 3 * self.inner + self.hidden)  # one matmul for both

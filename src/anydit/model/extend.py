@@ -46,8 +46,18 @@ def load_matching(
         merged[_SUMMARY_IN] = _grow_summary(
             state[_SUMMARY_IN], own[_SUMMARY_IN], old_names, model.names
         )
+    for k in set(own) - set(state):  # new time / pooled embedders start silent: they add
+        if _is_embedder_output(k):  # to every old stream's adaLN input ('sum' conditioning)
+            merged[k] = torch.zeros_like(own[k])
     model.load_state_dict(merged, strict=True)
     return {"loaded": sorted(state), "new": sorted(set(own) - set(state))}
+
+
+def _is_embedder_output(key: str) -> bool:
+    """The last layer of a time embedder (``time_embed.N.mlp.2``) or pooled embedder
+    (``pooled_embed.N.2`` or ``pooled_embed.N.mlp.2``)."""
+    parts = key.split(".")
+    return parts[0] in ("time_embed", "pooled_embed") and parts[-2] == "2"
 
 
 def _grow_summary(old: Tensor, new: Tensor, old_names: list[str], names: list[str]) -> Tensor:
@@ -56,7 +66,9 @@ def _grow_summary(old: Tensor, new: Tensor, old_names: list[str], names: list[st
     f = old.shape[1] // len(old_names)
     missing = sorted(set(old_names) - set(names))
     if missing or new.shape[1] != f * len(names):
-        raise ValueError(f"time summary: modalities {missing} of the file are not in the model")
+        raise ValueError(
+            f"time summary: the file's modalities {old_names} do not fit the model's {names}"
+        )
     out = torch.zeros_like(new)
     for i, n in enumerate(old_names):
         j = names.index(n)

@@ -243,7 +243,8 @@ class MMDiT(nn.Module):
         own = {n: self.time_embed[n](times[n]) for n in self.streams}  # (b, d) or (b, n, d)
         extra = []  # (b, d) parts every stream receives
         for n in self.pooled_embed:
-            value = pooled[n].flatten(1).to(self.rope.dtype)  # (b, D)
+            dtype = next(self.pooled_embed[n].parameters()).dtype
+            value = pooled[n].flatten(1).to(dtype)  # (b, D)
             kind = self.modalities[n].cfg.pooled
             e = self.pooled_embed[n](value[:, 0] if kind == "time" else value)
             extra.append(e * times[n].reshape(-1, 1).to(e.dtype))

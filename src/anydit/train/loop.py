@@ -134,17 +134,26 @@ class Logger:
 
 
 def write_sample_grid(model, out_dir: Path, step: int, logger: Logger) -> None:
-    """Every image modality generated jointly (all modalities together), as a PNG grid."""
+    """Every generated image modality that can be shown (1, 3 or 4 channels, or latents of a
+    ``vae`` codec, decoded), sampled jointly with all the others, as a PNG grid."""
     from anydit.data.files import image_grid
     from anydit.sampling import sample
 
-    images = [n for n, m in model.modalities.items() if m.cfg.kind == "image"]
+    def shown(m) -> bool:
+        return m.cfg.kind == "image" and (m.cfg.codec == "vae" or m.cfg.shape[0] in (1, 3, 4))
+
+    images = [n for n in model.outputs if shown(model.modalities[n])]
     if not images:
         return
     out = sample(model, {n: "generate" for n in model.outputs}, n=16, steps=16, seed=step)
     (out_dir / "samples").mkdir(exist_ok=True)
     for name in images:
-        grid = image_grid(out[name].cpu(), nrow=8, scale=4)
+        x, cfg = out[name].cpu(), model.modalities[name].cfg
+        if cfg.codec == "vae":
+            from anydit.data.vae import codec_at
+
+            x = codec_at(cfg.codec_path).decode(x)
+        grid = image_grid(x, nrow=8, scale=4)
         from PIL import Image
 
         Image.fromarray(grid).save(out_dir / "samples" / f"{name}_step{step:08d}.png")
