@@ -67,45 +67,14 @@ def _build(impl: str, c: dict, checkpointing: bool):
             checkpointing=checkpointing,
         )
         model = anydit.MMDiT(mods, cfg)
-        img_mod = model.modalities["image"]
-
-        def inputs(g):
-            image = torch.randn(b, CHANNELS, side, side, generator=g)
-            return {
-                "tokens": {
-                    "image": img_mod.tokenize(image),
-                    "text": torch.randn(b, text, width, generator=g),
-                },
-                "times": {"image": torch.rand(b, generator=g), "text": torch.ones(b)},
-            }
-
-        def output(m, kw):
-            return m(kw["tokens"], kw["times"])["image"]
+        inputs, output = _anydit_io(model, b)
 
     elif impl == "anydit-sd3":  # diffusers' network imported: the same computation, our code
         import anydit
 
         model = anydit.import_diffusers(_sd3(c), "sd3", height=side, width=side, text_tokens=text)
         model.cfg.checkpointing = checkpointing
-        img_mod = model.modalities["image"]
-
-        def inputs(g):
-            image = torch.randn(b, CHANNELS, side, side, generator=g)
-            return {
-                "tokens": {
-                    "image": img_mod.tokenize(image),
-                    "text": torch.randn(b, text, width, generator=g),
-                    "pooled": torch.randn(b, 1, width, generator=g),
-                },
-                "times": {
-                    "image": torch.rand(b, generator=g),
-                    "text": torch.ones(b),
-                    "pooled": torch.ones(b),
-                },
-            }
-
-        def output(m, kw):
-            return m(kw["tokens"], kw["times"])["image"]
+        inputs, output = _anydit_io(model, b)
 
     elif impl == "diffusers":
         model = _sd3(c)
@@ -153,6 +122,24 @@ def _build(impl: str, c: dict, checkpointing: bool):
     else:
         raise ValueError(f"unknown implementation {impl!r}; expected one of {IMPLS}")
     return model, inputs, output
+
+
+def _anydit_io(model, b: int):
+    """(inputs(generator), output(model, kwargs)) for an anydit model: a random latent image
+    being generated (t ~ U(0, 1)), every other modality given (t = 1) with random values."""
+    import torch
+
+    def inputs(g):
+        tokens, times = {}, {}
+        for name, m in model.modalities.items():
+            tokens[name] = m.tokenize(torch.randn(b, *m.shape, generator=g))
+            times[name] = torch.rand(b, generator=g) if name == "image" else torch.ones(b)
+        return {"tokens": tokens, "times": times}
+
+    def output(m, kw):
+        return m(kw["tokens"], kw["times"])["image"]
+
+    return inputs, output
 
 
 def _sd3(c: dict):

@@ -67,6 +67,13 @@ class QKNorm(nn.RMSNorm):
         return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
 
 
+def qk_norms(head_dim: int, on: bool) -> tuple[nn.Module, nn.Module]:
+    """The (q, k) RMSNorms over the head dim, or identities when QK norm is off."""
+    if not on:
+        return nn.Identity(), nn.Identity()
+    return QKNorm(head_dim, eps=1e-6), QKNorm(head_dim, eps=1e-6)
+
+
 def _mlp(width: int, hidden: int, activation: str) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(width, hidden),
@@ -82,8 +89,7 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(width, 3 * heads * head_dim)
-        self.q_norm = QKNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
-        self.k_norm = QKNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.q_norm, self.k_norm = qk_norms(head_dim, qk_norm)
         self.out = nn.Linear(heads * head_dim, width)
 
     def forward(self, h: Tensor, rope: Tensor | None) -> Tensor:
@@ -123,8 +129,7 @@ class StreamLayer(nn.Module):
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, chunks * width))
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.qkv = nn.Linear(width, 3 * inner)  # one fused projection: one matmul, not three
-        self.q_norm = QKNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
-        self.k_norm = QKNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.q_norm, self.k_norm = qk_norms(head_dim, qk_norm)
         if not pre_only:
             self.out = nn.Linear(inner, width)
             self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
@@ -171,8 +176,7 @@ class ParallelLayer(nn.Module):
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.qkv_mlp = nn.Linear(width, 3 * self.inner + self.hidden)  # one matmul for both
-        self.q_norm = QKNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
-        self.k_norm = QKNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.q_norm, self.k_norm = qk_norms(head_dim, qk_norm)
         self.act = nn.GELU(approximate=ACTIVATIONS[activation])
         self.out = nn.Linear(self.inner + self.hidden, width)
 
