@@ -35,9 +35,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from scipy.signal import resample_poly
-
 from anydit.data.audio import MelParams, log_mel
+from scipy.signal import resample_poly
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Accent + variant (``+name`` picks an espeak-ng voice variant).

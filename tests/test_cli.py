@@ -71,8 +71,8 @@ ROLE_CASES = [
 def test_sample_roles(run_dir, tmp_path, args, generated):
     from PIL import Image
 
-    from anydit.data.audio import mel_to_wave, write_wav
     from anydit.data.digits import mel_params
+    from anydit.modalities.logmel import mel_to_wave, write_wav
 
     img = ((load_digit_images("test")[0][0, 0].numpy() + 1) * 127.5).round().astype(np.uint8)
     Image.fromarray(img).save(tmp_path / "seven.png")
@@ -212,12 +212,23 @@ def test_bad_sampler_options_are_usage_errors(run_dir, tmp_path, capsys):
     for flag, value, want in [
         ("--guidance", "label:2", "expected a number or NAME=W pairs"),
         ("--guidance-interval", "0.5", "expected LOW,HIGH"),
-        ("--guidance-interval", "0.8,0.2", "expected 0 <= LOW <= HIGH <= 1"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             main([*ck, flag, value])
         assert exit_info.value.code == 2
         assert want in capsys.readouterr().err
+    for args, want in [  # values checked once, by SampleConfig: one line, exit 2
+        (["--guidance-interval", "0.8,0.2"], "sample.guidance_interval: expected two times"),
+        (["--guidance", "nan"], "sample.guidance: expected a finite number"),
+        (["--guidance", "inf"], "sample.guidance: expected a finite number"),
+        (["--guidance", "label=nan"], "sample.guidance['label']: expected a finite number"),
+        (["--steps", "-3"], "sample.steps: expected an integer >= 1, got -3"),
+        (["--steps", "0"], "sample.steps: expected an integer >= 1, got 0"),
+        (["--shift", "0"], "sample.shift: expected a number > 0"),
+        (["--temperature", "-1"], "sample.temperature: expected a number > 0"),
+        (["-n", "0"], "-n: expected an integer >= 1, got 0"),
+    ]:
+        assert want in _err(capsys, [*ck, *args]), args
     err = _err(capsys, [*ck, "--given", "label=3", "--guidance", "text=2"])
     assert "guidance names ['text'], which are not given" in err
 
@@ -255,7 +266,7 @@ def test_crash_and_resume_continue_exactly(tmp_path):
     """6 straight steps == 5 steps, a crash, and a resume from the step-4 checkpoint."""
     import yaml
 
-    from anydit.config import config_from_tree
+    from anydit.run_config import config_from_tree
     from anydit.train.loop import train
 
     tree = yaml.safe_load(CONFIG)

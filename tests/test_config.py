@@ -48,7 +48,7 @@ def test_from_dict_unknown_key_is_named():
 
 
 def test_from_dict_bad_type_is_named():
-    with pytest.raises(ConfigError, match=r"model.depth: expected int, got 'four'"):
+    with pytest.raises(ConfigError, match=r"model.depth: expected an integer, got 'four'"):
         from_dict(
             Config,
             {

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from anydit.data.audio import MelParams, log_mel, mel_to_wave, read_wav, write_wav
 from anydit.data.digits import (
     DIGIT_NAMES,
     DigitsDataset,
     caption_templates,
-    collate_digits,
+    digits_modalities,
     load_digit_audio,
     load_digit_images,
     mel_params,
 )
 from anydit.eval.judges import diversity, get_judges, nearest_train_distance
+from anydit.modalities.logmel import MelParams, log_mel, mel_to_wave, read_wav, write_wav
 
 ASSET = Path(__file__).parents[1] / "src" / "anydit" / "data" / "assets" / "digits_audio.npz"
 
@@ -76,10 +76,15 @@ def test_determinism_and_epoch_repairing(train: DigitsDataset) -> None:
 
 
 def test_collate(train: DigitsDataset) -> None:
-    batch = collate_digits([train[i] for i in range(4)])
+    from anydit.data.sources import make_collate
+    from anydit.modalities import build_modalities
+
+    mods = build_modalities(digits_modalities())
+    items = [train[i] for i in range(4)]
+    batch, present = make_collate(mods)(items)
     assert batch["image"].shape == (4, 1, 8, 8) and batch["audio"].shape == (4, 32, 32)
-    assert batch["label"].shape == (4,) and isinstance(batch["text"], list)
-    assert all(isinstance(t, str) for t in batch["text"])
+    assert batch["label"].tolist() == [int(item["label"]) for item in items] and not present
+    assert mods["text"].decode(batch["text"]) == [item["text"] for item in items]
 
 
 def test_audio_asset() -> None:

@@ -2,7 +2,7 @@
 
 Every random draw of a step is made for the global batch and each process keeps its rows, so
 DDP and FSDP2 compute the single-process step: the losses must agree to 1e-5 (relative) and
-the final weights to 3e-5 (absolute; they differ only in the order gradients are summed).
+the final weights to 1e-4 (absolute; they differ only in the order gradients are summed).
 """
 
 import json
@@ -51,6 +51,9 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return anydit.load_model(path).state_dict()
 
 
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
@@ -77,8 +80,10 @@ def test_data_parallel_follows_single_process(runs, mode):
     wa = _weights(runs["single"] / "model.safetensors")
     wb = _weights(runs[mode] / "model.safetensors")
     # Adam divides by sqrt(v): last-bit differences of the all-reduced gradients (another
-    # summation order) reach ~1e-5 in the weights after 4 steps at lr 1e-3 (seen: 0.9-1.3e-5)
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 3e-5
+    # summation order) are amplified where a gradient is near zero (the zero-initialised adaLN
+    # modulations), up to ~6e-5 after 4 steps at lr 3e-3 (seen: 1.3e-5 on one CPU, 5.7e-5 on
+    # another); a wrong row split or a missing all-reduce moves weights by ~lr = 3e-3
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
 
 
 def test_fsdp_checkpoint_resumes_in_one_process_and_back(runs, tmp_path):
@@ -95,4 +100,4 @@ def test_fsdp_checkpoint_resumes_in_one_process_and_back(runs, tmp_path):
         )
         _run(["train", str(runs["config"]), "--out", str(run), "--no-progress", *extra], nproc)
         got = _weights(run / "model.safetensors")
-        assert max((reference[k] - got[k]).abs().max().item() for k in got) < 3e-5, src
+        assert max((reference[k] - got[k]).abs().max().item() for k in got) < 1e-4, src

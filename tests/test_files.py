@@ -12,19 +12,11 @@ import torch
 from PIL import Image
 
 import anydit
-from anydit.data.audio import write_wav
 from anydit.data.digits import digits_modalities
-from anydit.data.files import (
-    codec_params,
-    image_grid,
-    logmel_image,
-    read_value,
-    resample,
-    to_uint8_image,
-    write_outputs,
-    write_png,
-)
 from anydit.modalities import build_modality
+from anydit.modalities.logmel import logmel_image, resample, write_wav
+from anydit.modalities.outputs import write_outputs
+from anydit.modalities.pictures import image_grid, to_uint8_image, write_png
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +39,7 @@ def test_png_round_trip(tmp_path: Path, mods: dict, name: str) -> None:
     m = mods[name]
     x = _image(1, m.shape)
     write_png(tmp_path / "x.png", x)
-    back = read_value(m, str(tmp_path / "x.png"), None)
+    back = m.read_value(str(tmp_path / "x.png"), None)
     assert back.dtype == torch.float32 and back.shape == m.shape
     assert (back - x).abs().max() <= 2 / 255
     assert m.prepare(back, 3).shape == (3, *m.shape)
@@ -67,34 +59,34 @@ def test_wrong_size_png_names_file_and_sizes(tmp_path: Path, mods: dict) -> None
     path = tmp_path / "big.png"
     write_png(path, _image(), scale=2)
     with pytest.raises(ValueError, match=r"big\.png.*expected 8x8.*found 16x16"):
-        read_value(mods["image"], str(path), None)
+        mods["image"].read_value(str(path), None)
 
 
 def test_corrupt_png_names_file(tmp_path: Path, mods: dict) -> None:
     path = tmp_path / "broken.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
     with pytest.raises(ValueError, match=r"broken\.png.*'image'.*expected"):
-        read_value(mods["image"], str(path), None)
+        mods["image"].read_value(str(path), None)
 
 
 def test_missing_file(tmp_path: Path, mods: dict) -> None:
     missing = str(tmp_path / "nope.png")
     with pytest.raises(FileNotFoundError, match=r"nope\.png.*'image'.*does not exist"):
-        read_value(mods["image"], missing, None)
+        mods["image"].read_value(missing, None)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        read_value(mods["label"], "some/dir/seven", None)
+        mods["label"].read_value("some/dir/seven", None)
 
 
 def test_wav_gives_logmel_of_the_right_shape(tmp_path: Path, mods: dict) -> None:
     m = mods["audio"]
-    params = codec_params(m.cfg)
+    params = m.mel
     t = torch.arange(params.sample_rate // 2) / params.sample_rate
     tone = 0.5 * torch.sin(2 * math.pi * 440 * t)  # half a second, shorter than 32 frames
     write_wav(tmp_path / "a.wav", tone, params.sample_rate)
-    mel = read_value(m, str(tmp_path / "a.wav"), None)
+    mel = m.read_value(str(tmp_path / "a.wav"), None)
     assert mel.shape == m.shape and mel.min() >= -1 and mel.max() <= 1
     write_wav(tmp_path / "b.wav", tone[::2], params.sample_rate // 2)  # resampled on reading
-    mel_b = read_value(m, str(tmp_path / "b.wav"), None)
+    mel_b = m.read_value(str(tmp_path / "b.wav"), None)
     assert mel_b.shape == m.shape
     assert mel.argmax(dim=1).mode().values == mel_b.argmax(dim=1).mode().values  # same band
 
@@ -111,40 +103,40 @@ def test_npy_one_value_and_one_per_sample(tmp_path: Path, mods: dict) -> None:
     one, many = _image(0).numpy(), torch.stack([_image(i) for i in range(4)]).numpy()
     np.save(tmp_path / "one.npy", one)
     np.save(tmp_path / "many.npy", many)
-    assert m.prepare(read_value(m, str(tmp_path / "one.npy"), 4), 4).shape == (4, 1, 8, 8)
-    x = read_value(m, str(tmp_path / "many.npy"), 4)
+    assert m.prepare(m.read_value(str(tmp_path / "one.npy"), 4), 4).shape == (4, 1, 8, 8)
+    x = m.read_value(str(tmp_path / "many.npy"), 4)
     assert torch.equal(m.prepare(x, 4), torch.from_numpy(many))
     with pytest.raises(ValueError, match=r"many\.npy.*'image'"):
-        read_value(m, str(tmp_path / "many.npy"), 3)
+        m.read_value(str(tmp_path / "many.npy"), 3)
     np.save(tmp_path / "labels.npy", np.arange(4))
-    ids = read_value(mods["label"], str(tmp_path / "labels.npy"), 4)
+    ids = mods["label"].read_value(str(tmp_path / "labels.npy"), 4)
     assert mods["label"].prepare(ids, 4).tolist() == [0, 1, 2, 3]
 
 
 def test_literals(tmp_path: Path, mods: dict) -> None:
     label = mods["label"]
-    assert label.prepare(read_value(label, "seven", 2), 2).tolist() == [7, 7]
-    assert label.prepare(read_value(label, "3", 1), 1).tolist() == [3]
+    assert label.prepare(label.read_value("seven", 2), 2).tolist() == [7, 7]
+    assert label.prepare(label.read_value("3", 1), 1).tolist() == [3]
     text = mods["text"]
-    assert read_value(text, "the digit 7", 1) == "the digit 7"
-    assert text.decode(text.prepare(read_value(text, "a/b", 1), 1)) == ["a/b"]
+    assert text.read_value("the digit 7", 1) == "the digit 7"
+    assert text.decode(text.prepare(text.read_value("a/b", 1), 1)) == ["a/b"]
     (tmp_path / "cap.txt").write_text("  a handwritten two\n")
-    assert read_value(text, str(tmp_path / "cap.txt"), 1) == "a handwritten two"
-    vec = read_value(mods["vec"], "0.5, -1,2e0", 1)
+    assert text.read_value(str(tmp_path / "cap.txt"), 1) == "a handwritten two"
+    vec = mods["vec"].read_value("0.5, -1,2e0", 1)
     assert vec.tolist() == [0.5, -1.0, 2.0] and vec.dtype == torch.float32
     with pytest.raises(ValueError, match=r"'vec'.*comma-separated numbers.*'1,x'"):
-        read_value(mods["vec"], "1,x", 1)
+        mods["vec"].read_value("1,x", 1)
     with pytest.raises(ValueError, match=r"'image'.*expected a file"):
-        read_value(mods["image"], "seven", 1)
+        mods["image"].read_value("seven", 1)
 
 
 def test_extension_that_does_not_fit_the_kind(tmp_path: Path, mods: dict) -> None:
     (tmp_path / "x.wav").write_bytes(b"")
     with pytest.raises(ValueError, match=r"'\.wav'.*'image' of kind 'image'"):
-        read_value(mods["image"], str(tmp_path / "x.wav"), 1)
+        mods["image"].read_value(str(tmp_path / "x.wav"), 1)
     write_png(tmp_path / "x.png", _image())
     with pytest.raises(ValueError, match=r"'\.png'.*'audio' of kind 'sequence'"):
-        read_value(mods["audio"], str(tmp_path / "x.png"), 1)
+        mods["audio"].read_value(str(tmp_path / "x.png"), 1)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +148,7 @@ def model() -> anydit.MMDiT:
 def test_write_outputs(tmp_path: Path, model: anydit.MMDiT) -> None:
     task = {"image": "generate", "audio": "generate", "text": "generate", "label": [1, 2, 3]}
     samples = anydit.sample(model, task, n=3, steps=2)
-    written = write_outputs(tmp_path / "out", model, samples, prefix="run_")
+    written = write_outputs(tmp_path / "out", model.modalities, samples, prefix="run_")
     out = tmp_path / "out"
     for name in ("run_image_00002.png", "run_image_grid.png", "run_audio_00000.wav"):
         assert (out / name).is_file(), name
@@ -189,4 +181,4 @@ def test_unwritable_out_dir(tmp_path: Path, model: anydit.MMDiT) -> None:
     blocker.write_text("x")
     samples = {"label": torch.tensor([1, 2])}
     with pytest.raises(OSError, match="file/out"):
-        write_outputs(blocker / "out", model, samples)
+        write_outputs(blocker / "out", model.modalities, samples)

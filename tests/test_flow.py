@@ -4,20 +4,16 @@ from conftest import random_batch
 
 import anydit
 from anydit.flow import (
-    DROPPED,
-    GENERATE,
-    GIVEN,
-    data_from_velocity,
+    Role,
     interpolate,
     make_inputs,
-    mask_tokens,
-    noise_from_velocity,
+    reveal_mask,
     sample_path,
     sample_times,
     shift_time,
-    time_grid,
-    velocity_from_data,
 )
+
+GENERATE, GIVEN, DROPPED = Role.GENERATE, Role.GIVEN, Role.DROP
 
 torch.set_default_dtype(torch.float32)
 
@@ -30,9 +26,10 @@ def test_path_ends_and_round_trips_float64():
     assert torch.equal(interpolate(x0, x1, torch.ones(5, dtype=torch.float64)), x1)
     t = torch.rand(5, 7, generator=g, dtype=torch.float64) * 0.98  # per-token times
     p = sample_path(x1, t, x0)
-    torch.testing.assert_close(data_from_velocity(p.x_t, p.velocity, t), x1, rtol=0, atol=1e-12)
-    torch.testing.assert_close(noise_from_velocity(p.x_t, p.velocity, t), x0, rtol=0, atol=1e-12)
-    torch.testing.assert_close(velocity_from_data(p.x_t, x1, t), p.velocity, rtol=0, atol=1e-10)
+    torch.testing.assert_close(p.velocity, x1 - x0, rtol=0, atol=0)
+    tt = t[..., None]  # the path's closed form: one Euler step of its velocity reaches the data
+    torch.testing.assert_close(p.x_t + (1 - tt) * p.velocity, x1, rtol=0, atol=1e-12)
+    torch.testing.assert_close(p.x_t - tt * p.velocity, x0, rtol=0, atol=1e-12)
 
 
 def test_shift_fixes_ends_and_moves_mass_to_noise():
@@ -42,8 +39,6 @@ def test_shift_fixes_ends_and_moves_mass_to_noise():
     assert (t[1:-1] < u[1:-1]).all()  # s > 1: every inner point nearer noise
     assert torch.equal(shift_time(u, 1.0), u)
     assert shift_time(torch.tensor(0.5, dtype=torch.float64), 3.0).item() == pytest.approx(0.25)
-    g = time_grid(8, 2.0)
-    assert g.shape == (9,) and g[0] == 0 and g[-1] == 1
 
 
 @pytest.mark.parametrize("sampler", ["uniform", "logit_normal"])
@@ -58,16 +53,14 @@ def test_time_samplers(sampler):
     assert shifted.mean() < t.mean() - 0.1
 
 
-def test_mask_tokens_ends_and_rate():
-    ids = torch.randint(0, 5, (200, 50))
-    assert (mask_tokens(ids, torch.zeros(200), 5) == 5).all()
-    assert torch.equal(mask_tokens(ids, torch.ones(200), 5), ids)
-    kept = (
-        (mask_tokens(ids, torch.full((200,), 0.3), 5, torch.Generator().manual_seed(0)) != 5)
-        .float()
-        .mean()
-    )
-    assert kept.item() == pytest.approx(0.3, abs=0.02)
+def test_reveal_mask_ends_and_rate():
+    assert not reveal_mask((200, 50), torch.zeros(200)).any()
+    assert reveal_mask((200, 50), torch.ones(200)).all()
+    kept = reveal_mask((200, 50), torch.full((200,), 0.3), torch.Generator().manual_seed(0))
+    assert kept.float().mean().item() == pytest.approx(0.3, abs=0.02)
+    per_token = torch.linspace(0, 1, 50).expand(4000, 50)
+    rate = reveal_mask((4000, 50), per_token, torch.Generator().manual_seed(1)).float().mean(0)
+    torch.testing.assert_close(rate, per_token[0], rtol=0, atol=0.03)
 
 
 def test_roles_given_dropped_absent(model4):
@@ -75,7 +68,14 @@ def test_roles_given_dropped_absent(model4):
         m.cfg.p_given, m.cfg.p_drop = 0.3, 0.3
     batch = random_batch(model4, b=400)
     present = {"audio": torch.arange(400) % 2 == 0}
-    inp = make_inputs(model4, batch, anydit.FlowConfig(), present, torch.Generator().manual_seed(0))
+    inp = make_inputs(
+        model4.modalities,
+        batch,
+        anydit.FlowConfig(),
+        False,
+        present,
+        torch.Generator().manual_seed(0),
+    )
     for name, m in model4.modalities.items():
         role, t = inp.roles[name], inp.times[name]
         assert (t[role == GIVEN] == 1).all() and (t[role == DROPPED] == 0).all()
@@ -103,9 +103,9 @@ def test_given_modalities_carry_no_loss(model4):
     for m in model4.modalities.values():
         m.cfg.p_given, m.cfg.p_drop = 0.0, 0.0
     model4.modalities["image"].cfg.p_given = 1.0
-    loss, parts = anydit.training_loss(model4, batch, generator=torch.Generator().manual_seed(0))
-    assert parts["image"].item() == 0.0 and parts["audio"].item() > 0
-    loss.backward()  # a zero component keeps the graph whole
+    loss = anydit.training_loss(model4, batch, generator=torch.Generator().manual_seed(0))
+    assert loss.parts["image"].item() == 0.0 and loss.parts["audio"].item() > 0
+    loss.total.backward()  # a zero component keeps the graph whole
 
 
 def test_partial_roles_make_per_token_times():
@@ -117,7 +117,12 @@ def test_partial_roles_make_per_token_times():
     model = anydit.MMDiT(mods, anydit.preset("debug", per_token_time=True))
     x = torch.randn(64, 32, 2)
     inp = make_inputs(
-        model, {"seq": x}, anydit.FlowConfig(), None, torch.Generator().manual_seed(0)
+        model.modalities,
+        {"seq": x},
+        anydit.FlowConfig(),
+        True,
+        None,
+        torch.Generator().manual_seed(0),
     )
     t, scored = inp.times["seq"], inp.scored["seq"]
     assert t.shape == (64, 32)
@@ -134,10 +139,10 @@ def test_loss_weight_scales_component(model4):
     randomize(model4)
     batch = random_batch(model4, b=8)
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    l1, parts = anydit.training_loss(model4, batch, generator=g())
+    l1 = anydit.training_loss(model4, batch, generator=g())
     model4.modalities["text"].cfg.loss_weight = 3.0
-    l3, _ = anydit.training_loss(model4, batch, generator=g())
-    torch.testing.assert_close(l3 - l1, 2.0 * parts["text"], rtol=1e-4, atol=1e-5)
+    l3 = anydit.training_loss(model4, batch, generator=g())
+    torch.testing.assert_close(l3.total - l1.total, 2.0 * l1.parts["text"], rtol=1e-4, atol=1e-5)
 
 
 def test_flow_config_moves_training_times():

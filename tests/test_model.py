@@ -8,9 +8,10 @@ from anydit.flow import make_inputs
 
 def _inputs(model, b=3, seed=0):
     inp = make_inputs(
-        model,
+        model.modalities,
         random_batch(model, b, seed),
         anydit.FlowConfig(),
+        model.cfg.per_token_time,
         None,
         torch.Generator().manual_seed(seed),
     )

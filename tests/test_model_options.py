@@ -52,7 +52,9 @@ def test_condition_only_and_pooled_modalities_have_no_output_and_no_tokens():
     assert model.rope.shape[0] == 21
     with pytest.raises(ValueError, match="'text' is a condition only"):
         anydit.sample(model, {"text": "generate", "image": "generate"}, n=1, steps=2)
-    with pytest.raises(ConfigError, match="pooled.*only on a vector"):
+    with pytest.raises(
+        ConfigError, match=r"pooled: does not apply to kind .sequence. \(only to \[.vector.\]\)"
+    ):
         ModalityConfig("x", "sequence", (2, 2), pooled="mlp")
     with pytest.raises(ConfigError, match="at least one that can be generated"):
         anydit.Config(modalities=_mods()[1:])

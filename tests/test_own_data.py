@@ -45,7 +45,7 @@ def _as_float(u8):
 
 
 def test_arrays_npz_and_npy_folder_round_trip(tmp_path):
-    image = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    image = np.random.default_rng(0).uniform(-1, 1, (5, 1, 8, 8)).astype(np.float32)
     label = np.array([0, 1, 1, 0, 1])
     vec = np.arange(15, dtype=np.float32).reshape(5, 3)
     np.savez(tmp_path / "d.npz", image=image, label=label, vec=vec)
@@ -57,7 +57,7 @@ def test_arrays_npz_and_npy_folder_round_trip(tmp_path):
     for path in (tmp_path / "d.npz", folder):
         ds = build_dataset(DataConfig("arrays", str(path)), "train", _mods())
         assert len(ds) == 5
-        batch, present = make_collate(model)([ds[i] for i in range(5)])
+        batch, present = make_collate(model.modalities)([ds[i] for i in range(5)])
         torch.testing.assert_close(batch["image"], torch.from_numpy(image))
         assert batch["label"].tolist() == label.tolist()
         torch.testing.assert_close(batch["vec"], torch.from_numpy(vec))
@@ -91,7 +91,7 @@ def test_manifest_jsonl_csv_parquet_round_trip(tmp_path):
     model = anydit.MMDiT(_mods(), anydit.preset("debug"))
     for path in paths:
         ds = build_dataset(DataConfig("manifest", str(path)), "train", _mods())
-        batch, present = make_collate(model)([ds[i] for i in range(3)])
+        batch, present = make_collate(model.modalities)([ds[i] for i in range(3)])
         torch.testing.assert_close(batch["image"], torch.stack([_as_float(u) for u in imgs]))
         assert batch["label"].tolist() == [0, 1, 0]
         assert model.modalities["text"].decode(batch["text"]) == ["pet 0", "pet 1", "pet 2"]
@@ -128,16 +128,16 @@ def test_absent_modality_is_dropped_for_that_sample():
         {"image": torch.zeros(1, 8, 8), "label": "cat", "text": "a", "vec": torch.ones(3)},
         {"image": torch.zeros(1, 8, 8), "label": "dog", "vec": torch.ones(3)},
     ]
-    batch, present = make_collate(model)(items)
+    batch, present = make_collate(model.modalities)(items)
     assert list(present) == ["text"] and present["text"].tolist() == [True, False]
     flow = anydit.FlowConfig()
     g = torch.Generator().manual_seed(0)
-    inputs = make_inputs(model, batch, flow, present, g)
+    inputs = make_inputs(model.modalities, batch, flow, False, present, g)
     assert not inputs.scored["text"][1].any()  # sample 1 has no text: nothing to learn there
     assert float(inputs.times["text"][1].float().max()) == 0.0  # held at t = 0: dropped
     # the other samples keep the roles drawn for them
     g = torch.Generator().manual_seed(0)
-    full = make_inputs(model, batch, flow, None, g)
+    full = make_inputs(model.modalities, batch, flow, False, None, g)
     torch.testing.assert_close(full.times["text"][0], inputs.times["text"][0])
     torch.testing.assert_close(full.times["image"], inputs.times["image"])
 
@@ -322,7 +322,7 @@ def test_train_from_shards_and_check(tmp_path, capsys):
 
 
 def _train_weights(tmp_path, name, data):
-    from anydit.config import config_from_tree
+    from anydit.run_config import config_from_tree
     from anydit.train.loop import train
 
     tree = yaml.safe_load(Path(_config(tmp_path, data)).read_text())

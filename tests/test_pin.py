@@ -93,7 +93,7 @@ def _arrays(folder: Path) -> Path:
 
 
 def _train(tmp: Path) -> tuple[dict[str, torch.Tensor], list[float]]:
-    from anydit.config import config_from_tree
+    from anydit.run_config import config_from_tree
     from anydit.train.loop import train
 
     tree = json.loads(json.dumps(TREE))

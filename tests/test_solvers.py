@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from anydit.flow import time_grid
+from anydit.flow import shift_time
+
+
+def time_grid(steps: int, shift: float = 1.0, dtype=torch.float64):
+    """steps + 1 times from 0 to 1: a uniform grid, shifted."""
+    return shift_time(torch.linspace(0, 1, steps + 1, dtype=torch.float64), shift).to(dtype)
+
+
 from anydit.sampling import SOLVERS, joint_grids, unmask_step
 
 

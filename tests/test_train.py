@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import anydit
-from anydit.config import config_from_tree
+from anydit.run_config import config_from_tree
+from anydit.train.checkpoint import latest_checkpoint
 from anydit.train.loop import train
-from anydit.train.state import latest_checkpoint
 
 TREE = {
     "data": {"source": "digits"},
@@ -54,8 +54,8 @@ def test_kill_during_checkpoint_write_keeps_previous(straight, tmp_path):
     out = tmp_path / "killed"
     script = textwrap.dedent(f"""
         import os, signal, torch
-        import anydit.train.state as S
-        from anydit.config import config_from_tree
+        import anydit.train.checkpoint as S
+        from anydit.run_config import config_from_tree
         from anydit.train.loop import train
         save = torch.save
         def dying_save(obj, path, *a, **k):
@@ -102,23 +102,24 @@ def test_grad_accumulation_same_step_smaller_micro_batches(straight, tmp_path):
 
 
 def test_non_finite_losses_skip_then_stop(tmp_path, monkeypatch):
-    import anydit.train.loop as loop
+    import anydit.train.step as step
+    from anydit.flow import Loss
 
-    real = loop.combine_losses
+    real = step.training_objective
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
-        loss, parts = real(*args, **kwargs)
+        loss = real(*args, **kwargs)
         calls["n"] += 1
-        return (loss * float("nan"), parts) if calls["n"] in (2, 3) else (loss, parts)
+        return Loss(loss.total * float("nan"), loss.parts) if calls["n"] in (2, 3) else loss
 
-    monkeypatch.setattr(loop, "combine_losses", flaky)
+    monkeypatch.setattr(step, "training_objective", flaky)
     with pytest.warns(UserWarning, match="non-finite loss; step skipped"):
         result = train(_cfg(steps=3), tmp_path / "a", progress=False)
     assert result.step == 3 and calls["n"] == 5
 
     monkeypatch.setattr(
-        loop, "combine_losses", lambda *a, **k: (real(*a, **k)[0] * float("inf"), {})
+        step, "training_objective", lambda *a, **k: Loss(real(*a, **k).total * float("inf"), {})
     )
     with (
         pytest.warns(UserWarning),
@@ -191,7 +192,7 @@ def test_device_option():
 
 def test_frozen_streams_stay_bit_identical(tmp_path):
     """train.freeze: the named streams' weights (and their EMA) do not move; the rest does."""
-    from anydit.config import config_from_tree
+    from anydit.run_config import config_from_tree
     from anydit.train.loop import train
 
     tree = {

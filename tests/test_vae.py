@@ -13,9 +13,10 @@ from PIL import Image
 import anydit
 from anydit.cli import main
 from anydit.config import ConfigError, DataConfig, ModalityConfig
-from anydit.data.files import read_image, write_outputs
 from anydit.data.sources import build_dataset
-from anydit.data.vae import LatentCodec
+from anydit.modalities.image import read_image
+from anydit.modalities.outputs import write_outputs
+from anydit.modalities.vae import LatentCodec
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -82,10 +83,10 @@ def test_manifest_images_become_latents_and_samples_become_pictures(vae_folder, 
     expected = codec.encode(read_image(tmp_path / "1.png", (3, 16, 16))[None])[0]
     assert item["image"].shape == (4, 8, 8) and torch.allclose(item["image"], expected, atol=1e-6)
     model = anydit.MMDiT(mods, anydit.preset("debug"))
-    written = write_outputs(tmp_path / "out", model, {"image": torch.randn(2, 4, 8, 8)})
+    written = write_outputs(tmp_path / "out", model.modalities, {"image": torch.randn(2, 4, 8, 8)})
     with Image.open(written["image"][0]) as img:
         assert img.size[0] % 16 == 0 and img.mode == "RGB"  # decoded: 16 pixels, upscaled
-    with pytest.raises(ConfigError, match="codec_path naming the autoencoder"):
+    with pytest.raises(ConfigError, match="codec_path: expected the autoencoder folder"):
         ModalityConfig("im", "image", (4, 8, 8), codec="vae")
 
 

@@ -13,31 +13,37 @@ Time convention everywhere: t in [0, 1], t = 0 is pure noise (or all masks), t =
 from anydit.config import (
     Config,
     ConfigError,
+    DataConfig,
     FlowConfig,
     ModalityConfig,
     ModelConfig,
     SampleConfig,
     TrainConfig,
 )
-from anydit.flow import training_loss
+from anydit.errors import DataError
+from anydit.flow import Loss, Role, training_loss
 from anydit.interop.diffusers import export_diffusers, import_diffusers, save_diffusers
-from anydit.model import MMDiT, preset
+from anydit.model import MMDiT, load_model, preset, save_model
 from anydit.model.extend import extend
+from anydit.run_config import config_from_tree, load_config
 from anydit.sampling import Drop, Generate, Given, drop, generate, given, sample
-from anydit.train.checkpoint import load_model, save_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Config",
     "ConfigError",
+    "DataConfig",
+    "DataError",
     "Drop",
     "FlowConfig",
     "Generate",
     "Given",
+    "Loss",
     "MMDiT",
     "ModalityConfig",
     "ModelConfig",
+    "Role",
     "SampleConfig",
     "TrainConfig",
     "drop",
@@ -45,7 +51,9 @@ __all__ = [
     "extend",
     "generate",
     "given",
+    "config_from_tree",
     "import_diffusers",
+    "load_config",
     "load_model",
     "preset",
     "sample",

@@ -14,8 +14,6 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -57,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-resume",
         action="store_true",
-        help="start afresh even if the folder holds a checkpoint",
+        help="start afresh even if the folder holds a run (the old run is moved aside)",
+    )
+    p.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="resume even though the config differs from the checkpoint's (new values apply)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_common(p)
@@ -79,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("manifest", help="JSONL, CSV or Parquet manifest")
     q.add_argument("--out", required=True, help="folder for the shards and shards.json")
     q.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    q.add_argument("--root", help="files the manifest names must lie under this folder")
+    q.add_argument(
+        "--allow-outside",
+        action="store_true",
+        help="let the manifest name files anywhere (only for manifests you trust)",
+    )
     _add_common(q)
 
     p = sub.add_parser("import", help="turn a diffusers SD3 / Flux transformer into a model file")
@@ -118,12 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="marginalise a modality out (the default for unnamed ones)",
     )
     p.add_argument("-n", type=int, default=8, help="number of samples")
-    p.add_argument("--steps", type=int, default=32)
-    p.add_argument("--solver", default="euler", choices=["euler", "heun", "midpoint"])
+    p.add_argument("--steps", type=int, help="steps per generated modality (default 32)")
+    p.add_argument("--solver", choices=["euler", "heun", "midpoint"])
     p.add_argument(
         "--guidance",
         type=_guidance,
-        default=1.0,
         metavar="W|NAME=W,...",
         help="classifier-free guidance: one scale for all given modalities, or one per given "
         "modality (label=2,audio=3); 1 = none",
@@ -131,15 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--guidance-interval",
         type=_interval,
-        default=(0.0, 1.0),
         metavar="LOW,HIGH",
         help="guide only while a modality's time is in [LOW, HIGH] (0 = noise, 1 = data)",
     )
-    p.add_argument(
-        "--shift", type=float, default=None, help="time shift of the grids (default: trained)"
-    )
+    p.add_argument("--shift", type=float, help="time shift of the grids (default: trained)")
+    p.add_argument("--unmasking", choices=["random", "confidence"], help="discrete reveal order")
+    p.add_argument("--temperature", type=float, help="softmax temperature of discrete unmasking")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--precision", choices=["fp32", "bf16"])
     p.add_argument("--out", default="samples", help="output folder")
     _add_common(p)
 
@@ -149,15 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=None, help="folder for metrics.json (default: beside the checkpoint)"
     )
     p.add_argument("--n-per-class", type=int, default=20)
-    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--steps", type=int)
     p.add_argument(
         "--guidance",
         type=_guidance,
-        default=1.0,
         metavar="W|SOURCE=W,...",
         help="one scale, or one per task source: label, text, image, audio, joint",
     )
-    p.add_argument("--guidance-interval", type=_interval, default=(0.0, 1.0), metavar="LOW,HIGH")
+    p.add_argument("--guidance-interval", type=_interval, metavar="LOW,HIGH")
     _add_common(p)
 
     p = sub.add_parser("demo", help="train on the built-in digits, evaluate, write a gallery")
@@ -202,13 +208,11 @@ def _guidance(text: str) -> float | dict[str, float]:
 
 
 def _interval(text: str) -> tuple[float, float]:
-    """``LOW,HIGH`` -> (low, high) with 0 <= low <= high <= 1."""
+    """``LOW,HIGH`` -> (low, high); the range is checked by ``SampleConfig``."""
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected LOW,HIGH (two times), got {text!r}") from None
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected 0 <= LOW <= HIGH <= 1, got {text!r}")
     return lo, hi
 
 
@@ -220,13 +224,19 @@ def _model_path(path: str) -> Path:
 
 
 def cmd_train(args) -> int:
-    from anydit.config import load_config
+    from anydit.run_config import load_config
     from anydit.train import distributed
     from anydit.train.loop import train
 
     cfg = load_config(args.config, args.set)
     try:
-        result = train(cfg, args.out, resume=not args.no_resume, progress=not args.no_progress)
+        result = train(
+            cfg,
+            args.out,
+            resume=not args.no_resume,
+            progress=not args.no_progress,
+            allow_changes=args.allow_changes,
+        )
     finally:
         distributed.teardown()
     if int(os.environ.get("RANK", "0")) == 0:
@@ -238,8 +248,12 @@ def cmd_import(args) -> int:
     import yaml
 
     from anydit.interop.diffusers import import_diffusers
-    from anydit.train.checkpoint import save_model
+    from anydit.model import save_model
 
+    for flag in ("height", "width", "text_tokens"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')}: expected an integer >= 1, got {value}")
     model = import_diffusers(
         args.source, args.family, args.height, args.width, args.text_tokens, vae=args.vae
     )
@@ -284,21 +298,21 @@ def cmd_export(args) -> int:
 
 def cmd_data(args) -> int:
     """``anydit data check``: every problem at once, counts per kind, non-zero exit if any;
-    ``anydit data pack``: a manifest into tar shards."""
-    from anydit.config import load_config
+    ``anydit data pack``: a manifest into tar shards; ``anydit data encode``: an arrays folder."""
     from anydit.data import own
     from anydit.data.sources import build_dataset
+    from anydit.run_config import load_config
 
     if args.data_command == "pack":
         from anydit.data.shards import pack
 
-        shards = pack(args.manifest, args.out, args.shard_size)
+        shards = pack(args.manifest, args.out, args.shard_size, args.root, args.allow_outside)
         print(f"wrote {len(shards)} shards to {args.out}")
         return 0
     cfg = load_config(args.config, args.set)
     if args.data_command == "encode":
+        from anydit.data.encode import encode_dataset
         from anydit.data.sources import open_training_data
-        from anydit.data.vae import encode_dataset
 
         dataset, _ = open_training_data(cfg.data, cfg.modalities)
         out = encode_dataset(dataset, cfg.modalities, args.out)
@@ -336,9 +350,7 @@ def cmd_data(args) -> int:
 
 
 def parse_task(model, generate: str, given: list[str], drop: list[str], n: int) -> dict:
-    """CLI roles -> a task dict; values read from literals or files."""
-    from anydit.data.files import read_value
-
+    """CLI roles -> a task dict; values read from literals or files by each modality."""
     task: dict = {}
     for name in [g.strip() for g in generate.split(",") if g.strip()]:
         task[name] = "generate"
@@ -351,7 +363,7 @@ def parse_task(model, generate: str, given: list[str], drop: list[str], n: int) 
             raise ValueError(f"--given {name}: unknown modality; this checkpoint has {model.names}")
         if name in task:
             raise ValueError(f"--given {name}: also named in --generate")
-        task[name] = read_value(model.modalities[name], value, n)
+        task[name] = model.modalities[name].read_value(value, n)
     for name in drop:
         if name in task:
             raise ValueError(f"--drop {name}: also generated or given")
@@ -359,94 +371,71 @@ def parse_task(model, generate: str, given: list[str], drop: list[str], n: int) 
     return task
 
 
+def _run_sampling(checkpoint: str):
+    """The ``sample:`` settings of the run a checkpoint belongs to (its folder's
+    ``config.yaml``), or the defaults."""
+    import yaml
+
+    from anydit.config import SampleConfig, from_dict
+
+    folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    saved = folder / "config.yaml"
+    if not saved.is_file():
+        return SampleConfig()
+    tree = yaml.safe_load(saved.read_text()) or {}
+    return from_dict(SampleConfig, tree.get("sample") or {}, f"{saved}: sample")
+
+
 def cmd_sample(args) -> int:
     import anydit
-    from anydit.data.files import write_outputs
+    from anydit.modalities.outputs import write_outputs
+    from anydit.sampling import settings
+    from anydit.storage import check_writable
 
     model = anydit.load_model(_model_path(args.checkpoint))
-    task = parse_task(model, args.generate, args.given, args.drop, args.n)
-    out = Path(args.out)
-    _ensure_dir(out)
-    samples = anydit.sample(
-        model,
-        task,
-        n=args.n,
+    config = settings(
+        _run_sampling(args.checkpoint),
         steps=args.steps,
         solver=args.solver,
         guidance=args.guidance,
         guidance_interval=args.guidance_interval,
         shift=args.shift,
-        seed=args.seed,
+        unmasking=args.unmasking,
+        temperature=args.temperature,
         precision=args.precision,
     )
-    written = write_outputs(out, model, samples)
+    if args.n < 1:
+        raise ValueError(f"-n: expected an integer >= 1, got {args.n}")
+    task = parse_task(model, args.generate, args.given, args.drop, args.n)
+    out = check_writable(args.out)
+    samples = anydit.sample(model, task, n=args.n, seed=args.seed, config=config)
+    written = write_outputs(out, model.modalities, samples)
     print(f"wrote {sum(len(v) for v in written.values())} files to {out}")
     return 0
 
 
-def _ensure_dir(out: Path) -> None:
-    """Create ``out`` or fail now, naming it, if it cannot be written."""
-    from anydit.train.loop import check_writable
-
-    check_writable(out)
-
-
-def run_eval(
-    model,
-    out: Path,
-    n_per_class: int,
-    steps: int,
-    guidance: float | dict[str, float],
-    gallery: bool,
-    guidance_interval: tuple[float, float] = (0.0, 1.0),
-) -> dict:
-    """Metrics (+ gallery) of a digits model into ``out``; returns the metrics."""
-    from anydit.eval.metrics import evaluate_digits, format_table
-
-    _ensure_dir(out)
-    results = evaluate_digits(
-        model,
-        n_per_class=n_per_class,
-        steps=steps,
-        guidance=guidance,
-        guidance_interval=guidance_interval,
-        progress=True,
-    )
-    metrics = {k: v for k, v in results.items() if k != "samples"}
-    finite = {
-        k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in metrics.items()
-    }
-    (out / "metrics.json").write_text(json.dumps(finite, indent=2))  # strict JSON: NaN -> null
-    print(format_table(metrics))
-    if gallery:
-        from anydit.eval.gallery import write_gallery
-
-        page = write_gallery(out, model, results, metrics)
-        print(f"gallery: {page}")
-    return metrics
-
-
 def cmd_eval(args) -> int:
     import anydit
+    from anydit.eval.metrics import EVAL_SAMPLING
+    from anydit.eval.report import run_eval
+    from anydit.sampling import settings
 
     path = _model_path(args.checkpoint)
     model = anydit.load_model(path)
     out = Path(args.out) if args.out else path.parent
-    run_eval(
-        model,
-        out,
-        args.n_per_class,
-        args.steps,
-        args.guidance,
-        gallery=False,
+    config = settings(
+        EVAL_SAMPLING,
+        steps=args.steps,
+        guidance=args.guidance,
         guidance_interval=args.guidance_interval,
     )
+    run_eval(model, out, args.n_per_class, config)
     print(f"metrics: {out / 'metrics.json'}")
     return 0
 
 
 def cmd_demo(args) -> int:
-    from anydit.demo import GUIDANCE, GUIDANCE_INTERVAL, run_demo
+    from anydit.demo import run_demo
 
     run_demo(
         Path(args.out),
@@ -454,8 +443,8 @@ def cmd_demo(args) -> int:
         overrides=args.set,
         resume=not args.no_resume,
         progress=not args.no_progress,
-        guidance=dict(GUIDANCE) if args.guidance is None else args.guidance,
-        guidance_interval=args.guidance_interval or GUIDANCE_INTERVAL,
+        guidance=args.guidance,
+        guidance_interval=args.guidance_interval,
     )
     return 0
 

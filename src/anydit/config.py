@@ -1,8 +1,11 @@
-"""Typed configuration: modalities, network, flow (training targets) and sampling.
+"""Typed configuration: modalities, network, flow (training targets), training, data, sampling.
 
 Every dataclass validates itself in ``__post_init__`` and raises a ``ConfigError`` that names
-the offending field, the value it got and what was expected. ``from_dict`` maps nested plain
-dicts (parsed YAML) onto the dataclasses and rejects unknown keys by name.
+the offending field, the value it got and what was expected. A modality's kind checks the
+fields particular to it (``anydit.modalities``); a field that does not apply to the kind is an
+error. ``from_dict`` maps nested plain dicts (parsed YAML) onto the dataclasses, rejecting
+unknown keys and values of the wrong type by name; nothing is coerced silently (8.7 is not an
+integer, ``.nan`` is not a number anyone meant).
 
 Time convention, everywhere: t in [0, 1], t = 0 is pure noise (or all-mask), t = 1 is data.
 """
@@ -11,22 +14,60 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import types
 from dataclasses import dataclass, field
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
-KINDS = ("image", "video", "sequence", "vector", "label", "text")
-CONTINUOUS_KINDS = ("image", "video", "sequence", "vector")
-DISCRETE_KINDS = ("label", "text")
+from anydit.errors import ConfigError
+from anydit.modalities import KIND_CLASSES, KINDS
+
 TIME_SAMPLERS = ("logit_normal", "uniform")
+SOLVERS = ("euler", "heun", "midpoint")
+RESERVED_NAMES = ("key", "id", "shared")  # manifest columns that name a sample; freeze's "shared"
+# ModalityConfig fields every kind takes; the others belong to the kinds that list them.
+COMMON_FIELDS = frozenset(
+    {
+        "name",
+        "kind",
+        "shape",
+        "width",
+        "shift",
+        "time_sampler",
+        "loss_weight",
+        "p_given",
+        "p_drop",
+        "p_partial",
+        "generate",
+        "rope",
+    }
+)
 
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or out of range."""
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "FlowConfig",
+    "ModalityConfig",
+    "ModelConfig",
+    "SampleConfig",
+    "TrainConfig",
+    "check_architecture",
+    "from_dict",
+]
 
 
 def _check(ok: bool, where: str, expected: str, got: Any) -> None:
     if not ok:
         raise ConfigError(f"{where}: expected {expected}, got {got!r}")
+
+
+def _finite(obj: Any, prefix: str) -> None:
+    """Every float field of a dataclass is a finite number."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, float):
+            _check(math.isfinite(v), f"{prefix}.{f.name}", "a finite number", v)
 
 
 @dataclass
@@ -35,6 +76,7 @@ class ModalityConfig:
 
     ``shape`` is the shape of one raw sample: image (C, H, W); video (T, C, H, W);
     sequence (L, C); vector (D,); label (); text (L,) where L is the maximum token length.
+    Kind-only fields are marked with their kinds.
     """
 
     name: str
@@ -45,16 +87,14 @@ class ModalityConfig:
     num_classes: int = 0  # label: K classes (names may be given in `classes`); 0 = from data
     classes: tuple[str, ...] = ()  # label: optional class names, index = class id
     tokenizer: str = "bytes"  # text: "bytes" or a path to a `tokenizers` JSON file
-    codec: str = ""  # "" = raw arrays; "logmel": a sequence of normalised log-mel frames (L, mels);
-    # "vae": image latents (C, h, w) of a diffusers autoencoder in the folder `codec_path`
-    codec_args: dict[str, float] = field(default_factory=dict)  # e.g. the log-mel STFT parameters
-    codec_path: str = ""  # codec "vae": a local diffusers AutoencoderKL folder
-    clock: str = ""  # modalities naming the same clock share a rotary time axis (audio-video sync)
-    rate: float = 1.0  # tokens per unit of the shared clock (e.g. tokens per second)
+    codec: str = ""  # "" = raw arrays; sequence "logmel": normalised log-mel frames (L, mels);
+    # image "vae": latents (C, h, w) of a diffusers autoencoder in the folder `codec_path`
+    codec_args: dict[str, float] = field(default_factory=dict)  # sequence: log-mel parameters
+    codec_path: str = ""  # image codec "vae": a local diffusers AutoencoderKL folder
+    clock: str = ""  # video/sequence: modalities naming the same clock share a rotary time axis
+    rate: float = 1.0  # video/sequence: tokens per unit of the shared clock
     width: int = 0  # stream width; 0 = the model's width
-    shift: float = (
-        1.0  # timestep shift s: t = u / (u + s (1 - u)); s > 1 spends more time near noise
-    )
+    shift: float = 1.0  # timestep shift s: t = u / (u + s (1 - u)); s > 1: more time near noise
     time_sampler: str = "logit_normal"  # SD3's logit-normal puts training mass mid-path
     loss_weight: float = 1.0
     p_given: float = 0.15  # chance, per sample, that this modality is a condition (t = 1)
@@ -73,82 +113,47 @@ class ModalityConfig:
     # to its tokens, centre-cropped to the patch grid (SD3's pos_embed_max_size); 0 = none
 
     def __post_init__(self) -> None:
-        self.shape = tuple(int(s) for s in self.shape)
+        self.shape = tuple(self.shape)
         self.classes = tuple(str(c) for c in self.classes)
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
         w = f"modality '{self.name}'"
         _check(
-            bool(self.name) and self.name.isidentifier(), f"{w}.name", "an identifier", self.name
+            isinstance(self.name, str) and self.name.isidentifier(),
+            f"{w}.name",
+            "an identifier",
+            self.name,
+        )
+        _check(
+            self.name not in RESERVED_NAMES,
+            f"{w}.name",
+            f"a name other than {RESERVED_NAMES}",
+            self.name,
         )
         _check(self.kind in KINDS, f"{w}.kind", f"one of {KINDS}", self.kind)
-        ndim = {"image": 3, "video": 4, "sequence": 2, "vector": 1, "label": 0, "text": 1}
         _check(
-            len(self.shape) == ndim[self.kind] and all(s > 0 for s in self.shape),
+            all(isinstance(s, int) and not isinstance(s, bool) for s in self.shape),
             f"{w}.shape",
-            f"{ndim[self.kind]} positive sizes for kind '{self.kind}'",
+            "integers",
             self.shape,
         )
-        _check(self.patch >= 1, f"{w}.patch", "an integer >= 1", self.patch)
-        _check(self.patch_t >= 1, f"{w}.patch_t", "an integer >= 1", self.patch_t)
-        if self.kind == "image":
-            for axis, size in zip("HW", self.shape[1:], strict=True):
-                _check(
-                    size % self.patch == 0,
-                    f"{w}.shape ({axis})",
-                    f"a multiple of patch={self.patch}",
-                    size,
-                )
-        if self.kind == "video":
-            _check(
-                self.shape[0] % self.patch_t == 0,
-                f"{w}.shape (T)",
-                f"a multiple of patch_t={self.patch_t}",
-                self.shape[0],
-            )
-            for axis, size in zip("HW", self.shape[2:], strict=True):
-                _check(
-                    size % self.patch == 0,
-                    f"{w}.shape ({axis})",
-                    f"a multiple of {self.patch}",
-                    size,
-                )
-        if self.kind == "sequence":
-            _check(
-                self.shape[0] % self.patch == 0,
-                f"{w}.shape (L)",
-                f"a multiple of patch={self.patch}",
-                self.shape[0],
-            )
-        if self.kind == "label":
-            if self.classes and not self.num_classes:
-                self.num_classes = len(self.classes)
-            _check(
-                self.num_classes >= 2 or self.num_classes == 0,
-                f"{w}.num_classes",
-                "an integer >= 2 (or 0: the classes the training data names)",
-                self.num_classes,
-            )
-            _check(
-                not self.classes or len(self.classes) == self.num_classes,
-                f"{w}.classes",
-                f"{self.num_classes} names",
-                self.classes,
-            )
-        _check(
-            self.codec in ("", "logmel", "vae"), f"{w}.codec", "'', 'logmel' or 'vae'", self.codec
-        )
-        _check(
-            self.codec != "vae" or (self.kind == "image" and bool(self.codec_path)),
-            f"{w}.codec",
-            "'vae' only on an image modality, with codec_path naming the autoencoder folder",
-            (self.kind, self.codec_path),
-        )
-        _check(
-            self.codec != "logmel" or self.kind == "sequence",
-            f"{w}.codec",
-            "'logmel' only on a sequence modality",
-            self.kind,
-        )
+        _check(isinstance(self.codec_args, dict), f"{w}.codec_args", "a mapping", self.codec_args)
         self.codec_args = dict(self.codec_args)
+        _finite(self, w)
+        kind = KIND_CLASSES[self.kind]
+        defaults = {f.name: _default(f) for f in dataclasses.fields(self)}
+        for name in sorted(set(defaults) - COMMON_FIELDS - kind.options):
+            value = getattr(self, name)
+            if value != defaults[name]:
+                users = sorted(k for k, c in KIND_CLASSES.items() if name in c.options)
+                raise ConfigError(
+                    f"{w}.{name}: does not apply to kind '{self.kind}' (only to {users}); "
+                    f"remove it, got {value!r}"
+                )
+        if self.kind == "label" and self.classes and not self.num_classes:
+            self.num_classes = len(self.classes)
+        if self.pooled:
+            self.generate = False
+        kind.check(self)
         _check(self.width >= 0, f"{w}.width", "an integer >= 0", self.width)
         _check(self.rate > 0, f"{w}.rate", "a number > 0", self.rate)
         _check(self.shift > 0, f"{w}.shift", "a number > 0", self.shift)
@@ -168,52 +173,14 @@ class ModalityConfig:
             "a sum <= 1",
             self.p_given + self.p_drop,
         )
-        self.mean, self.std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
-        _check(
-            not (self.standardize or self.mean or self.std) or self.kind == "vector",
-            f"{w}.standardize",
-            "only on a vector modality",
-            self.kind,
-        )
-        if self.mean or self.std:
-            d = self.shape[0] if self.shape else 0
-            _check(
-                len(self.mean) == len(self.std) == d,
-                f"{w}.mean / std",
-                f"{d} values each",
-                (len(self.mean), len(self.std)),
-            )
-            _check(all(v > 0 for v in self.std), f"{w}.std", "values > 0", self.std)
-        _check(
-            self.pooled in ("", "mlp", "time"), f"{w}.pooled", "'', 'mlp' or 'time'", self.pooled
-        )
-        if self.pooled:
-            _check(self.kind == "vector", f"{w}.pooled", "only on a vector modality", self.kind)
-            _check(
-                self.pooled != "time" or self.shape == (1,),
-                f"{w}.shape",
-                "(1,) for pooled 'time' (one scalar)",
-                self.shape,
-            )
-            self.generate = False
-        _check(
-            self.pos_table == 0 or self.kind == "image",
-            f"{w}.pos_table",
-            "0 unless the modality is an image",
-            self.pos_table,
-        )
-        if self.pos_table:
-            grid = max(self.shape[1:]) // self.patch
-            _check(
-                self.pos_table >= grid,
-                f"{w}.pos_table",
-                f"a side >= the patch grid ({grid})",
-                self.pos_table,
-            )
 
     @property
     def discrete(self) -> bool:
-        return self.kind in DISCRETE_KINDS
+        return KIND_CLASSES[self.kind].discrete
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 @dataclass
@@ -249,6 +216,10 @@ class ModelConfig:
     lora_streams: tuple[str, ...] = ()  # modality names and/or "shared"
 
     def __post_init__(self) -> None:
+        self.rope_axes = tuple(self.rope_axes)
+        self.dual_attention = tuple(self.dual_attention)
+        self.lora_streams = tuple(self.lora_streams)
+        _finite(self, "model")
         for name in ("width", "heads", "head_dim", "time_dim"):
             _check(
                 getattr(self, name) >= 1, f"model.{name}", "an integer >= 1", getattr(self, name)
@@ -263,7 +234,12 @@ class ModelConfig:
             self.head_dim,
         )
         _check(self.time_dim % 2 == 0, "model.time_dim", "an even integer", self.time_dim)
-        _check(self.mlp_ratio > 0, "model.mlp_ratio", "a number > 0", self.mlp_ratio)
+        _check(
+            self.mlp_ratio > 0 and int(self.width * self.mlp_ratio) >= 1,
+            "model.mlp_ratio",
+            f"a ratio giving an MLP of at least 1 unit at width {self.width}",
+            self.mlp_ratio,
+        )
         _check(
             self.activation in ("gelu", "gelu_tanh"),
             "model.activation",
@@ -271,9 +247,6 @@ class ModelConfig:
             self.activation,
         )
         _check(self.rope_theta > 1, "model.rope_theta", "a number > 1", self.rope_theta)
-        self.rope_axes = tuple(int(a) for a in self.rope_axes)
-        self.dual_attention = tuple(int(i) for i in self.dual_attention)
-        self.lora_streams = tuple(self.lora_streams)
         _check(
             self.conditioning in ("summary", "sum"),
             "model.conditioning",
@@ -310,6 +283,64 @@ class ModelConfig:
         )
 
 
+def check_architecture(modalities: list[ModalityConfig], model: ModelConfig) -> None:
+    """Rules that tie the modalities to the network; ``Config`` and ``MMDiT`` both apply them.
+    Also refuses a network whose weights could not fit in this machine's memory."""
+    names = [m.name for m in modalities]
+    _check(len(names) >= 1, "modalities", "at least one modality", names)
+    dup = sorted({n for n in names if names.count(n) > 1})
+    _check(not dup, "modalities", "unique names", dup)
+    _check(
+        any(m.generate for m in modalities),
+        "modalities",
+        "at least one that can be generated (generate: true, not pooled)",
+        names,
+    )
+    widths = {m.name: m.width or model.width for m in modalities if not m.pooled}
+    if model.single_depth:
+        _check(
+            len(set(widths.values())) == 1,
+            "model.single_depth",
+            "equal stream widths (single-stream blocks share weights)",
+            widths,
+        )
+    if model.conditioning == "sum":
+        _check(
+            set(widths.values()) == {model.width},
+            "model.conditioning 'sum'",
+            f"every stream at model.width = {model.width} (they add one vector)",
+            widths,
+        )
+    unknown = sorted(set(model.lora_streams) - set(names) - {"shared"})
+    _check(not unknown, "model.lora_streams", f"names among {sorted(names)} or 'shared'", unknown)
+    for m in modalities:
+        _check(
+            m.p_partial == 0 or model.per_token_time,
+            f"modality '{m.name}'.p_partial",
+            "0 unless model.per_token_time is true",
+            m.p_partial,
+        )
+    inner = model.heads * model.head_dim
+    per_stream = [
+        w * 4 * inner + 2 * w * int(w * model.mlp_ratio) + 6 * w * w for w in widths.values()
+    ]
+    params = model.depth * sum(per_stream) + model.single_depth * max(per_stream, default=0)
+    need, have = 4 * params, _memory_bytes()
+    if have and need > have:
+        raise ConfigError(
+            f"model: these sizes (width {model.width}, heads {model.heads} x {model.head_dim}, "
+            f"depth {model.depth} + {model.single_depth}) need ~{need / 2**30:.0f} GiB for the "
+            f"weights alone, more than this machine's {have / 2**30:.0f} GiB"
+        )
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 0
+
+
 @dataclass
 class FlowConfig:
     """How training targets are drawn (shared by all modalities)."""
@@ -319,44 +350,82 @@ class FlowConfig:
     eps: float = 1e-5  # continuous times are kept in [eps, 1 - eps] where they are drawn
 
     def __post_init__(self) -> None:
+        _finite(self, "flow")
         _check(self.logit_std > 0, "flow.logit_std", "a number > 0", self.logit_std)
         _check(0 <= self.eps < 0.5, "flow.eps", "a number in [0, 0.5)", self.eps)
 
 
 @dataclass
 class SampleConfig:
-    """Defaults of ``anydit.sample``."""
+    """Sampler settings: what ``anydit.sample``, ``anydit sample``, evaluation, the demo and the
+    training sample grid read. Validated once, here."""
 
     steps: int = 32
     solver: str = "euler"  # euler | heun | midpoint
-    guidance: float = 1.0  # 1 = no guidance
+    guidance: float | dict[str, float] = 1.0  # 1 = none; {name: w}: one weight per given one
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # guide only while t is in [low, high]
+    shift: float | None = None  # time shift of the grids; None = each modality's trained shift
     temperature: float = 1.0  # discrete unmasking: softmax temperature
     unmasking: str = "random"  # random (exact ancestral) | confidence (MaskGIT order)
-    guidance_interval: tuple[float, float] = (0.0, 1.0)  # guide only while t is in [low, high]
+    precision: str = "fp32"  # fp32 | bf16 autocast
 
     def __post_init__(self) -> None:
-        _check(self.steps >= 1, "sample.steps", "an integer >= 1", self.steps)
-        iv = tuple(self.guidance_interval)
+        _check(
+            isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps >= 1,
+            "sample.steps",
+            "an integer >= 1",
+            self.steps,
+        )
+        _check(self.solver in SOLVERS, "sample.solver", "|".join(SOLVERS), self.solver)
+        if isinstance(self.guidance, dict):
+            for k, v in self.guidance.items():
+                _check(
+                    isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+                    f"sample.guidance[{k!r}]",
+                    "a finite number",
+                    v,
+                )
+            self.guidance = {str(k): float(v) for k, v in self.guidance.items()}
+        else:
+            _check(
+                isinstance(self.guidance, int | float)
+                and not isinstance(self.guidance, bool)
+                and math.isfinite(self.guidance),
+                "sample.guidance",
+                "a finite number or {name: number}",
+                self.guidance,
+            )
+            self.guidance = float(self.guidance)
+        try:
+            iv = tuple(float(v) for v in self.guidance_interval)
+        except (TypeError, ValueError):
+            iv = ()
         _check(
             len(iv) == 2 and 0.0 <= iv[0] <= iv[1] <= 1.0,
             "sample.guidance_interval",
             "two times low <= high in [0, 1]",
             self.guidance_interval,
         )
+        self.guidance_interval = iv
         _check(
-            self.solver in ("euler", "heun", "midpoint"),
-            "sample.solver",
-            "euler|heun|midpoint",
-            self.solver,
+            self.shift is None or (math.isfinite(self.shift) and self.shift > 0),
+            "sample.shift",
+            "a number > 0 (or none: the trained shift)",
+            self.shift,
         )
-        _check(self.temperature > 0, "sample.temperature", "a number > 0", self.temperature)
+        _check(
+            math.isfinite(self.temperature) and self.temperature > 0,
+            "sample.temperature",
+            "a number > 0",
+            self.temperature,
+        )
         _check(
             self.unmasking in ("random", "confidence"),
             "sample.unmasking",
             "random|confidence",
             self.unmasking,
         )
-        _check(math.isfinite(self.guidance), "sample.guidance", "a finite number", self.guidance)
+        _check(self.precision in ("fp32", "bf16"), "sample.precision", "fp32|bf16", self.precision)
 
 
 @dataclass
@@ -369,7 +438,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup: int = 100
     schedule: str = "cosine"  # cosine | constant
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # 0 = no clipping
     ema: float = 0.999  # 0 disables EMA
     seed: int = 0
     precision: str = "bf16"  # bf16 autocast (CPU and GPU) or fp32; never fp16 on CPU
@@ -389,9 +458,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.freeze = tuple(self.freeze)
+        _finite(self, "train")
         _check(self.steps >= 1, "train.steps", "an integer >= 1", self.steps)
         _check(self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size)
         _check(self.lr > 0, "train.lr", "a number > 0", self.lr)
+        _check(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
         _check(self.warmup >= 0, "train.warmup", "an integer >= 0", self.warmup)
         _check(
             self.schedule in ("cosine", "constant"),
@@ -399,6 +470,7 @@ class TrainConfig:
             "cosine|constant",
             self.schedule,
         )
+        _check(self.grad_clip >= 0, "train.grad_clip", "a number >= 0 (0 = none)", self.grad_clip)
         _check(0 <= self.ema < 1, "train.ema", "a number in [0, 1)", self.ema)
         _check(self.precision in ("bf16", "fp32"), "train.precision", "bf16|fp32", self.precision)
         _check(self.log_every >= 1, "train.log_every", "an integer >= 1", self.log_every)
@@ -429,6 +501,9 @@ class TrainConfig:
         )
 
 
+DATA_SOURCES = ("digits", "arrays", "manifest", "folder", "shards")
+
+
 @dataclass
 class DataConfig:
     """Where training data comes from (see ``anydit.data.own`` for the layouts)."""
@@ -440,6 +515,9 @@ class DataConfig:
     image_fit: str = "crop"  # image files of another size: crop | stretch | exact (refuse)
     on_error: str = "error"  # a bad sample: error (stop, naming it) | skip (count and go on)
     workers: int = 0  # DataLoader processes reading and decoding; 0 = in the training process
+    root: str = ""  # files a manifest names must lie under this folder (default: its own)
+    allow_outside: bool = False  # let a manifest name files anywhere (absolute paths, ../):
+    # only for manifests you wrote yourself -- a shared one could read any local file
 
     def __post_init__(self) -> None:
         _check(self.source in DATA_SOURCES, "data.source", f"one of {DATA_SOURCES}", self.source)
@@ -459,9 +537,6 @@ class DataConfig:
         _check(self.workers >= 0, "data.workers", "an integer >= 0", self.workers)
 
 
-DATA_SOURCES = ("digits", "arrays", "manifest", "folder", "shards")
-
-
 @dataclass
 class Config:
     """A whole run: the modalities, the network, the flow, training and sampling defaults."""
@@ -478,171 +553,102 @@ class Config:
             m if isinstance(m, ModalityConfig) else from_dict(ModalityConfig, m, "modalities")
             for m in self.modalities
         ]
+        check_architecture(self.modalities, self.model)
         names = [m.name for m in self.modalities]
-        _check(len(names) >= 1, "modalities", "at least one modality", names)
-        dup = sorted({n for n in names if names.count(n) > 1})
-        _check(not dup, "modalities", "unique names", dup)
-        widths = {m.name: m.width or self.model.width for m in self.modalities if not m.pooled}
-        if self.model.single_depth:
-            _check(
-                len(set(widths.values())) == 1,
-                "model.single_depth",
-                "equal stream widths (single-stream blocks share weights)",
-                widths,
-            )
-        if self.model.conditioning == "sum":
-            _check(
-                set(widths.values()) == {self.model.width},
-                "model.conditioning 'sum'",
-                f"every stream at model.width = {self.model.width} (they add one vector)",
-                widths,
-            )
-        for where, streams in (
-            ("train.freeze", self.train.freeze),
-            ("model.lora_streams", self.model.lora_streams),
-        ):
-            unknown = sorted(set(streams) - set(names) - {"shared"})
-            _check(not unknown, where, f"names among {sorted(names)} or 'shared'", unknown)
-        _check(
-            any(m.generate for m in self.modalities),
-            "modalities",
-            "at least one that can be generated (generate: true, not pooled)",
-            names,
-        )
-        for m in self.modalities:
-            _check(
-                m.p_partial == 0 or self.model.per_token_time,
-                f"modality '{m.name}'.p_partial",
-                "0 unless model.per_token_time is true",
-                m.p_partial,
-            )
+        unknown = sorted(set(self.train.freeze) - set(names) - {"shared"})
+        _check(not unknown, "train.freeze", f"names among {sorted(names)} or 'shared'", unknown)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
-    """Build dataclass ``cls`` from a plain dict; unknown keys are an error naming the key."""
-    data = dict(data or {})
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a plain dict; unknown keys and values of the wrong type are
+    errors naming the key."""
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping of fields, got {data!r}")
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
         raise ConfigError(
             f"{where or cls.__name__}: unknown key(s) {unknown}; expected some of {sorted(names)}"
         )
     kwargs = {}
     for key, value in data.items():
-        hint = hints[key]
-        path = f"{where}.{key}" if where else key
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = from_dict(hint, value, path)
-        elif get_origin(hint) is list and dataclasses.is_dataclass(get_args(hint)[0]):
-            kwargs[key] = [
-                from_dict(get_args(hint)[0], v, f"{path}[{i}]") for i, v in enumerate(value)
-            ]
-        else:
-            kwargs[key] = _coerce(hint, value, path)
-    return cls(**kwargs)
+        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}" if where else key)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field is missing
+        raise ConfigError(f"{where or cls.__name__}: {err}") from None
 
 
 def _coerce(hint: Any, value: Any, path: str) -> Any:
-    origin = get_origin(hint)
-    try:
-        if hint is bool:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if hint in (int, float, str):
-            if hint is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return hint(value)
-        if origin is tuple:
-            return tuple(value)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"{path}: expected {getattr(hint, '__name__', hint)}, got {value!r}"
-        ) from None
-    return value
+    """``value`` as type ``hint``; an error naming ``path`` when it is not one."""
+    origin, args = get_origin(hint), get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, path)
+    if origin is list and args and dataclasses.is_dataclass(args[0]):
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [from_dict(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError as err:
+                errors.append(str(err).split(": expected ", 1)[-1])
+        raise ConfigError(f"{path}: expected {' or '.join(errors)}") from None
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        if len(args) > 1 and args[1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{path}: expected {len(args)} values, got {value!r}")
+            return tuple(
+                _coerce(a, v, f"{path}[{i}]")
+                for i, (a, v) in enumerate(zip(args, value, strict=True))
+            )
+        return tuple(_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{path}.{k}") for k, v in value.items()}
+    return _scalar(hint, value, path)
 
 
-def _set_path(tree: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``a.b.c`` in a nested dict; list items by index or, for modalities, by name."""
-    parts = key.split(".")
-    node: Any = tree
-    for i, part in enumerate(parts[:-1]):
-        where = ".".join(parts[: i + 1])
-        if isinstance(node, list):
-            match = [m for m in node if isinstance(m, dict) and m.get("name") == part]
-            if part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            elif match:
-                node = match[0]
-            else:
-                raise ConfigError(f"--set {key}: no list item {part!r} at {where}")
-        else:
-            if not isinstance(node.get(part, {}), dict | list):
-                raise ConfigError(f"--set {key}: {where} is a value, not a section")
-            node = node.setdefault(part, {})
-    if isinstance(node, list):
-        raise ConfigError(f"--set {key}: expected a field name after the list item")
-    node[parts[-1]] = value
-
-
-def config_from_tree(tree: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a Config from parsed YAML plus ``key=value`` overrides (values parsed as YAML).
-
-    ``model.preset`` names a size preset whose fields the rest of ``model`` overrides. With
-    ``data.source: digits`` and no ``modalities``, the built-in digits modalities are used.
-    """
-    import copy
-
-    import yaml
-
-    tree = copy.deepcopy(tree or {})
-    if not isinstance(tree, dict):
-        raise ConfigError(f"config: expected a mapping at the top level, got {type(tree).__name__}")
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        _set_path(tree, key.strip(), yaml.safe_load(raw))
-    model = dict(tree.get("model") or {})
-    preset_name = model.pop("preset", None)
-    if preset_name:
-        from anydit.model.presets import preset
-
-        base = dataclasses.asdict(preset(str(preset_name)))
-        base.update(model)
-        model = base
-    tree["model"] = model
-    if not tree.get("modalities"):
-        source = (tree.get("data") or {}).get("source", DataConfig.source)
-        if source == "digits":
-            from anydit.data.digits import digits_modalities
-
-            tree["modalities"] = [dataclasses.asdict(m) for m in digits_modalities()]
-    return from_dict(Config, tree)
-
-
-def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config file (see ``config_from_tree``); errors name the file."""
-    from pathlib import Path
-
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"config file {p} does not exist")
-    try:
-        tree = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {p}: not valid YAML ({e})") from None
-    try:
-        return config_from_tree(tree or {}, overrides)
-    except ConfigError as e:
-        raise ConfigError(f"config file {p}: {e}") from None
+def _scalar(hint: Any, value: Any, path: str) -> Any:
+    name = getattr(hint, "__name__", str(hint))
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+            return float(value)
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    raise ConfigError(f"{path}: cannot read a value of type {name}, got {value!r}")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from anydit.config import Config, config_from_tree, from_dict
+from anydit.config import Config, SampleConfig, from_dict
+from anydit.run_config import config_from_tree
 
 # Why these values: the digits are tiny (49 tokens in all), so a narrow, shallow model sees
 # many more samples in ten minutes than a wide one, and that is what the metrics reward.
@@ -69,28 +70,42 @@ def demo_config(overrides: list[str] | tuple[str, ...] = ()) -> Config:
 
 
 def time_per_step(cfg: Config, steps: int = 6) -> float:
-    """Seconds per training step of ``cfg`` on this machine (median of a few, after warm-up)."""
+    """Seconds per training step of ``cfg`` on this machine (median of a few, after warm-up):
+    the training step itself (``train.step``), on real batches."""
     import torch
 
     from anydit.data.sources import build_dataset, make_collate
-    from anydit.flow.objective import training_loss
     from anydit.model import MMDiT
-    from anydit.train.step import autocast_for, make_optimizer
+    from anydit.train.optim import make_optimizer
+    from anydit.train.step import forward_backward, micro_inputs
 
     model = MMDiT(cfg.modalities, cfg.model)
     opt = make_optimizer(model.parameters(), 1e-4)
     data = build_dataset(cfg.data, "train")
-    batch, _ = make_collate(model)([data[i] for i in range(cfg.train.batch_size)])
+    batch, present = make_collate(model.modalities)([data[i] for i in range(cfg.train.batch_size)])
+    gen = torch.Generator().manual_seed(0)
     times = []
     for _ in range(steps + 2):
         t0 = time.perf_counter()
-        with autocast_for(torch.device("cpu"), cfg.train.precision):
-            loss, _ = training_loss(model, batch, cfg.flow)
-        opt.zero_grad()
-        loss.backward()
+        micro = micro_inputs(model, batch, present, cfg.flow, gen)
+        forward_backward(model, model, micro, cfg.train.precision)
         opt.step()
         times.append(time.perf_counter() - t0)
     return sorted(times[2:])[len(times[2:]) // 2]
+
+
+def demo_sampling(
+    guidance: float | dict[str, float] | None = None,
+    guidance_interval: tuple[float, float] | None = None,
+) -> SampleConfig:
+    """The demo's evaluation settings: 32 Euler steps, confidence-ordered unmasking, guidance
+    per task source within the interval."""
+    return SampleConfig(
+        steps=32,
+        unmasking="confidence",
+        guidance=dict(GUIDANCE) if guidance is None else guidance,
+        guidance_interval=guidance_interval or GUIDANCE_INTERVAL,
+    )
 
 
 def run_demo(
@@ -104,12 +119,13 @@ def run_demo(
     eval_per_class: int = 20,
 ) -> dict:
     """Train, evaluate and write the gallery into ``out``; returns the metrics."""
-    from anydit.cli import _ensure_dir, run_eval
-    from anydit.train.checkpoint import load_model
+    from anydit.eval.report import run_eval
+    from anydit.model import load_model
+    from anydit.storage import check_writable
     from anydit.train.loop import train
 
     start = time.perf_counter()
-    _ensure_dir(out)
+    check_writable(out)
     saved = out / "config.yaml"
     if resume and saved.is_file():
         cfg = from_dict(Config, yaml.safe_load(saved.read_text()))
@@ -130,10 +146,9 @@ def run_demo(
         model,
         out,
         n_per_class=eval_per_class,
-        steps=32,
-        guidance=dict(GUIDANCE) if guidance is None else guidance,
+        config=demo_sampling(guidance, guidance_interval),
         gallery=True,
-        guidance_interval=guidance_interval,
+        progress=progress,
     )
     wall = time.perf_counter() - start
     metrics["wall_seconds"] = wall

@@ -21,14 +21,13 @@ import torch
 from torch.utils.data import Dataset
 
 from anydit.config import ModalityConfig
-from anydit.data.audio import MelParams
+from anydit.modalities.logmel import MelParams
 
 __all__ = [
     "DIGIT_NAMES",
     "SPLITS",
     "DigitsDataset",
     "caption_templates",
-    "collate_digits",
     "digits_modalities",
     "format_caption",
     "load_digit_audio",
@@ -195,14 +194,3 @@ class DigitsDataset(Dataset):
             "text": format_caption(_TEMPLATES[template], label),
             "audio": self.audio[audio_index].clone(),  # (32, 32)
         }
-
-
-def collate_digits(samples: list[dict]) -> dict:
-    """Stack tensor fields along a new batch dim; gather string fields into ``list[str]``."""
-    if not samples:
-        raise ValueError("cannot collate an empty list of samples")
-    batch: dict = {}
-    for key in samples[0]:
-        values = [sample[key] for sample in samples]
-        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else list(values)
-    return batch

@@ -2,16 +2,18 @@
 
 Every source yields items ``{modality: raw value}`` holding only the modalities a sample has:
 a modality missing from an item is dropped for that sample during training (partial pairing).
-Values are read and checked when an item is fetched, through the same readers as
-``anydit sample --given`` (``anydit.data.files``), so an error names the file, the row and the
-modality. ``scan`` reads everything once and collects every problem (``anydit data check``, and
-the ``skip`` policy).
+Values are read and checked when an item is fetched, by the modality's own readers (the same
+ones ``anydit sample --given`` uses), so an error names the file, the row and the modality.
+``scan`` reads everything once and collects every problem (``anydit data check``, and the
+``skip`` policy).
 
     arrays    a ``.npz`` with one key per modality, or a folder of ``NAME.npy`` files;
               leading dimension = samples
-    manifest  one row per sample, one column per modality: a file path (relative to the
-              manifest) or an inline value (label name or id, text, numbers for a vector)
-    folder    ``root/CLASS/*.png|jpg|webp`` -> the image modality + the label modality
+    manifest  one row per sample, one column per modality: a media file (a path ending in
+              .png .jpg .jpeg .webp .wav .flac .ogg .npy) or an inline value (label name or id,
+              text, numbers for a vector). Files must lie under the manifest's folder (or
+              ``data.root``) unless ``data.allow_outside`` is set.
+    folder    ``root/CLASS/*.png|jpg|jpeg|webp`` -> the image modality + the label modality
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,44 +32,39 @@ import torch
 from torch.utils.data import Dataset
 
 from anydit.config import ModalityConfig
-from anydit.data.files import IMAGE_EXTENSIONS, read_image_for, read_value
+from anydit.errors import DataError, problem_kind
+from anydit.modalities import build_modalities
+from anydit.modalities.base import IMAGE_EXTENSIONS
 
 ID_COLUMNS = ("key", "id")  # manifest columns that name a sample and are not read
 
 
-class DataError(ValueError):
-    """A problem with one sample or one file; ``kind`` groups problems in reports."""
-
-    def __init__(self, message: str, kind: str = "invalid value"):
-        super().__init__(message)
-        self.kind = kind
-
-
-def problem_kind(err: Exception) -> str:
-    """A short category for a reading error: the rows of ``anydit data check``'s counts."""
-    if isinstance(err, DataError):
-        return err.kind
-    if isinstance(err, FileNotFoundError):
-        return "missing file"
-    text = str(err)
-    for needle, kind in (
-        ("NaN or inf", "not finite"),
-        ("unknown label", "unknown label"),
-        ("more than the maximum length", "over-long text"),
-        ("cannot read", "unreadable file"),
-        ("not a readable", "unreadable file"),
-        ("holds no samples", "unreadable file"),
-        ("expected shape", "wrong shape"),
-        ("pixels", "wrong shape"),
-        ("channels", "wrong shape"),
-    ):
-        if needle in text:
-            return kind
-    return "invalid value"
-
-
-def _is_missing(value) -> bool:
+def is_missing(value) -> bool:
     return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+
+
+def path_resolver(base: Path, root: Path | None = None, allow_outside: bool = False):
+    """A function mapping a manifest's file cell to a path: relative to ``base``, and (unless
+    ``allow_outside``) required to lie under ``root`` (default ``base``) -- so a manifest from
+    elsewhere cannot make training, ``data pack`` or ``data check`` read other local files."""
+    base = Path(base)
+    fence = Path(os.path.realpath(root or base))
+
+    def resolve(value: str) -> Path:
+        path = Path(value)
+        full = path if path.is_absolute() else base / path
+        if not allow_outside:
+            real = Path(os.path.realpath(full))
+            if real != fence and fence not in real.parents:
+                raise DataError(
+                    f"file '{value}' lies outside the data folder '{fence}' (paths out of it, "
+                    "by '..', an absolute path or a link, are refused; set data.allow_outside: "
+                    "true for a manifest you trust)",
+                    "file outside the data folder",
+                )
+        return full
+
+    return resolve
 
 
 class _Source(Dataset):
@@ -74,8 +73,6 @@ class _Source(Dataset):
     where: str
 
     def __init__(self, modalities: list[ModalityConfig]):
-        from anydit.modalities import build_modalities
-
         self.modality_configs = list(modalities)
         self.modalities = build_modalities(modalities)
         self.rows: list[int] = []  # positions in the underlying table that are served
@@ -94,69 +91,26 @@ class _Source(Dataset):
         raise NotImplementedError
 
 
-def _read_cell(modality, value, base: Path, fit: str):
-    """One manifest cell -> a raw value ``prepare`` accepts (a file is read and checked)."""
-    cfg = modality.cfg
-    if cfg.kind == "label":
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise DataError(f"expected a label name or an integer id, got {value!r}")
-        if cfg.num_classes:  # declared (or already filled from the data): check it now
-            modality.prepare(value)
-        return value
-    if cfg.kind == "text":
-        if not isinstance(value, str):
-            raise DataError(f"expected a string, got {value!r}")
-        length = len(modality.tokenizer.encode(value))
-        if length > cfg.shape[0]:
-            raise DataError(
-                f"text has {length} tokens, more than the maximum length {cfg.shape[0]}: "
-                f"{value[:40]!r}",
-                "over-long text",
-            )
-        return value
-    if isinstance(value, list):  # inline numbers: a vector, or any small tensor
-        try:
-            x = torch.tensor(value, dtype=torch.float32)
-        except (TypeError, ValueError) as err:
-            raise DataError(f"expected numbers, got {value!r} ({err})") from None
-        modality.prepare(x)
-        return x
-    if not isinstance(value, str):
-        raise DataError(f"expected a file path or a list of numbers, got {value!r}")
-    if cfg.kind == "vector" and _numbers(value):
-        x = read_value(modality, value)  # "0.5, 1, 2": comma-separated numbers
-    else:
-        path = Path(value)
-        path = path if path.is_absolute() else base / path
-        if path.suffix.lower() in IMAGE_EXTENSIONS and cfg.kind == "image":
-            if not path.is_file():
-                raise FileNotFoundError(f"file '{path}' does not exist")
-            return read_image_for(cfg, path, fit)
-        x = read_value(modality, str(path))
-    modality.prepare(x)
-    return x
-
-
-def _numbers(text: str) -> bool:
-    try:
-        [float(v) for v in text.split(",")]
-    except ValueError:
-        return False
-    return True
-
-
 class ManifestDataset(_Source):
-    """Rows of a JSONL, CSV or Parquet manifest; paths are relative to the manifest's folder."""
+    """Rows of a JSONL, CSV or Parquet manifest; files are relative to the manifest's folder."""
 
-    def __init__(self, path: str | Path, modalities: list[ModalityConfig], fit: str = "crop"):
+    def __init__(
+        self,
+        path: str | Path,
+        modalities: list[ModalityConfig],
+        fit: str = "crop",
+        root: str | Path | None = None,
+        allow_outside: bool = False,
+    ):
         super().__init__(modalities)
         self.path, self.fit = Path(path), fit
         self.where = f"manifest '{self.path}'"
+        self.resolve = path_resolver(self.path.parent, Path(root) if root else None, allow_outside)
         self.table = read_table(self.path)
         columns: set[str] = set()
         for row in self.table:
             columns |= set(row)
-        unknown = sorted(columns - set(self.modalities) - set(ID_COLUMNS))
+        unknown = sorted(columns - set(self.modalities) - set(ID_COLUMNS), key=str)
         if unknown:
             raise DataError(
                 f"{self.where}: column(s) {unknown} match no modality; the modalities are "
@@ -168,19 +122,18 @@ class ManifestDataset(_Source):
     def read(self, row: int) -> dict:
         item = {}
         for name, value in self.table[row].items():
-            if name in ID_COLUMNS or _is_missing(value):
+            if name in ID_COLUMNS or is_missing(value):
                 continue
             try:
-                item[name] = _read_cell(self.modalities[name], value, self.path.parent, self.fit)
+                item[name] = self.modalities[name].read_cell(value, self.resolve, self.fit)
             except (ValueError, FileNotFoundError) as err:
-                kind = problem_kind(err)
                 raise DataError(
-                    f"{self.where}, row {row + 1}, column '{name}': {err}", kind
+                    f"{self.where}, row {row + 1}, column '{name}': {err}", problem_kind(err)
                 ) from err
         return item
 
     def label_names(self, name: str) -> set[str]:
-        return {str(r[name]) for r in self.table if not _is_missing(r.get(name))}
+        return {str(r[name]).strip() for r in self.table if not is_missing(r.get(name))}
 
 
 def read_table(path: Path) -> list[dict]:
@@ -188,22 +141,15 @@ def read_table(path: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"manifest '{path}' does not exist")
     ext = path.suffix.lower()
-    if ext in (".jsonl", ".ndjson"):
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"manifest '{path}', line {n}: not valid JSON ({err})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"manifest '{path}', line {n}: expected a JSON object")
-            rows.append(row)
-        return rows
-    if ext == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            return [dict(r) for r in csv.DictReader(f)]
+    try:
+        if ext in (".jsonl", ".ndjson"):
+            return _read_jsonl(path)
+        if ext == ".csv":
+            return _read_csv(path)
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"manifest '{path}': expected UTF-8 text ({err})", "unreadable file"
+        ) from None
     if ext == ".parquet":
         try:
             import pyarrow.parquet as pq
@@ -211,8 +157,42 @@ def read_table(path: Path) -> list[dict]:
             raise DataError(
                 f"manifest '{path}': reading Parquet needs pyarrow (pip install pyarrow)"
             ) from None
-        return pq.read_table(path).to_pylist()
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as err:  # pyarrow raises its own error types for damaged files
+            raise DataError(
+                f"manifest '{path}': not a readable Parquet file ({err})", "unreadable file"
+            ) from None
     raise DataError(f"manifest '{path}': expected a .jsonl, .csv or .parquet file, got '{ext}'")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"manifest '{path}', line {n}: not valid JSON ({err})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"manifest '{path}', line {n}: expected a JSON object")
+        rows.append(row)
+    return rows
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = []
+        for row in reader:
+            if None in row:  # more cells than the header names
+                raise DataError(
+                    f"manifest '{path}', line {reader.line_num}: {len(row) - 1 + len(row[None])} "
+                    f"cells, but the header names {len(reader.fieldnames or [])} columns"
+                )
+            rows.append(dict(row))
+        return rows
 
 
 class ArraysDataset(_Source):
@@ -225,21 +205,23 @@ class ArraysDataset(_Source):
         super().__init__(modalities)
         self.path = Path(path)
         self.where = f"arrays '{self.path}'"
-        if self.path.is_dir():
-            files = {p.stem: p for p in sorted(self.path.glob("*.npy"))}
-            self.arrays = {
-                k: np.load(p, mmap_mode="r", allow_pickle=False) for k, p in files.items()
-            }
-        elif self.path.is_file():
-            try:
+        try:
+            if self.path.is_dir():
+                files = {p.stem: p for p in sorted(self.path.glob("*.npy"))}
+                self.arrays = {
+                    k: np.load(p, mmap_mode="r", allow_pickle=False) for k, p in files.items()
+                }
+            elif self.path.is_file():
                 with np.load(self.path, allow_pickle=False) as npz:
                     self.arrays = {k: npz[k] for k in npz.files}
-            except (ValueError, OSError) as err:
-                raise DataError(
-                    f"{self.where}: not a readable .npz ({err})", "unreadable file"
-                ) from None
-        else:
-            raise FileNotFoundError(f"{self.where}: no such file or folder")
+            else:
+                raise FileNotFoundError(f"{self.where}: no such file or folder")
+        except (ValueError, OSError, EOFError, KeyError) as err:
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise DataError(
+                f"{self.where}: not a readable .npz or .npy ({err})", "unreadable file"
+            ) from None
         unknown = sorted(set(self.arrays) - set(self.modalities))
         if unknown:
             raise DataError(
@@ -247,6 +229,13 @@ class ArraysDataset(_Source):
                 f"{sorted(self.modalities)}",
                 "unknown column",
             )
+        for k, a in self.arrays.items():
+            if a.ndim == 0 or a.dtype.kind not in "biufUS":
+                raise DataError(
+                    f"{self.where}: array '{k}' has dtype {a.dtype} and shape {a.shape}; expected "
+                    "numbers or strings with the samples along the first axis",
+                    "wrong shape",
+                )
         lengths = {k: len(a) for k, a in self.arrays.items()}
         if len(set(lengths.values())) > 1:
             raise DataError(
@@ -261,14 +250,10 @@ class ArraysDataset(_Source):
             value = arr[row]
             m = self.modalities[name]
             try:
-                if m.cfg.kind in ("label", "text") and value.dtype.kind in "US":
-                    item[name] = str(value)
-                    if m.cfg.kind == "text" or m.cfg.num_classes:
-                        m.prepare([item[name]])
+                if value.dtype.kind in "US":
+                    item[name] = m.read_inline(str(value))
                 else:
-                    item[name] = torch.from_numpy(np.array(value))
-                    if m.cfg.kind != "label" or m.cfg.num_classes:
-                        m.prepare(item[name])
+                    item[name] = m.read_array(torch.from_numpy(np.array(value)), one=True)
             except ValueError as err:
                 raise DataError(
                     f"{self.where}, sample {row}, modality '{name}': {err}", problem_kind(err)
@@ -306,12 +291,12 @@ class ImageFolderDataset(_Source):
 
     def read(self, row: int) -> dict:
         path, label = self.files[row]
-        cfg = self.modalities[self.image_name].cfg
+        image = self.modalities[self.image_name]
         try:
-            image = read_image_for(cfg, path, self.fit)
+            value = image.read_file(path, path.suffix.lower(), self.fit, None)
         except ValueError as err:
             raise DataError(f"{self.where}, file '{path}': {err}", problem_kind(err)) from err
-        return {self.image_name: image, self.label_name: label}
+        return {self.image_name: value, self.label_name: label}
 
     def label_names(self, name: str) -> set[str]:
         return {label for _, label in self.files} if name == self.label_name else set()
@@ -329,7 +314,7 @@ class ScanReport:
         return dict(Counter(kind for kind, _ in self.problems))
 
 
-def scan(dataset: _Source) -> ScanReport:
+def scan(dataset: _Source, progress: Callable[[int], None] | None = None) -> ScanReport:
     """Read every row of ``dataset`` once; collect the good rows and every problem."""
     report = ScanReport()
     for row in range(len(dataset.rows)):
@@ -345,12 +330,11 @@ def scan(dataset: _Source) -> ScanReport:
     return report
 
 
-def fill_label_classes(modalities: list[ModalityConfig], dataset: _Source) -> list[str]:
-    """Give label modalities declared without classes the sorted names found in the data.
-
-    The names then live in the run's config and the checkpoint, so sampling takes them.
-    Returns the names of the modalities that were filled.
-    """
+def fill_label_classes(modalities: list[ModalityConfig], dataset) -> list[str]:
+    """Give label modalities declared without classes the names found in the data, sorted
+    (integers by value). An integer in the data then means the class of that name, so ids and
+    names agree (``modalities.label``). The names live in the run's config and the checkpoint.
+    Returns the names of the modalities that were filled."""
     filled = []
     for cfg in modalities:
         if cfg.kind != "label" or cfg.classes or cfg.num_classes:
@@ -368,7 +352,7 @@ def fill_label_classes(modalities: list[ModalityConfig], dataset: _Source) -> li
 
 
 def _natural(name: str):
-    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+    return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
 
 
 def fill_vector_stats(modalities: list[ModalityConfig], dataset) -> list[str]:

@@ -1,14 +1,17 @@
 """WebDataset-style tar shards: ``pack`` a manifest into them, stream them in training.
 
 A shard ``shard-000000.tar`` holds, per sample ``KEY`` (8 digits), one member per modality it
-has: ``KEY.NAME.EXT`` with the original file's bytes (``.png``, ``.wav``, ``.npy``, ...), or an
-inline value as ``KEY.NAME.txt`` (a string) or ``KEY.NAME.json`` (numbers, lists). An index
-``shards.json`` lists the shards and their sample counts.
+has: ``KEY.NAME.EXT`` with a media file's bytes (``.png``, ``.wav``, ``.npy``, ...), or an
+inline value as ``KEY.NAME.txt`` (a string) or ``KEY.NAME.json`` (numbers, lists). Cells are
+classified by the manifest's own rule (``modalities.base.is_file_cell``), so packing and reading
+the manifest directly give the same samples. Members are data, never paths. An index
+``shards.json`` lists the shards (names inside the folder) and their sample counts; counts are
+checked against what each shard holds as it is read.
 
-Streaming reads one shard at a time (extracted to a temporary folder, then read through the
-same readers as a manifest), so a dataset never has to fit in memory or on local disk at once.
-Shards are split across ranks (``shards[rank::world]`` of an order shuffled per epoch) and then
-across each rank's DataLoader workers: no sample is read twice, none is lost.
+Streaming reads one shard at a time, member by member into memory (each member's declared size
+is checked first; nothing is extracted to disk), so a dataset never has to fit in memory or on
+local disk at once. Shards are split across ranks (``shards[rank::world]`` of an order shuffled
+per epoch) and then across each rank's DataLoader workers: no sample is read twice, none lost.
 """
 
 from __future__ import annotations
@@ -16,33 +19,41 @@ from __future__ import annotations
 import io
 import json
 import random
-import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 
 import torch
 from torch.utils.data import IterableDataset
 
 from anydit.config import ModalityConfig
-from anydit.data.own import ID_COLUMNS, DataError, _is_missing, _read_cell, problem_kind, read_table
+from anydit.data.own import ID_COLUMNS, is_missing, path_resolver, read_table
+from anydit.errors import DataError, problem_kind
+from anydit.modalities import build_modalities
+from anydit.modalities.base import MAX_FILE_BYTES, file_bytes, is_file_cell
 
 INDEX = "shards.json"
 
 
-def pack(manifest: str | Path, out_dir: str | Path, shard_size: int = 1000) -> list[Path]:
+def pack(
+    manifest: str | Path,
+    out_dir: str | Path,
+    shard_size: int = 1000,
+    root: str | Path | None = None,
+    allow_outside: bool = False,
+) -> list[Path]:
     """Write the rows of ``manifest`` (JSONL, CSV or Parquet) into tar shards in ``out_dir``.
 
-    A cell naming an existing file (relative to the manifest) is stored as that file's bytes;
-    any other cell is stored inline. Missing cells are left out (the modality is absent).
-    Returns the shard paths.
+    A cell naming a media file (by extension, under the manifest's folder or ``root`` unless
+    ``allow_outside``) is stored as that file's bytes; any other cell is stored inline. Missing
+    cells are left out (the modality is absent). Returns the shard paths.
     """
-    if shard_size < 1:
-        raise ValueError(f"data pack: shard size must be >= 1, got {shard_size}")
+    if not isinstance(shard_size, int) or shard_size < 1:
+        raise ValueError(f"data pack: shard size must be an integer >= 1, got {shard_size!r}")
     manifest = Path(manifest)
     rows = read_table(manifest)
     if not rows:
         raise DataError(f"manifest '{manifest}': no rows to pack", "empty dataset")
+    resolve = path_resolver(manifest.parent, Path(root) if root else None, allow_outside)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shards, counts = [], []
@@ -52,26 +63,71 @@ def pack(manifest: str | Path, out_dir: str | Path, shard_size: int = 1000) -> l
         with tarfile.open(path, "w") as tar:
             for i, row in enumerate(chunk, start):
                 for name, value in row.items():
-                    if name in ID_COLUMNS or _is_missing(value):
+                    if name in ID_COLUMNS or is_missing(value):
                         continue
-                    member, data = _member(manifest.parent, f"{i:08d}", name, value)
+                    if not str(name).isidentifier():
+                        raise DataError(
+                            f"manifest '{manifest}', row {i + 1}: column {name!r} is not a "
+                            "modality name (an identifier)",
+                            "unknown column",
+                        )
+                    try:
+                        member, data = _member(resolve, f"{i:08d}", name, value)
+                    except (ValueError, FileNotFoundError) as err:
+                        raise DataError(
+                            f"manifest '{manifest}', row {i + 1}, column '{name}': {err}",
+                            problem_kind(err),
+                        ) from err
                     info = tarfile.TarInfo(member)
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
         shards.append(path)
         counts.append(len(chunk))
-    index = {"shards": [p.name for p in shards], "counts": counts, "manifest": str(manifest)}
+    index = {"shards": [p.name for p in shards], "counts": counts}
     (out / INDEX).write_text(json.dumps(index, indent=2))
     return shards
 
 
-def _member(base: Path, key: str, name: str, value) -> tuple[str, bytes]:
+def _member(resolve, key: str, name: str, value) -> tuple[str, bytes]:
+    if is_file_cell(value):
+        path = resolve(value)
+        return f"{key}.{name}{path.suffix.lower()}", file_bytes(path, f"file '{value}'")
     if isinstance(value, str):
-        path = Path(value) if Path(value).is_absolute() else base / value
-        if path.suffix and path.is_file():
-            return f"{key}.{name}{path.suffix.lower()}", path.read_bytes()
         return f"{key}.{name}.txt", value.encode("utf-8")
     return f"{key}.{name}.json", json.dumps(value).encode("utf-8")
+
+
+def read_index(root: Path) -> tuple[list[Path], dict[str, int]]:
+    """The shards listed in ``root/shards.json`` and their sample counts, checked: names of
+    files inside ``root``, one count (an integer >= 0) per shard."""
+    where = f"shards '{root}'"
+    index_path = root / INDEX
+    if not index_path.is_file():
+        raise FileNotFoundError(f"{where}: no {INDEX} (write shards with anydit data pack)")
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{index_path}: not valid JSON ({err})", "unreadable file") from None
+    names, counts = (
+        index.get(k) if isinstance(index, dict) else None for k in ("shards", "counts")
+    )
+    if not isinstance(names, list) or not isinstance(counts, list) or len(names) != len(counts):
+        raise DataError(
+            f"{index_path}: expected 'shards' (file names) and 'counts' (one per shard) lists",
+            "unreadable file",
+        )
+    for name, count in zip(names, counts, strict=True):
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise DataError(
+                f"{index_path}: shard {name!r} is not a file name inside {root} (paths are "
+                "refused)",
+                "file outside the data folder",
+            )
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise DataError(
+                f"{index_path}: count of '{name}' must be an integer >= 0, got {count!r}"
+            )
+    return [root / n for n in names], dict(zip(names, counts, strict=True))
 
 
 class ShardStream(IterableDataset):
@@ -91,18 +147,9 @@ class ShardStream(IterableDataset):
         seed: int = 0,
         on_error: str = "error",
     ):
-        from anydit.modalities import build_modalities
-
         self.root = Path(path)
         self.where = f"shards '{self.root}'"
-        index_path = self.root / INDEX
-        if not index_path.is_file():
-            raise FileNotFoundError(
-                f"{self.where}: no {INDEX} (write shards with anydit data pack)"
-            )
-        index = json.loads(index_path.read_text())
-        self.shards = [self.root / s for s in index["shards"]]
-        self.counts = dict(zip(index["shards"], index["counts"], strict=True))
+        self.shards, self.counts = read_index(self.root)
         self.modalities = build_modalities(modalities)
         self.fit, self.rank, self.world, self.seed = fit, rank, world, seed
         self.on_error, self.epoch = on_error, 0
@@ -118,16 +165,20 @@ class ShardStream(IterableDataset):
         return order[rank :: self.world]
 
     def batches_per_epoch(self, local_batch: int) -> int:
-        """Batches every rank can fill this epoch (the smallest rank's share decides)."""
+        """Batches every rank can fill this epoch by the index's counts (the smallest rank's
+        share decides); the stream may end sooner if samples are skipped."""
         least = min(sum(self.counts[p.name] for p in self.shards_of(r)) for r in range(self.world))
         return least // local_batch
 
     def label_names(self, name: str) -> set[str]:
         names = set()
         for shard in self.shards:
-            for item in self._read_shard(shard, raw_labels=name):
-                if name in item:
-                    names.add(str(item[name]))
+            for files in self._samples(shard):
+                if name in files:
+                    data, ext = files[name]
+                    if ext in (".txt", ".json"):
+                        text = data.decode("utf-8", errors="replace")
+                        names.add(str(json.loads(text) if ext == ".json" else text).strip())
         return names
 
     def __iter__(self):
@@ -138,70 +189,85 @@ class ShardStream(IterableDataset):
         for shard in mine:
             yield from self._read_shard(shard)
 
-    def _read_shard(self, shard: Path, raw_labels: str | None = None):
-        tmp = Path(tempfile.mkdtemp(prefix="anydit-shard-"))
+    def _samples(self, shard: Path):
+        """{modality: (bytes, extension)} per sample of one shard, in key order; the sample
+        count is checked against the index."""
         try:
-            try:
-                with tarfile.open(shard) as tar:
-                    tar.extractall(tmp, filter="data")
-            except (tarfile.TarError, OSError) as err:
-                message = f"shard '{shard}': not a readable tar ({err})"
-                raise DataError(message, "unreadable file") from None
-            samples: dict[str, dict[str, Path]] = {}
-            for f in sorted(tmp.iterdir()):
-                key, name, *_ = f.name.split(".")
-                samples.setdefault(key, {})[name] = f
-            for key, files in samples.items():
-                if raw_labels is not None:  # only the label values: building a vocabulary
-                    f = files.get(raw_labels)
-                    yield {} if f is None else {raw_labels: _inline(f)}
-                    continue
-                try:
-                    yield self._item(files, tmp)
-                except (ValueError, FileNotFoundError) as err:
-                    message = f"{self.where}, shard '{shard.name}', sample {key}: " + str(
-                        err
-                    ).replace(str(tmp), str(shard))
-                    kind = problem_kind(err)
-                    if self.on_error != "skip":
-                        raise DataError(message, kind) from None
-                    self.skipped[kind] = self.skipped.get(kind, 0) + 1
-                    print(f"data: skipped: {message}")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with tarfile.open(shard) as tar:
+                samples: dict[str, dict[str, tuple[bytes, str]]] = {}
+                for member in tar:
+                    key, name, ext = _split(member.name, shard)
+                    if not member.isfile():
+                        raise DataError(
+                            f"shard '{shard}': member '{member.name}' is not a file",
+                            "unreadable file",
+                        )
+                    if member.size > MAX_FILE_BYTES:
+                        raise DataError(
+                            f"shard '{shard}': member '{member.name}' is too large ({member.size} "
+                            f"bytes; at most {MAX_FILE_BYTES})",
+                            "too large",
+                        )
+                    data = tar.extractfile(member).read()
+                    samples.setdefault(key, {})[name] = (data, ext)
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise DataError(
+                f"shard '{shard}': not a readable tar ({err})", "unreadable file"
+            ) from None
+        expected = self.counts[shard.name]
+        if len(samples) != expected:
+            raise DataError(
+                f"{self.where}: {INDEX} says shard '{shard.name}' holds {expected} samples, it "
+                f"holds {len(samples)}; rewrite the index (anydit data pack)",
+                "index does not match",
+            )
+        for key in sorted(samples):
+            yield samples[key] | {"__key__": key}
 
-    def _item(self, files: dict[str, Path], base: Path) -> dict:
+    def _read_shard(self, shard: Path):
+        for files in self._samples(shard):
+            key = files.pop("__key__")
+            try:
+                yield self._item(files)
+            except (ValueError, FileNotFoundError) as err:
+                message = f"{self.where}, shard '{shard.name}', sample {key}: {err}"
+                kind = problem_kind(err)
+                if self.on_error != "skip":
+                    raise DataError(message, kind) from None
+                self.skipped[kind] = self.skipped.get(kind, 0) + 1
+                print(f"data: skipped: {message}")
+
+    def _item(self, files: dict[str, tuple[bytes, str]]) -> dict:
         item = {}
-        for name, f in files.items():
+        for name, (data, ext) in files.items():
             m = self.modalities.get(name)
             if m is None:
-                known = sorted(self.modalities)
                 raise DataError(
-                    f"member '{f.name}' matches no modality (modalities: {known})",
+                    f"member '{name}{ext}' matches no modality "
+                    f"(modalities: {sorted(self.modalities)})",
                     "unknown column",
                 )
-            value = _inline(f) if f.suffix in (".txt", ".json") and m.cfg.kind != "text" else None
-            if f.suffix == ".txt" and m.cfg.kind == "text":
-                value = f.read_text(encoding="utf-8")
-            item[name] = _read_cell(m, f.name if value is None else value, base, self.fit)
+            item[name] = m.read_member(data, ext, self.fit)
         return item
 
 
-def _inline(f: Path):
-    text = f.read_text(encoding="utf-8")
-    return json.loads(text) if f.suffix == ".json" else text
+def _split(member: str, shard: Path) -> tuple[str, str, str]:
+    """``KEY.NAME.EXT`` -> (key, name, ext)."""
+    parts = member.split(".")
+    if len(parts) != 3 or not all(parts) or "/" in member:
+        raise DataError(
+            f"shard '{shard}': member '{member}' is not named KEY.MODALITY.EXT",
+            "unreadable file",
+        )
+    return parts[0], parts[1], "." + parts[2].lower()
 
 
-def stream_batches(
-    stream: ShardStream, local_batch: int, collate, workers: int, start: int, stop: int
-):
-    """Batches ``start .. stop - 1`` of this rank's stream this epoch, collated (the first
-    ``start`` are read and dropped: that is how a resumed run finds its place)."""
+def stream_batches(stream: ShardStream, local_batch: int, collate, workers: int, start: int):
+    """This rank's batches this epoch from batch ``start`` on, collated, until the stream ends
+    (the first ``start`` are read and dropped: that is how a resumed run finds its place)."""
     loader = torch.utils.data.DataLoader(
         stream, batch_size=local_batch, collate_fn=collate, num_workers=workers, drop_last=True
     )
     for i, batch in enumerate(loader):
-        if i >= stop:
-            break
         if i >= start:
             yield batch

@@ -1,13 +1,15 @@
-"""Datasets by name, and the collate function that turns raw items into model-ready batches."""
+"""Datasets by name, the order batches are read in, and the collate function that turns raw
+items into model-ready batches."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
 from anydit.config import DataConfig, ModalityConfig
+from anydit.errors import DataError, problem_kind
 
 
 def build_dataset(cfg: DataConfig, split: str = "train", modalities=None):
@@ -24,7 +26,9 @@ def build_dataset(cfg: DataConfig, split: str = "train", modalities=None):
     if cfg.source == "arrays":
         return own.ArraysDataset(cfg.path, modalities)
     if cfg.source == "manifest":
-        return own.ManifestDataset(cfg.path, modalities, cfg.image_fit)
+        return own.ManifestDataset(
+            cfg.path, modalities, cfg.image_fit, cfg.root or None, cfg.allow_outside
+        )
     if cfg.source == "folder":
         return own.ImageFolderDataset(cfg.path, modalities, cfg.image_fit)
     if cfg.source == "shards":
@@ -57,7 +61,7 @@ def open_training_data(cfg: DataConfig, modalities: list[ModalityConfig], log=pr
     counts: dict[str, int] = {}
     if cfg.source == "shards":  # streamed: bad samples are skipped (or not) as they come
         if not sum(dataset.counts.values()):
-            raise own.DataError(f"{dataset.where}: no samples to train on", "empty dataset")
+            raise DataError(f"{dataset.where}: no samples to train on", "empty dataset")
         _standardise(modalities, dataset, log)
         return dataset, dataset.skipped
     if cfg.on_error == "skip":
@@ -69,7 +73,7 @@ def open_training_data(cfg: DataConfig, modalities: list[ModalityConfig], log=pr
         if counts:
             log(f"data: skipped {len(report.problems)} samples: {counts}")
     if len(dataset) == 0:
-        raise own.DataError(f"{dataset.where}: no samples to train on", "empty dataset")
+        raise DataError(f"{dataset.where}: no samples to train on", "empty dataset")
     _standardise(modalities, dataset, log)
     return dataset, counts
 
@@ -81,29 +85,24 @@ def _standardise(modalities, dataset, log) -> None:
         log(f"data: vector '{name}' standardised with the training data's mean and std")
 
 
-def make_collate(model) -> Callable[[list[dict]], tuple[dict[str, Tensor], dict[str, Tensor]]]:
+def make_collate(modalities) -> Callable[[list[dict]], tuple[dict[str, Tensor], dict[str, Tensor]]]:
     """Items -> (batch {modality: (b, *shape)}, present {modality: (b,) bool}).
 
-    Tensors are stacked, text strings tokenised, label names mapped to ids. A modality an item
-    lacks gets a placeholder value and ``present = False`` (the objective drops it for that
-    sample); ``present`` only lists modalities that some item lacks.
+    Each modality collates its own values (text strings are tokenised, label names mapped to
+    ids). A modality an item lacks gets a placeholder value and ``present = False`` (the
+    objective drops it for that sample); ``present`` only lists modalities that some item lacks.
     """
-    mods = model.modalities
 
     def collate(items: list[dict]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         batch, present = {}, {}
-        for name, m in mods.items():
+        for name, m in modalities.items():
             have = torch.tensor([name in item for item in items])
             if not have.any():
-                batch[name] = _placeholder(m, len(items))
+                batch[name] = m.placeholder(len(items))
                 present[name] = have
                 continue
             first = next(item[name] for item in items if name in item)
-            values = [item.get(name, first) for item in items]  # placeholders: any real value
-            if isinstance(values[0], str):
-                batch[name] = m.prepare(values)
-            else:
-                batch[name] = m.prepare(torch.stack([torch.as_tensor(v) for v in values]))
+            batch[name] = m.collate([item.get(name, first) for item in items])  # stand-ins
             if not have.all():
                 present[name] = have
         return batch, present
@@ -111,24 +110,14 @@ def make_collate(model) -> Callable[[list[dict]], tuple[dict[str, Tensor], dict[
     return collate
 
 
-def _placeholder(m, n: int) -> Tensor:
-    if m.discrete:
-        return torch.zeros(n, *m.shape, dtype=torch.long)
-    return torch.zeros(n, *m.shape)
-
-
 class _Failed:
     """A sample that could not be read in a worker: carried to the training process, which
     raises it there with the original message (a worker's traceback would bury it)."""
 
     def __init__(self, err: Exception):
-        from anydit.data.own import problem_kind
-
         self.message, self.kind = str(err), problem_kind(err)
 
     def raise_(self):
-        from anydit.data.own import DataError
-
         raise DataError(self.message, self.kind)
 
 
@@ -173,3 +162,43 @@ def epoch_loader(dataset, batches: list[Tensor], collate, workers: int = 0):
             yield out
 
     return batches_in_order()
+
+
+def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:
+    """The global index batches of one epoch: a permutation from (seed, epoch), the last
+    partial batch dropped."""
+    if n < batch_size:
+        raise ValueError(f"dataset has {n} samples, fewer than train.batch_size = {batch_size}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return [perm[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+def epoch_batches(
+    dataset,
+    epoch: int,
+    start: int,
+    rank: int,
+    world: int,
+    batch_size: int,
+    seed: int,
+    collate,
+    workers: int,
+) -> tuple[Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]], int]:
+    """This rank's (batch, present) pairs of ``epoch`` from batch ``start`` on, and the number of
+    batches the epoch has. ``batch_size`` is the global batch; each rank reads its share. A
+    streamed dataset's epoch may end sooner than that number (skipped samples): it ends when
+    the stream does."""
+    from anydit.data.shards import ShardStream, stream_batches
+
+    local = batch_size // world
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    if isinstance(dataset, ShardStream):  # streamed: each rank reads its own shards
+        dataset.rank, dataset.world = rank, world
+        n = dataset.batches_per_epoch(local)
+        if n == 0:
+            raise ValueError(f"{dataset.where}: too few samples per rank for a batch of {local}")
+        return stream_batches(dataset, local, collate, workers, start), n
+    batches = batch_order(len(dataset), batch_size, seed, epoch)
+    mine = [b[rank * local : (rank + 1) * local] for b in batches[start:]]
+    return epoch_loader(dataset, mine, collate, workers), len(batches)

@@ -14,14 +14,9 @@ import numpy as np
 from torch import Tensor
 
 from anydit.data.digits import DIGIT_NAMES
-from anydit.data.files import (
-    codec_params,
-    display_scale,
-    logmel_image,
-    write_grid,
-    write_logmel_wav,
-)
 from anydit.eval.metrics import TASKS, format_table
+from anydit.modalities.logmel import logmel_image, write_logmel_wav
+from anydit.modalities.pictures import display_scale, write_grid
 
 __all__ = ["write_gallery"]
 
@@ -257,7 +252,7 @@ def write_gallery(
     out = Path(out_dir) / "gallery"
     out.mkdir(parents=True, exist_ok=True)
     samples = results.get("samples", {})
-    sounds = _Sounds(out, codec_params(model.modalities["audio"].cfg), griffin_lim_iters)
+    sounds = _Sounds(out, model.modalities["audio"].mel, griffin_lim_iters)
     sections = [
         _task_section(
             _Section(out, model, name, samples[name], sounds, wav_per_digit), metrics.get(name)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from anydit.config import SampleConfig
 from anydit.data.digits import (
     DIGIT_NAMES,
     caption_templates,
@@ -37,6 +38,7 @@ from anydit.eval.judges import (
     real_nearest_train_distance,
 )
 from anydit.sampling import sample
+from anydit.sampling import settings as sampling_settings
 
 __all__ = [
     "BARS",
@@ -151,8 +153,8 @@ def _share(a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> float:
 class _Run:
     """Shared state of one evaluation: sampler settings, judges, real data, the given labels."""
 
-    def __init__(self, model, n_per_class: int, sample_kw: dict, seed: int) -> None:
-        self.model, self.sample_kw, self.seed = model, sample_kw, seed
+    def __init__(self, model, n_per_class: int, config: SampleConfig, seed: int) -> None:
+        self.model, self.config, self.seed = model, config, seed
         self.judge_image, self.judge_audio = get_judges()
         self.labels = torch.arange(len(DIGIT_NAMES)).repeat_interleave(n_per_class)  # (N,)
         images, image_labels = load_digit_images("test")  # (360, 1, 8, 8), (360,)
@@ -164,10 +166,11 @@ class _Run:
     def sample(self, task_index: int, task: dict, n: int, source: str) -> dict[str, Tensor]:
         """One task's samples; guidance is the weight for ``source`` (what is given, or
         "joint") when ``guidance`` is a dict, else the one float."""
-        kw = dict(self.sample_kw)
-        if isinstance(kw["guidance"], dict):
-            kw["guidance"] = kw["guidance"].get(source, 1.0)
-        out = sample(self.model, task, n=n, seed=self.seed + task_index, **kw)
+        w = self.config.guidance
+        w = w.get(source, 1.0) if isinstance(w, dict) else w
+        out = sample(
+            self.model, task, n=n, seed=self.seed + task_index, config=self.config, guidance=w
+        )
         return {k: v.detach().cpu() for k, v in out.items()}
 
     def conditional(self, i: int, given: dict, target: str) -> dict:
@@ -256,30 +259,29 @@ def _audio_statistics(run: _Run, audio: Tensor) -> dict[str, float]:
     return {"fid_audio": frechet_distance(features(audio), features(run.real_audio))}
 
 
+EVAL_SAMPLING = SampleConfig(unmasking="confidence")  # captions come out spelled right
+SOURCES = ("label", "text", "image", "audio", "joint")
+
+
 def evaluate_digits(
     model,
     n_per_class: int = 20,
-    steps: int = 32,
-    solver: str = "euler",
-    guidance: float | dict[str, float] = 1.0,
+    config: SampleConfig | None = None,
     seed: int = 0,
-    precision: str = "fp32",
     progress: bool = False,
     tasks: tuple[str, ...] | list[str] = TASKS,
-    unmasking: str = "confidence",
-    guidance_interval: tuple[float, float] = (0.0, 1.0),
-    shift: float | None = None,
+    **settings,
 ) -> dict:
     """Evaluate a model over the digits modalities (image, label, text, audio).
 
     Args:
         n_per_class: samples per digit and task (``joint`` draws ``10 * n_per_class``).
-        steps, solver, guidance, guidance_interval, shift, precision, unmasking: passed to
-            ``anydit.sample`` (confidence-ordered unmasking by default: captions come out
-            spelled right). ``joint`` has nothing given, so there guidance pulls each
-            generated modality towards agreement with the others. ``guidance`` may be a dict
-            {source: w} with sources "label", "text", "image", "audio" (the given modality
-            of a task) and "joint"; a source it does not name is not guided.
+        config: the sampler settings (default ``EVAL_SAMPLING``: confidence-ordered unmasking);
+            ``settings`` (steps=..., guidance=..., any ``SampleConfig`` field) replace fields
+            of it. ``joint`` has nothing given, so there guidance pulls each generated modality
+            towards agreement with the others. ``guidance`` may be a dict {source: w} with
+            sources "label", "text", "image", "audio" (the given modality of a task) and
+            "joint"; a source it does not name is not guided.
         seed: task ``i`` of ``TASKS`` samples with seed ``seed + i``.
         tasks: a subset of ``TASKS`` to run (image statistics need ``label_to_image``,
             ``fid_audio`` needs ``label_to_audio``).
@@ -290,29 +292,22 @@ def evaluate_digits(
         ``fid_audio``, ``judge_image_real_acc``, ``judge_audio_real_acc``; plus ``samples``
         (not a metric): per task ``{"labels", "given", "generated", "predicted"}``.
     """
+    config = sampling_settings(config or EVAL_SAMPLING, **settings)
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"evaluate_digits: unknown tasks {unknown}; expected some of {TASKS}")
-    if n_per_class < 1:
-        raise ValueError(f"evaluate_digits: n_per_class must be >= 1, got {n_per_class}")
+    if not isinstance(n_per_class, int) or n_per_class < 1:
+        raise ValueError(
+            f"evaluate_digits: n_per_class must be an integer >= 1, got {n_per_class!r}"
+        )
     _check_model(model)
-    if isinstance(guidance, dict):
-        bad = sorted(set(guidance) - {"label", "text", "image", "audio", "joint"})
+    if isinstance(config.guidance, dict):
+        bad = sorted(set(config.guidance) - set(SOURCES))
         if bad:
             raise ValueError(
-                f"evaluate_digits: guidance names {bad}; expected some of "
-                "label, text, image, audio, joint"
+                f"evaluate_digits: guidance names {bad}; expected some of {', '.join(SOURCES)}"
             )
-    kw = {
-        "steps": steps,
-        "solver": solver,
-        "guidance": guidance,
-        "precision": precision,
-        "unmasking": unmasking,
-        "guidance_interval": guidance_interval,
-        "shift": shift,
-    }
-    run = _Run(model, n_per_class, kw, seed)
+    run = _Run(model, n_per_class, config, seed)
     metrics: dict = {
         "judge_image_real_acc": run.judge_image.accuracy_on_real_test(),
         "judge_audio_real_acc": run.judge_audio.accuracy_on_real_test(),

@@ -1,41 +1,31 @@
-"""How training targets are made: probability paths, time samplers and the objective."""
+"""How training targets are made: roles, probability paths, time samplers and the objective."""
 
 from anydit.flow.objective import (
-    DROPPED,
-    GENERATE,
-    GIVEN,
+    Loss,
     TrainingInputs,
     make_inputs,
+    scored_counts,
     training_loss,
+    training_objective,
 )
-from anydit.flow.paths import (
-    PathSample,
-    data_from_velocity,
-    interpolate,
-    mask_tokens,
-    noise_from_velocity,
-    reveal_mask,
-    sample_path,
-    velocity_from_data,
-)
-from anydit.flow.times import sample_times, shift_time, time_grid
+from anydit.flow.paths import PathSample, interpolate, reveal_mask, sample_path
+from anydit.flow.roles import Role, assemble, role_times
+from anydit.flow.times import sample_times, shift_time
 
 __all__ = [
-    "DROPPED",
-    "GENERATE",
-    "GIVEN",
+    "Loss",
     "PathSample",
+    "Role",
     "TrainingInputs",
-    "data_from_velocity",
+    "assemble",
     "interpolate",
     "make_inputs",
-    "mask_tokens",
     "reveal_mask",
-    "noise_from_velocity",
+    "role_times",
     "sample_path",
     "sample_times",
+    "scored_counts",
     "shift_time",
-    "time_grid",
     "training_loss",
-    "velocity_from_data",
+    "training_objective",
 ]

@@ -1,7 +1,7 @@
 """The any-to-any training objective.
 
-Per sample and per modality a role is drawn: ``given`` (t = 1, the clean value, a condition),
-``dropped`` (t = 0, pure noise or all masks, marginalised out) or ``generate`` (t from the
+Per sample and per modality a role is drawn (``flow.roles``): given (t = 1, the clean value, a
+condition), dropped (t = 0, pure noise or all masks, marginalised out) or generate (t from the
 modality's time sampler). A modality missing from a sample is dropped for it. With per-token
 times, a generated modality may also have a random share of its tokens given (t = 1 on those
 tokens): that trains inpainting and continuation.
@@ -21,17 +21,16 @@ from torch import Tensor
 
 from anydit.config import FlowConfig
 from anydit.flow.paths import reveal_mask, sample_path
+from anydit.flow.roles import Role, assemble
 from anydit.flow.times import sample_times
-
-GENERATE, GIVEN, DROPPED = 0, 1, 2
+from anydit.modalities import Modality, outputs_of
 
 
 @dataclass
 class TrainingInputs:
     """What the network sees and what it is scored on. Per modality name:
     tokens (b, n, p) or (b, n) ids; times (b,) or (b, n); targets like tokens (velocity or clean
-    ids); scored (b, n) bool, the tokens that count in the loss; roles (b,) ints; and
-    scored_total, the number of scored tokens in the whole (global) batch."""
+    ids); scored (b, n) bool, the tokens that count in the loss; roles (b,) ``Role`` codes."""
 
     tokens: dict[str, Tensor]
     times: dict[str, Tensor]
@@ -40,29 +39,39 @@ class TrainingInputs:
     roles: dict[str, Tensor]
 
 
+@dataclass
+class Loss:
+    """A training loss: ``total`` (the weighted sum backward sees) and ``parts``, each
+    modality's mean loss over its scored tokens (detached, for logs)."""
+
+    total: Tensor
+    parts: dict[str, Tensor]
+
+
 def draw_roles(
-    model, batch_size: int, generator: torch.Generator | None, device
+    modalities: dict[str, Modality], batch_size: int, generator: torch.Generator | None, device
 ) -> dict[str, Tensor]:
     """(b,) role per modality from its p_given / p_drop (a condition-only modality is given
     unless dropped)."""
     roles = {}
-    for name, m in model.modalities.items():
+    for name, m in modalities.items():
         u = torch.rand(batch_size, generator=generator, device=device)
-        role = torch.full((batch_size,), GENERATE, dtype=torch.long, device=device)
+        role = torch.full((batch_size,), Role.GENERATE, dtype=torch.long, device=device)
         if not m.cfg.generate:  # a condition only: given, or dropped with p_drop
-            role[:] = GIVEN
-            role[u < m.cfg.p_drop] = DROPPED
+            role[:] = Role.GIVEN
+            role[u < m.cfg.p_drop] = Role.DROP
         else:
-            role[u < m.cfg.p_given] = GIVEN
-            role[(u >= m.cfg.p_given) & (u < m.cfg.p_given + m.cfg.p_drop)] = DROPPED
+            role[u < m.cfg.p_given] = Role.GIVEN
+            role[(u >= m.cfg.p_given) & (u < m.cfg.p_given + m.cfg.p_drop)] = Role.DROP
         roles[name] = role
     return roles
 
 
 def make_inputs(
-    model,
+    modalities: dict[str, Modality],
     batch: dict[str, Tensor],
     flow: FlowConfig,
+    per_token: bool = False,
     present: dict[str, Tensor] | None = None,
     generator: torch.Generator | None = None,
     rows: slice | None = None,
@@ -73,9 +82,10 @@ def make_inputs(
     Every random draw (roles, times, masks, noise) is made for the ``global_batch`` and then
     cut to ``rows``: a process holding rows r0:r1 of a global batch sees exactly what a single
     process would see for those rows, so data-parallel training reproduces single-process
-    training. By default the batch is the whole global batch.
+    training. By default the batch is the whole global batch. ``per_token``: the model takes a
+    time per token (then a share of tokens may be given, ``p_partial``).
     """
-    missing = [n for n in model.names if n not in batch]
+    missing = [n for n in modalities if n not in batch]
     if missing:
         raise ValueError(f"training batch lacks modalities {missing} (has {sorted(batch)})")
     b = next(iter(batch.values())).shape[0]
@@ -84,10 +94,9 @@ def make_inputs(
     if rows.stop - rows.start != b:
         raise ValueError(f"rows {rows} do not match the local batch of {b}")
     device = next(iter(batch.values())).device
-    g_roles = draw_roles(model, total, generator, device)
-    per_token = model.cfg.per_token_time
+    g_roles = draw_roles(modalities, total, generator, device)
     out = TrainingInputs({}, {}, {}, {}, {})
-    for name, m in model.modalities.items():
+    for name, m in modalities.items():
         n_tok = m.num_tokens
         t = sample_times(
             m.cfg.time_sampler,
@@ -101,38 +110,40 @@ def make_inputs(
         role = g_roles[name]
         if present is not None and name in present:  # absent here: dropped for that sample
             local = role[rows].clone()
-            local[~present[name].to(device).bool()] = DROPPED
+            local[~present[name].to(device).bool()] = Role.DROP
             role = role.clone()
             role[rows] = local
-        t = torch.where(role == GIVEN, 1.0, torch.where(role == DROPPED, 0.0, t))  # (B,)
-        scored = (role == GENERATE)[:, None].expand(total, n_tok).clone()  # (B, n)
-        if per_token:
-            t = t[:, None].expand(total, n_tok).clone()  # (B, n)
-            if m.cfg.p_partial > 0:
-                partial = torch.rand(total, generator=generator, device=device) < m.cfg.p_partial
-                share = torch.rand(total, 1, generator=generator, device=device)  # share given
-                known = torch.rand(total, n_tok, generator=generator, device=device) < share
-                known &= partial[:, None] & scored
-                t = torch.where(known, 1.0, t)
-                scored &= ~known
+        scored = (role == Role.GENERATE)[:, None].expand(total, n_tok).clone()  # (B, n)
+        token_role = role
+        if per_token and m.cfg.p_partial > 0:
+            partial = torch.rand(total, generator=generator, device=device) < m.cfg.p_partial
+            share = torch.rand(total, 1, generator=generator, device=device)  # share given
+            known = torch.rand(total, n_tok, generator=generator, device=device) < share
+            known &= partial[:, None] & scored
+            token_role = torch.where(known, Role.GIVEN, role[:, None])  # (B, n)
+            scored &= ~known
+        tokens, times = assemble(token_role, t, t, None, None, n_tok, per_token)  # times only
         clean = m.tokenize(batch[name].to(device))  # (b, n, p) or (b, n)
         if m.discrete:
-            keep = reveal_mask((total, n_tok), t, generator)
+            keep = reveal_mask((total, n_tok), times, generator)
             scored &= ~keep  # only masked tokens carry a loss
-            keep = keep[rows]
-            noisy = torch.where(keep, clean, torch.full_like(clean, m.mask_id))
+            noisy = torch.where(keep[rows], clean, torch.full_like(clean, m.mask_id))
             out.targets[name] = clean
+            empty = torch.full_like(clean, m.mask_id)
         else:
             x0 = torch.randn((total, *clean.shape[1:]), generator=generator, device=device)
-            path = sample_path(clean, t[rows], x0[rows].to(clean.dtype))
-            noisy = path.x_t
+            path = sample_path(clean, times[rows], x0[rows].to(clean.dtype))
+            noisy, empty = path.x_t, x0[rows].to(clean.dtype)
             out.targets[name] = path.velocity
-        out.tokens[name], out.times[name] = noisy, t[rows]
+        local_role = token_role[rows]
+        out.tokens[name], out.times[name] = assemble(
+            local_role, times[rows], noisy, clean, empty, n_tok, per_token
+        )
         out.scored[name], out.roles[name] = scored[rows], role[rows]
     return out
 
 
-def scored_loss_sum(pred: Tensor, target: Tensor, scored: Tensor, discrete: bool) -> Tensor:
+def loss_sum(pred: Tensor, target: Tensor, scored: Tensor, discrete: bool) -> Tensor:
     """Loss summed over the scored tokens (b, n): cross-entropy of the clean token (discrete)
     or squared velocity error averaged over features (continuous)."""
     if discrete:
@@ -144,20 +155,34 @@ def scored_loss_sum(pred: Tensor, target: Tensor, scored: Tensor, discrete: bool
     return (per_token * scored.to(per_token.dtype)).sum()
 
 
-def combine_losses(
-    model, sums: dict[str, Tensor], counts: dict[str, Tensor], scale: float = 1.0
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-modality means sum/count (0 where nothing is scored) and their weighted total,
-    times ``scale`` (data parallel: the world size, so that averaging gradients over processes
-    gives the gradient of the global mean)."""
-    total = torch.zeros((), device=next(iter(sums.values())).device)
+def scored_counts(
+    modalities: dict[str, Modality], inputs: list[TrainingInputs]
+) -> dict[str, Tensor]:
+    """Scored tokens per generated modality over some micro-batches (the loss's divisor)."""
+    return {n: sum(i.scored[n].sum() for i in inputs) for n in outputs_of(modalities)}
+
+
+def training_objective(
+    modalities: dict[str, Modality],
+    preds: dict[str, Tensor],
+    inputs: TrainingInputs,
+    counts: dict[str, Tensor],
+    scale: float = 1.0,
+) -> Loss:
+    """Each generated modality's mean loss sum / count (0 where nothing is scored) and their
+    ``loss_weight``-ed total, times ``scale`` (data parallel: the world size, so that averaging
+    gradients over processes gives the gradient of the global mean)."""
+    total = None
     parts = {}
-    for name in model.outputs:
-        m = model.modalities[name]
-        loss = sums[name] / counts[name].to(sums[name].dtype).clamp(min=1.0)
-        total = total + m.cfg.loss_weight * loss
-        parts[name] = loss.detach()
-    return total * scale, parts
+    for name in outputs_of(modalities):
+        m = modalities[name]
+        s = loss_sum(preds[name], inputs.targets[name], inputs.scored[name], m.discrete)
+        mean = s / counts[name].to(s.dtype).clamp(min=1.0)
+        total = (
+            torch.zeros((), device=s.device) if total is None else total
+        ) + m.cfg.loss_weight * mean
+        parts[name] = mean.detach()
+    return Loss(total * scale, parts)
 
 
 def training_loss(
@@ -166,14 +191,12 @@ def training_loss(
     flow: FlowConfig | None = None,
     present: dict[str, Tensor] | None = None,
     generator: torch.Generator | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """One any-to-any training loss: (weighted total, {modality: mean loss} for logging)."""
-    inputs = make_inputs(model, batch, flow or FlowConfig(), present, generator)
+) -> Loss:
+    """One any-to-any training loss of ``model`` on a raw batch (name -> (b, *shape))."""
+    inputs = make_inputs(
+        model.modalities, batch, flow or FlowConfig(), model.cfg.per_token_time, present, generator
+    )
     preds = model(inputs.tokens, inputs.times)
-    sums = {
-        n: scored_loss_sum(
-            preds[n], inputs.targets[n], inputs.scored[n], model.modalities[n].discrete
-        )
-        for n in model.outputs
-    }
-    return combine_losses(model, sums, {n: inputs.scored[n].sum() for n in sums})
+    return training_objective(
+        model.modalities, preds, inputs, scored_counts(model.modalities, [inputs])
+    )

@@ -4,8 +4,6 @@ Continuous (rectified flow / linear interpolation):
 
     x_t = t * x1 + (1 - t) * x0,    x0 ~ N(0, I),    target velocity v = x1 - x0
 
-so from a velocity prediction v at (x_t, t):  x1 = x_t + (1 - t) v  and  x0 = x_t - t v.
-
 Discrete (absorbing state / masked diffusion): each token is revealed (kept) with probability
 t and is the mask id otherwise; the network predicts the clean token's logits.
 """
@@ -47,32 +45,9 @@ def sample_path(x1: Tensor, t: Tensor, x0: Tensor) -> PathSample:
     return PathSample(x0=x0, x1=x1, t=t, x_t=interpolate(x0, x1, t), velocity=x1 - x0)
 
 
-def data_from_velocity(x_t: Tensor, v: Tensor, t: Tensor) -> Tensor:
-    """x1 = x_t + (1 - t) v."""
-    return x_t + (1 - expand_time(t, x_t)) * v
-
-
-def noise_from_velocity(x_t: Tensor, v: Tensor, t: Tensor) -> Tensor:
-    """x0 = x_t - t v."""
-    return x_t - expand_time(t, x_t) * v
-
-
-def velocity_from_data(x_t: Tensor, x1: Tensor, t: Tensor) -> Tensor:
-    """v = (x1 - x_t) / (1 - t); undefined at t = 1."""
-    return (x1 - x_t) / (1 - expand_time(t, x_t))
-
-
 def reveal_mask(
     shape: tuple[int, int], t: Tensor, generator: torch.Generator | None = None
 ) -> Tensor:
     """(b, n) bools, each True (revealed) with probability t ((b,) or (b, n))."""
     u = torch.rand(shape, generator=generator, device=t.device)
     return u < (t[:, None] if t.dim() == 1 else t)
-
-
-def mask_tokens(
-    ids: Tensor, t: Tensor, mask_id: int, generator: torch.Generator | None = None
-) -> Tensor:
-    """Keep each token with probability t, else replace it by ``mask_id``. ids (b, n)."""
-    keep = reveal_mask(tuple(ids.shape), t.to(ids.device), generator)
-    return torch.where(keep, ids, torch.full_like(ids, mask_id))

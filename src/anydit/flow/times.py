@@ -1,4 +1,4 @@
-"""Time samplers for training and time grids for sampling, with the timestep shift.
+"""Time samplers for training, and the timestep shift that training and sampling share.
 
 The shift s maps a uniform u to t = u / (u + s (1 - u)); s > 1 spends more of training and of
 the sampling steps near noise (t small), which large token counts need (SD3, section 5.3.2).
@@ -38,10 +38,3 @@ def sample_times(
     else:
         raise ValueError(f"time sampler: expected 'uniform' or 'logit_normal', got {sampler!r}")
     return shift_time(u, shift)
-
-
-def time_grid(steps: int, shift: float = 1.0, dtype: torch.dtype = torch.float32) -> Tensor:
-    """steps + 1 times from 0 to 1: a uniform grid, shifted. (steps + 1,)"""
-    if steps < 1:
-        raise ValueError(f"time grid: expected steps >= 1, got {steps}")
-    return shift_time(torch.linspace(0, 1, steps + 1, dtype=torch.float64), shift).to(dtype)

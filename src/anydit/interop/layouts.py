@@ -81,6 +81,7 @@ def sd3_architecture(
         rope=False,
         pos_table=config["pos_embed_max_size"],
         shift=3.0,  # the SD3 pipelines' flow-matching schedule shift
+        codec="latent",  # latents of an autoencoder (import --vae names it: codec "vae")
     )
     model = _model_config(
         config,
@@ -109,6 +110,7 @@ def flux_architecture(
         shape=(config["in_channels"] // 4, height or 128, width or 128),
         patch=2,
         shift=3.0,  # near Flux's resolution-dependent shift at 1024 pixels (e^1.15)
+        codec="latent",
     )
     mods = [image, *_text_modalities(config, text_tokens, names)]
     if config["guidance_embeds"]:

@@ -1,26 +1,28 @@
-"""Modalities: how each kind of data becomes tokens (and positions) and back."""
+"""Modalities: each kind of data in its own file -- its config rules, raw values <-> tokens and
+positions, and the files it reads and writes. Codecs (log-mel, VAE latents) sit here too."""
 
-from anydit.config import ModalityConfig
-from anydit.modalities.base import POSITION_AXES, Modality
-from anydit.modalities.continuous import Image, Sequence, Vector, Video
-from anydit.modalities.discrete import ByteTokenizer, HFTokenizer, Label, Text
+from __future__ import annotations
+
+from anydit.modalities.base import Modality
+from anydit.modalities.image import Image
+from anydit.modalities.label import Label
+from anydit.modalities.sequence import Sequence
+from anydit.modalities.text import ByteTokenizer, HFTokenizer, Text
+from anydit.modalities.vector import Vector
+from anydit.modalities.video import Video
 
 KIND_CLASSES: dict[str, type[Modality]] = {
-    "image": Image,
-    "video": Video,
-    "sequence": Sequence,
-    "vector": Vector,
-    "label": Label,
-    "text": Text,
+    cls.kind: cls for cls in (Image, Video, Sequence, Vector, Label, Text)
 }
+KINDS = tuple(KIND_CLASSES)
 
 
-def build_modality(cfg: ModalityConfig) -> Modality:
-    """The Modality object for a config."""
+def build_modality(cfg) -> Modality:
+    """The Modality object for a ``ModalityConfig``."""
     return KIND_CLASSES[cfg.kind](cfg)
 
 
-def build_modalities(cfgs: list[ModalityConfig]) -> dict[str, Modality]:
+def build_modalities(cfgs) -> dict[str, Modality]:
     """Modalities by name, in canonical (sorted) order, with shared clocks resolved.
 
     Canonical order makes results independent of the order modalities were declared in.
@@ -38,12 +40,18 @@ def build_modalities(cfgs: list[ModalityConfig]) -> dict[str, Modality]:
     return mods
 
 
+def outputs_of(modalities: dict[str, Modality]) -> list[str]:
+    """The modalities a model predicts: those that can be generated (not condition-only or
+    pooled), in canonical order."""
+    return [n for n, m in modalities.items() if m.cfg.generate]
+
+
 __all__ = [
-    "POSITION_AXES",
+    "KINDS",
+    "KIND_CLASSES",
     "ByteTokenizer",
     "HFTokenizer",
     "Image",
-    "KIND_CLASSES",
     "Label",
     "Modality",
     "Sequence",
@@ -52,4 +60,5 @@ __all__ = [
     "Video",
     "build_modalities",
     "build_modality",
+    "outputs_of",
 ]

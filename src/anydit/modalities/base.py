@@ -1,31 +1,117 @@
-"""The contract every modality kind fulfils: raw tensor <-> tokens + positions.
+"""The contract every kind of modality fulfils: its config, raw values <-> tokens + positions,
+and the files it reads and writes.
 
 Ein notation: b batch, n tokens of this modality, p features per token.
 
 Positions are three rotary axes (time, row, column). A modality without some axis puts 0 there,
 and a modality without positions (vector, label) puts 0 everywhere: rotation by 0 is the
 identity, so those tokens are matched by content alone.
+
+Values come from three places, read by one set of methods:
+
+    read_value(text)          a command-line value: a file (by extension) or a literal
+    read_cell(value, resolve) a manifest cell: a media file (by extension, resolved under the
+                              data root) or an inline value (string, number, list)
+    read_member(bytes, ext)   a shard member: a media file's bytes, or an inline value
+                              (``.txt`` / ``.json``): members are data, never paths
 """
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
 import torch
 from torch import Tensor
 
-from anydit.config import ModalityConfig
+from anydit.errors import ConfigError
 
-POSITION_AXES = 3  # (time, row, column)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+# A manifest cell naming a file ends in one of these; anything else is an inline value.
+MEDIA_EXTENSIONS = (".npy", *IMAGE_EXTENSIONS, *AUDIO_EXTENSIONS)
+MAX_FILE_BYTES = 256 * 2**20  # one sample's file; larger is refused before it is read
+
+Source = Path | bytes  # a file on disk, or a file's bytes (a shard member)
+
+
+def check(ok: bool, where: str, expected: str, got: Any) -> None:
+    """Raise a ``ConfigError`` naming ``where`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{where}: expected {expected}, got {got!r}")
+
+
+def is_file_cell(value: Any) -> bool:
+    """Whether a manifest cell names a file: a string ending in a media extension."""
+    return isinstance(value, str) and Path(value).suffix.lower() in MEDIA_EXTENSIONS
+
+
+def file_bytes(source: Source, where: str) -> bytes:
+    """The bytes of a file (size checked first) or the bytes themselves."""
+    if isinstance(source, bytes):
+        data = source
+    else:
+        if not source.is_file():
+            raise FileNotFoundError(f"{where}: file '{source}' does not exist")
+        size = source.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ValueError(
+                f"{where}: file '{source}' is too large ({size} bytes; at most {MAX_FILE_BYTES})"
+            )
+        data = source.read_bytes()
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(
+            f"{where}: file is too large ({len(data)} bytes; at most {MAX_FILE_BYTES})"
+        )
+    return data
+
+
+def opened(source: Source):
+    """A path or a binary stream over the bytes, for readers that take either."""
+    return io.BytesIO(source) if isinstance(source, bytes) else source
+
+
+def source_name(source: Source) -> str:
+    return "(member)" if isinstance(source, bytes) else f"'{source}'"
 
 
 class Modality:
-    """Base class: one kind of data. Subclasses set ``discrete`` and implement the hooks."""
+    """One kind of data. Subclasses set the class attributes and implement the hooks.
 
-    discrete: bool = False
+    ``options`` are the ``ModalityConfig`` fields this kind takes beyond the ones every kind
+    takes; a field outside them that differs from its default is a config error naming it.
+    """
 
-    def __init__(self, cfg: ModalityConfig):
+    kind: ClassVar[str] = ""
+    discrete: ClassVar[bool] = False
+    rank: ClassVar[int] = 0  # dimensions of one raw sample
+    options: ClassVar[frozenset[str]] = frozenset()
+    extensions: ClassVar[tuple[str, ...]] = (".npy",)  # files it reads
+
+    def __init__(self, cfg):
         self.cfg = cfg
         self.name = cfg.name
-        self.time_scale = 1.0  # set by the model when several modalities share a clock
+        self.time_scale = 1.0  # time positions per token; shared clocks set it
+
+    # --- config ----------------------------------------------------------------------------
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Validate a ``ModalityConfig`` of this kind; errors name the field."""
+        shape = tuple(cfg.shape)
+        check(
+            len(shape) == cls.rank and all(s > 0 for s in shape),
+            f"modality '{cfg.name}'.shape",
+            f"{cls.rank} positive sizes for kind '{cls.kind}'",
+            shape,
+        )
+        cls.check_kind(cfg, f"modality '{cfg.name}'")
+
+    @classmethod
+    def check_kind(cls, cfg, where: str) -> None:
+        """The kind's own rules (divisibility by patches, codecs, classes...)."""
 
     # --- sizes -----------------------------------------------------------------------------
     @property
@@ -76,9 +162,17 @@ class Modality:
         dtype and what came.
         """
         x = value if isinstance(value, Tensor) else torch.as_tensor(value)
-        return self._batch(self._check_dtype(x), n)
+        return self.batch(self.check_dtype(x), n)
 
-    def _check_dtype(self, x: Tensor) -> Tensor:
+    def collate(self, values: list) -> Tensor:
+        """Values read from data (one per sample) -> a batch (b, *shape), checked."""
+        return self.prepare(torch.stack([torch.as_tensor(v) for v in values]))
+
+    def placeholder(self, n: int) -> Tensor:
+        """A batch of n stand-in values for samples that lack this modality."""
+        return torch.zeros(n, *self.shape, dtype=torch.long if self.discrete else torch.float32)
+
+    def check_dtype(self, x: Tensor) -> Tensor:
         if self.discrete:
             if x.dtype.is_floating_point or x.dtype == torch.bool:
                 raise ValueError(
@@ -94,7 +188,8 @@ class Modality:
             raise ValueError(f"modality '{self.name}': value contains NaN or inf")
         return x
 
-    def _batch(self, x: Tensor, n: int | None) -> Tensor:
+    def batch(self, x: Tensor, n: int | None) -> Tensor:
+        """(*shape) -> (n, *shape) repeated, or a batch (n, *shape) checked."""
         shape = tuple(self.shape)
         if tuple(x.shape) == shape:
             return x.unsqueeze(0).expand(n or 1, *shape).clone()
@@ -102,12 +197,105 @@ class Modality:
             return x
         want = f"{shape} (one sample) or (n, *{shape})" + (f" with n = {n}" if n else "")
         raise ValueError(
-            f"modality '{self.name}' ({self.cfg.kind}): expected shape {want}, got {tuple(x.shape)}"
+            f"modality '{self.name}' ({self.kind}): expected shape {want}, got {tuple(x.shape)}"
         )
 
     def decode(self, x: Tensor) -> list:
         """Raw batch -> Python values for humans (text strings, class names); identity here."""
         return list(x)
+
+    # --- reading ---------------------------------------------------------------------------
+    def read_value(self, text: str, n: int | None = None):
+        """A command-line value: a file if it has one of this kind's extensions (or, for
+        kinds without free text, a path separator or an existing file), else a literal."""
+        path = Path(text)
+        ext = path.suffix.lower()
+        known = ext in (*MEDIA_EXTENSIONS, ".txt")
+        looks = known or (not self.free_text and ("/" in text or "\\" in text or path.is_file()))
+        if not looks:
+            return self.read_inline(text)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"modality '{self.name}': file '{path}' for modality '{self.name}' does not exist"
+            )
+        return self.read_file(path, ext, "exact", n)
+
+    free_text: ClassVar[bool] = False  # text values may contain '/' without naming a file
+
+    def read_cell(self, value, resolve: Callable[[str], Path], fit: str):
+        """A manifest cell: a media file (resolved by ``resolve``) or an inline value."""
+        if is_file_cell(value):
+            path = resolve(value)
+            return self.read_file(path, path.suffix.lower(), fit, None)
+        return self.read_inline(value)
+
+    def read_member(self, data: bytes, ext: str, fit: str):
+        """A shard member: a media file's bytes, or an inline value (``.txt``: the string,
+        ``.json``: numbers or lists). Never a path."""
+        if ext in (".txt", ".json"):
+            import json
+
+            text = data.decode("utf-8")
+            return self.read_inline(json.loads(text) if ext == ".json" else text)
+        return self.read_file(data, ext, fit, None)
+
+    def read_inline(self, value):
+        """An inline value (a literal string, a number, a list of numbers) -> a raw value."""
+        if isinstance(value, list):
+            try:
+                x = torch.tensor(value, dtype=torch.float32)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"expected numbers, got {value!r} ({err})") from None
+            return self.read_array(x, None, one=True)
+        raise ValueError(
+            f"modality '{self.name}' ({self.kind}): expected a file "
+            f"({', '.join(self.extensions)}) or a list of numbers, got {value!r}"
+        )
+
+    def read_file(self, source: Source, ext: str, fit: str, n: int | None):
+        """A file of one of this kind's extensions -> a raw value (n samples for ``.npy`` on
+        the command line). Kinds with more file types extend this."""
+        self.check_extension(source, ext)
+        return self.read_npy(source, n)
+
+    def check_extension(self, source: Source, ext: str) -> None:
+        if ext not in self.extensions:
+            codec = f", codec '{self.cfg.codec}'" if getattr(self.cfg, "codec", "") else ""
+            raise ValueError(
+                f"file {source_name(source)}: a '{ext or '(no extension)'}' file does not fit "
+                f"modality '{self.name}' of kind '{self.kind}'{codec}; expected one of "
+                f"{', '.join(self.extensions)}"
+            )
+
+    def read_npy(self, source: Source, n: int | None) -> Tensor:
+        """A ``.npy`` array (never unpickled), checked against the modality."""
+        where = f"file {source_name(source)} for modality '{self.name}'"
+        data = file_bytes(source, where)
+        try:
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f"{where}: not a readable .npy array ({err})") from err
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+            raise ValueError(f"{where}: expected a numeric array, got {type(arr).__name__}")
+        try:
+            return self.read_array(torch.from_numpy(np.ascontiguousarray(arr)), n, one=n is None)
+        except ValueError as err:
+            raise ValueError(f"file {source_name(source)}: {err}") from err
+
+    def read_array(self, x: Tensor, n: int | None = None, one: bool = False) -> Tensor:
+        """An array from a file or an arrays dataset, checked: one sample (``one``) or a batch."""
+        self.prepare(x, n)
+        if one and tuple(x.shape) != tuple(self.shape):
+            raise ValueError(
+                f"modality '{self.name}': expected shape {tuple(self.shape)} for one sample, "
+                f"got {tuple(x.shape)}"
+            )
+        return x.float() if not self.discrete else x.long()
+
+    # --- writing ---------------------------------------------------------------------------
+    def write(self, out: Path, stem: str, x: Tensor) -> list[str]:
+        """Files people can open for a batch of samples (none for this kind)."""
+        return []
 
     def __repr__(self) -> str:
         kind = type(self).__name__

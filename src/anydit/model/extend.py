@@ -93,12 +93,9 @@ def extend(model, modalities, **model_changes):
 def init_from_file(model, path) -> dict[str, list[str]]:
     """Initialise ``model`` from an anydit model file (``train.init``): shared weights are
     copied, new streams and adapters keep their fresh initialisation."""
-    import json
-
     from safetensors.torch import load_file
 
-    from anydit.train.checkpoint import read_metadata
+    from anydit.model.file import architecture
 
-    meta = read_metadata(path)
-    old_names = sorted(m["name"] for m in json.loads(meta["modalities"]))
+    old_names = sorted(m.name for m in architecture(path)[0])
     return load_matching(model, load_file(str(path)), old_names, f"train.init {path}")

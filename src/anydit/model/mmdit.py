@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from anydit.config import ModalityConfig, ModelConfig
-from anydit.modalities import Modality, build_modalities
+from anydit.config import ModalityConfig, ModelConfig, check_architecture
+from anydit.modalities import Modality, build_modalities, outputs_of
 from anydit.model.block import DualStreamBlock, SingleStreamBlock, modulate, run_block
 from anydit.model.embeddings import PositionTable, TimeEmbedder, TimeSummary
 from anydit.model.lora import add_lora
@@ -58,6 +58,7 @@ class MMDiT(nn.Module):
 
     def __init__(self, modalities: list[ModalityConfig], cfg: ModelConfig):
         super().__init__()
+        check_architecture(list(modalities), cfg)
         self.cfg = cfg
         self.modality_configs = list(modalities)
         self.modalities: dict[str, Modality] = build_modalities(modalities)
@@ -118,7 +119,7 @@ class MMDiT(nn.Module):
             else None
         )
         block_args = (cfg.heads, cfg.head_dim, cfg.mlp_ratio, cfg.qk_norm, cfg.activation)
-        outputs = [n for n in streams if self.modalities[n].cfg.generate]
+        outputs = outputs_of(self.modalities)
         conditions = tuple(n for n in streams if n not in outputs)
         self.blocks = nn.ModuleList(
             [

@@ -1,7 +1,7 @@
 """How the flow is integrated: tasks (roles), time grids, solvers and guidance."""
 
 from anydit.sampling.grids import joint_grids
-from anydit.sampling.sample import sample
+from anydit.sampling.sample import guidance_branches, sample, settings
 from anydit.sampling.solvers import SOLVERS, euler, heun, midpoint, unmask_step
 from anydit.sampling.tasks import Drop, Generate, Given, drop, generate, given, resolve_task
 
@@ -14,10 +14,12 @@ __all__ = [
     "euler",
     "generate",
     "given",
+    "guidance_branches",
     "heun",
     "joint_grids",
     "midpoint",
     "resolve_task",
     "sample",
+    "settings",
     "unmask_step",
 ]

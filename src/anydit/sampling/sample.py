@@ -6,25 +6,28 @@ Ein notation: b = n * branches batch, n tokens, p features, g guidance branches.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from anydit.config import SampleConfig
+from anydit.flow.roles import Role, assemble
+from anydit.modalities import Modality
 from anydit.sampling.grids import joint_grids
 from anydit.sampling.solvers import SOLVERS
 from anydit.sampling.tasks import ResolvedRole, resolve_task
 
 
-def _drop_state(m, n: int, generator: torch.Generator, device) -> Tensor:
+def _drop_state(m: Modality, n: int, generator: torch.Generator, device) -> Tensor:
     """The t = 0 state: noise (n, tokens, p) or all masks (n, tokens)."""
     if m.discrete:
         return torch.full((n, m.num_tokens), m.mask_id, dtype=torch.long, device=device)
     return torch.randn(n, m.num_tokens, m.token_dim, generator=generator, device=device)
 
 
-def _guidance_branches(
+def guidance_branches(
     roles: dict[str, ResolvedRole], guidance: float | dict[str, float]
 ) -> list[tuple[set[str], float, set[str]]]:
     """[(modalities dropped in the branch, weight w, outputs it guides)].
@@ -34,8 +37,8 @@ def _guidance_branches(
     by the others (joint guidance, as in UniDiffuser): its branch drops the other generated
     modalities, so the push is from the modality's marginal towards agreement with the rest.
     """
-    given = {n for n, r in roles.items() if r.kind == "given"}
-    generated = {n for n, r in roles.items() if r.kind == "generate"}
+    given = {n for n, r in roles.items() if r.role == Role.GIVEN}
+    generated = {n for n, r in roles.items() if r.role == Role.GENERATE}
     if isinstance(guidance, dict):
         bad = sorted(set(guidance) - given)
         if bad:
@@ -52,18 +55,13 @@ def _guidance_branches(
     return []
 
 
-def _check_interval(interval: tuple[float, float]) -> tuple[float, float]:
+def settings(config: SampleConfig | None = None, **changes: Any) -> SampleConfig:
+    """``config`` (default: ``SampleConfig()``) with the changes that are not None, validated."""
+    changes = {k: v for k, v in changes.items() if v is not None}
     try:
-        lo, hi = (float(v) for v in interval)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"sample: guidance_interval must be two times (low, high), got {interval!r}"
-        ) from None
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise ValueError(
-            f"sample: guidance_interval must satisfy 0 <= low <= high <= 1, got {interval!r}"
-        )
-    return lo, hi
+        return dataclasses.replace(config or SampleConfig(), **changes)
+    except TypeError as err:
+        raise ValueError(f"sample: {err}") from None
 
 
 @torch.no_grad()
@@ -76,13 +74,16 @@ def sample(
     guidance: float | dict[str, float] | None = None,
     seed: int = 0,
     temperature: float | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
     unmasking: str | None = None,
     guidance_interval: tuple[float, float] | None = None,
     shift: float | None = None,
     config: SampleConfig | None = None,
 ) -> dict[str, Tensor]:
     """Sample from ``model`` under ``task`` (see ``anydit.sampling.tasks``).
+
+    The sampler settings are a ``SampleConfig`` (``config``; default ``SampleConfig()``) with
+    any of the keyword settings below that are given replacing its fields.
 
     Args:
         task: {modality: "generate" | "drop" | value | Generate(...) | Given(...) | Drop()}.
@@ -108,30 +109,27 @@ def sample(
     Returns:
         {name: (n, *shape) raw values} for every generated and every given modality.
     """
-    cfg = config or SampleConfig()
-    steps = cfg.steps if steps is None else steps
-    solver = solver or cfg.solver
-    guidance = cfg.guidance if guidance is None else guidance
-    temperature = cfg.temperature if temperature is None else temperature
-    unmasking = unmasking or cfg.unmasking
-    lo, hi = _check_interval(
-        cfg.guidance_interval if guidance_interval is None else guidance_interval
+    cfg = settings(
+        config,
+        steps=steps,
+        solver=solver,
+        guidance=guidance,
+        temperature=temperature,
+        precision=precision,
+        unmasking=unmasking,
+        guidance_interval=guidance_interval,
+        shift=shift,
     )
-    if shift is not None and not shift > 0:
-        raise ValueError(f"sample: shift must be > 0, got {shift!r}")
-    if not temperature > 0:
-        raise ValueError(f"sample: temperature must be > 0, got {temperature!r}")
-    if unmasking not in ("random", "confidence"):
-        raise ValueError(f"sample: unmasking must be 'random' or 'confidence', got {unmasking!r}")
-    if solver not in SOLVERS:
-        raise ValueError(f"sample: solver must be one of {sorted(SOLVERS)}, got {solver!r}")
-    if not isinstance(n, int) or n < 1:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"sample: n must be an integer >= 1, got {n!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"sample: seed must be an integer, got {seed!r}")
     device = next(model.parameters()).device
-    roles = resolve_task(model, task, n, device)
-    gen = torch.Generator(device).manual_seed(seed)
     mods = model.modalities
-    generated = [k for k, r in roles.items() if r.kind == "generate"]
+    per_token = model.cfg.per_token_time
+    roles = resolve_task(mods, task, n, per_token, device)
+    gen = torch.Generator(device).manual_seed(seed)
+    generated = [k for k, r in roles.items() if r.role == Role.GENERATE]
     # The t = 0 state of every modality, drawn in canonical order so seeds are reproducible.
     dropped = {k: _drop_state(m, n, gen, device) for k, m in mods.items()}
     x_init = {k: dropped[k].clone() for k in generated}
@@ -139,37 +137,35 @@ def sample(
         if mods[k].discrete and roles[k].known is not None:
             x_init[k] = torch.where(roles[k].known, roles[k].tokens, x_init[k])
     grids = joint_grids(
-        {k: roles[k].steps or steps for k in generated},
-        {k: mods[k].cfg.shift if shift is None else shift for k in generated},
+        {k: roles[k].steps or cfg.steps for k in generated},
+        {k: mods[k].cfg.shift if cfg.shift is None else cfg.shift for k in generated},
     )
     grids = {k: g.to(device) for k, g in grids.items()}
-    branches = _guidance_branches(roles, guidance)
+    branches = guidance_branches(roles, cfg.guidance)
     discrete = {k: mods[k].mask_id for k in generated if mods[k].discrete}
+    no_time = torch.zeros(n, device=device)
 
     def inputs(x: dict[str, Tensor], t: dict[str, Tensor], drop: set[str]):
         tokens, times = {}, {}
         for k, m in mods.items():
             r = roles[k]
-            if r.kind == "generate" and k not in drop:
-                tok, tt = x[k], t[k].float().expand(n)
-                if r.known is not None:
-                    known = r.known if m.discrete else r.known[..., None]
-                    tok = torch.where(known, r.tokens.to(tok.dtype), tok)
-                    tt = torch.where(r.known, 1.0, tt[:, None].expand_as(r.known))
-            elif r.kind == "given" and k not in drop:
-                tok, tt = r.tokens, torch.ones(n, device=device)
-            else:
-                tok, tt = dropped[k], torch.zeros(n, device=device)
-            if model.cfg.per_token_time and tt.dim() == 1:
-                tt = tt[:, None].expand(n, m.num_tokens)
-            tokens[k], times[k] = tok, tt
+            role = Role.DROP if k in drop else r.role
+            codes = torch.full((n,), int(role), dtype=torch.long, device=device)
+            if role == Role.GENERATE and r.known is not None:
+                codes = torch.where(r.known, int(Role.GIVEN), codes[:, None])  # (n, tokens)
+            state = x[k] if role == Role.GENERATE else dropped[k]
+            time = t[k].float().expand(n) if role == Role.GENERATE else no_time
+            tokens[k], times[k] = assemble(
+                codes, time, state, r.tokens, dropped[k], m.num_tokens, per_token
+            )
         return tokens, times
 
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
-        if precision == "bf16"
+        if cfg.precision == "bf16"
         else contextlib.nullcontext()
     )
+    lo, hi = cfg.guidance_interval
 
     def velocity_fn(x: dict[str, Tensor], t: dict[str, Tensor]) -> dict[str, Tensor]:
         sets = [set()] + [drop for drop, _, _ in branches]
@@ -195,19 +191,21 @@ def sample(
     was_training = model.training
     model.eval()
     try:
-        x = SOLVERS[solver](velocity_fn, x_init, grids, discrete, gen, temperature, unmasking)
+        x = SOLVERS[cfg.solver](
+            velocity_fn, x_init, grids, discrete, gen, cfg.temperature, cfg.unmasking
+        )
     finally:
         model.train(was_training)
     samples = {}
     for k, r in roles.items():
         m = mods[k]
-        if r.kind == "generate":
+        if r.role == Role.GENERATE:
             tok = x[k]
             if r.known is not None:
                 tok = torch.where(
                     r.known if m.discrete else r.known[..., None], r.tokens.to(tok.dtype), tok
                 )
             samples[k] = m.detokenize(tok)
-        elif r.kind == "given":
+        elif r.role == Role.GIVEN:
             samples[k] = m.detokenize(r.tokens)
     return samples

@@ -1,101 +1,159 @@
-"""Model files: safetensors weights with the model's configuration in the metadata.
+"""Resumable training state: weights, EMA, optimiser, schedule, RNG, data position and the
+run's config.
 
-A file is self-contained: ``load_model(path)`` needs nothing but it and this package. Writes
-are atomic (temporary name, then rename), so a crash mid-write leaves the previous file intact.
-Nothing is ever unpickled.
+State dicts go through ``torch.distributed.checkpoint.state_dict`` with full (unsharded) tensors,
+so one layout serves one process, DDP and FSDP2 alike: a checkpoint saved under FSDP resumes in
+one process and the other way round. Weights are safetensors; the optimiser state is a torch
+file read back with ``weights_only=True`` (no arbitrary unpickling).
+
+Durability. A checkpoint is written into ``step_N.tmp/``, every file flushed to disk, then the
+folder is renamed to ``step_N/`` and its parent flushed: a kill, a host crash or a full disk
+mid-write leaves no folder named ``step_N`` but whole ones. Only ``step_N`` folders are ever
+resumed from; ``.tmp`` leftovers are removed when a run starts.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
+import re
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+import yaml
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
-from anydit.config import ModalityConfig, ModelConfig, from_dict
+from anydit.model.file import read_weights, save_model
+from anydit.storage import TMP_SUFFIX, fsync_path, fsync_tree, write_failure
+from anydit.train.distributed import barrier
 
-FORMAT = "anydit-model-1"
-
-
-def model_metadata(model) -> dict[str, str]:
-    """The metadata that rebuilds ``model``'s architecture."""
-    return {
-        "format": FORMAT,
-        "modalities": json.dumps([dataclasses.asdict(m) for m in model.modality_configs]),
-        "model": json.dumps(dataclasses.asdict(model.cfg)),
-    }
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+LOAD = StateDictOptions(full_state_dict=True)
+NAME = re.compile(r"^step_(\d{8})$")
 
 
-def save_model(
-    model, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None
+@dataclass
+class RunState:
+    """Where a run is: optimiser steps taken, epoch, and batches consumed in that epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0
+
+
+def checkpoint_dir(out_dir: Path, step: int) -> Path:
+    return Path(out_dir) / "checkpoints" / f"step_{step:08d}"
+
+
+def checkpoints(out_dir: str | os.PathLike) -> list[Path]:
+    """The complete checkpoints under ``out_dir/checkpoints``, oldest step first."""
+    root = Path(out_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and NAME.match(p.name)]
+    found = [p for p in found if (p / "state.pt").is_file()]
+    return sorted(found, key=lambda p: int(NAME.match(p.name).group(1)))
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder (never a ``.tmp`` one), or None."""
+    done = checkpoints(out_dir)
+    return done[-1] if done else None
+
+
+def remove_leftovers(out_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files and folders an interrupted write left; returns them."""
+    out_dir = Path(out_dir)
+    found = list(out_dir.glob(f"*{TMP_SUFFIX}")) + list(
+        (out_dir / "checkpoints").glob(f"*{TMP_SUFFIX}")
+    )
+    for p in found:
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    return found
+
+
+def full_weights(model) -> dict[str, torch.Tensor]:
+    """Unsharded CPU weights of a plain, DDP or FSDP2 model (collective under FSDP)."""
+    return get_model_state_dict(model, options=FULL)
+
+
+def save_checkpoint(
+    out_dir: Path,
+    state: RunState,
+    model,
+    ema,
+    optimizer,
+    scheduler,
+    generator,
+    keep: int,
+    main: bool,
+    config: dict | None = None,
 ) -> Path:
-    """Write weights + config atomically to ``path`` (a .safetensors file). ``state_dict``
-    (a full one, e.g. gathered from shards) replaces ``model.state_dict()`` when given."""
-    path = Path(path)
-    state = model.state_dict() if state_dict is None else state_dict
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=model_metadata(model))
-    os.replace(tmp, path)
-    return path
+    """Gather everything (every process must call this), then the main process writes the
+    checkpoint durably, keeps the ``keep`` newest and refreshes ``model.safetensors``."""
+    weights = full_weights(model)
+    ema_weights = full_weights(ema) if ema is not None else None
+    optim = get_optimizer_state_dict(model, optimizer, options=FULL)
+    final = checkpoint_dir(out_dir, state.step)
+    if main:
+        tmp = final.with_name(final.name + TMP_SUFFIX)
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_model(model, tmp / "model.safetensors", weights)
+            if ema_weights is not None:
+                save_model(model, tmp / "ema.safetensors", ema_weights)
+            blob = {
+                "step": state.step,
+                "epoch": state.epoch,
+                "position": state.position,
+                "optimizer": optim,
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+            }
+            torch.save(blob, tmp / "state.pt")
+            if config is not None:
+                (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            fsync_tree(tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            fsync_path(final.parent)
+        except (OSError, RuntimeError) as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise write_failure(final, err) from None
+        done = checkpoints(out_dir)
+        for old in [p for p in done if p != final][: max(0, len(done) - keep)]:
+            shutil.rmtree(old, ignore_errors=True)
+        # the sampling/eval file: EMA weights when there are any
+        save_model(model, Path(out_dir) / "model.safetensors", ema_weights or weights)
+    barrier()
+    return final
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The metadata of a model file, with clear errors for missing or damaged files."""
-    from safetensors import safe_open
+def saved_config(ckpt: Path) -> dict | None:
+    """The run config stored in a checkpoint (None for checkpoints written without one)."""
+    path = ckpt / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+
+def load_checkpoint(ckpt: Path, model, ema, optimizer, scheduler, generator) -> RunState:
+    """Restore what ``save_checkpoint`` wrote into (possibly wrapped or sharded) objects."""
+    reference = model.state_dict()  # global shapes, also for FSDP2's DTensors
+    set_model_state_dict(model, read_weights(ckpt / "model.safetensors", reference), options=LOAD)
+    if ema is not None:
+        set_model_state_dict(ema, read_weights(ckpt / "ema.safetensors", reference), options=LOAD)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"checkpoint {path} is not a readable safetensors file ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(
-            f"checkpoint {path}: expected an anydit model file (format {FORMAT}), "
-            f"got {meta.get('format')!r}"
-        )
-    return meta
-
-
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Rebuild the model stored in ``path`` and load its weights (strictly)."""
-    from anydit.model import MMDiT
-
-    meta = read_metadata(path)
-    mods = [
-        from_dict(ModalityConfig, m, f"checkpoint modalities[{i}]")
-        for i, m in enumerate(json.loads(meta["modalities"]))
-    ]
-    model = MMDiT(mods, from_dict(ModelConfig, json.loads(meta["model"]), "checkpoint model"))
-    model.load_state_dict(read_weights(Path(path), model.state_dict()))
-    return model.to(device)
-
-
-def read_weights(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The weights in ``path``, checked key by key and shape by shape against ``expected``;
-    a mismatch is an error listing what is missing, unexpected or misshapen."""
-    read_metadata(path)
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"checkpoint {path}: cannot read weights ({e})") from None
-    missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {path} does not fit this model: missing keys {sorted(missing)[:10]}, "
-            f"unexpected keys {sorted(unexpected)[:10]}"
-        )
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(expected[k].shape):
-            raise ValueError(
-                f"checkpoint {path}: parameter {k} has shape {tuple(v.shape)}, "
-                f"the model expects {tuple(expected[k].shape)}"
-            )
-    return state
+        blob = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        set_optimizer_state_dict(model, optimizer, blob["optimizer"], options=LOAD)
+        scheduler.load_state_dict(blob["scheduler"])
+        generator.set_state(blob["generator"])
+        return RunState(step=blob["step"], epoch=blob["epoch"], position=blob["position"])
+    except Exception as e:  # torch raises several types for damaged files
+        raise ValueError(f"checkpoint {ckpt / 'state.pt'} cannot be read ({e})") from None

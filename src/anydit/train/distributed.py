@@ -13,6 +13,7 @@ Launch (the script reads RANK / WORLD_SIZE / LOCAL_RANK that torchrun sets):
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -120,3 +121,29 @@ def broadcast_flag(flag: bool) -> bool:
     t = torch.tensor([int(flag)])
     dist.broadcast(t, 0)
     return bool(t.item())
+
+
+def no_sync(net: nn.Module, sync: bool):
+    """A context that skips the gradient all-reduce unless ``sync`` (DDP's ``no_sync``, FSDP2's
+    ``set_requires_gradient_sync``): micro-batches before the last accumulate locally."""
+    if sync:
+        return contextlib.nullcontext()
+    if hasattr(net, "no_sync"):  # DDP
+        return net.no_sync()
+    if hasattr(net, "set_requires_gradient_sync"):  # FSDP2
+
+        @contextlib.contextmanager
+        def off():
+            net.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                net.set_requires_gradient_sync(True)
+
+        return off()
+    return contextlib.nullcontext()
+
+
+def scalar(x: torch.Tensor) -> float:
+    """A plain float from a tensor or a DTensor (FSDP2's gradient norm)."""
+    return float(x.full_tensor() if hasattr(x, "full_tensor") else x)

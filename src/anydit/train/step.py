@@ -1,32 +1,106 @@
-"""One optimisation step and a minimal in-process training loop (library use and tests)."""
+"""One training step, written once: split a batch into micro-batches, draw their inputs,
+forward, loss, backward. The loop, ``train_step``/``fit`` (library use and the closed-form
+tests), the demo's timing and the benchmarks all run it.
+
+Exactness. Every random draw of a step (roles, times, masks, noise) is made for the whole global
+batch from one generator that every process holds; each process, and each micro-batch, keeps
+its own rows; losses are sums over scored tokens divided by the global count. So N processes,
+or k micro-batches, compute the single-process step.
+"""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
 from anydit.config import FlowConfig
-from anydit.flow.objective import training_loss
+from anydit.flow.objective import (
+    Loss,
+    TrainingInputs,
+    make_inputs,
+    scored_counts,
+    training_objective,
+)
+from anydit.train import distributed as D
+from anydit.train.optim import autocast_for, make_optimizer
 
 
-def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast (never fp16: on CPU it is ~100x slower) or nothing for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    raise ValueError(f"precision: expected 'bf16' or 'fp32', got {precision!r}")
+def micro_inputs(
+    model,
+    raw: dict[str, Tensor],
+    present: dict[str, Tensor],
+    flow: FlowConfig,
+    generator: torch.Generator | None,
+    grad_accum: int = 1,
+    rank: int = 0,
+    global_batch: int | None = None,
+) -> list[TrainingInputs]:
+    """This process's ``grad_accum`` micro-batches of a raw batch (its rows of the global
+    batch, which starts at row ``rank * len(raw)``), each with inputs cut from the same
+    global draws."""
+    local_b = next(iter(raw.values())).shape[0]
+    micro_b = local_b // grad_accum
+    if generator is None and grad_accum > 1:
+        raise ValueError("micro-batches need a generator (they replay the same draws)")
+    start = generator.get_state() if generator is not None else None
+    out = []
+    for j in range(grad_accum):
+        if start is not None:
+            generator.set_state(start)  # every micro-batch cuts its rows from the same draws
+        lo = rank * local_b + j * micro_b
+        cut = slice(j * micro_b, (j + 1) * micro_b)
+        out.append(
+            make_inputs(
+                model.modalities,
+                {k: v[cut] for k, v in raw.items()},
+                flow,
+                model.cfg.per_token_time,
+                {k: v[cut] for k, v in present.items()} or None,
+                generator,
+                slice(lo, lo + micro_b),
+                global_batch or local_b,
+            )
+        )
+    return out
 
 
-def make_optimizer(params, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
-    """AdamW, fused into one kernel per step where PyTorch has it for the parameters' device
-    (CPU and CUDA): ~5% of the demo's step on a 2-core CPU, same update rule."""
-    params = list(params)
-    fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+def forward_backward(
+    net, model, micro: list[TrainingInputs], precision: str, world: int = 1
+) -> Loss | None:
+    """Forward and backward over the micro-batches (gradients accumulate; under DDP/FSDP only
+    the last one synchronises). Returns this process's share of the loss, or None if any
+    process saw a non-finite loss (then no gradient is left anywhere)."""
+    device = next(model.parameters()).device
+    net.zero_grad(set_to_none=True)
+    counts = scored_counts(model.modalities, micro)
+    counts = dict(zip(counts, D.all_sum(torch.stack(list(counts.values()))), strict=True))
+    total, parts = None, None
+    for j, inputs in enumerate(micro):
+        sync = j == len(micro) - 1
+        with D.no_sync(net, sync), autocast_for(device, precision):
+            preds = net(inputs.tokens, inputs.times)
+            loss = training_objective(model.modalities, preds, inputs, counts, scale=float(world))
+        bad = D.all_sum(torch.tensor([float(not torch.isfinite(loss.total))], device=device))
+        if bad.item() > 0:
+            net.zero_grad(set_to_none=True)
+            return None
+        with D.no_sync(net, sync):
+            loss.total.backward()
+        share = loss.total.detach() / world
+        total = share if total is None else total + share
+        parts = loss.parts if parts is None else {k: parts[k] + loss.parts[k] for k in parts}
+    return Loss(total, parts)
+
+
+def clip_and_step(net, optimizer, grad_clip: float) -> Tensor:
+    """Clip the gradient norm (0 = no clipping), step; returns the norm before clipping."""
+    norm = torch.nn.utils.clip_grad_norm_(
+        net.parameters(), grad_clip if grad_clip > 0 else float("inf")
+    )
+    optimizer.step()
+    return norm
 
 
 def train_step(
@@ -38,19 +112,15 @@ def train_step(
     generator: torch.Generator | None = None,
     grad_clip: float = 1.0,
     precision: str = "fp32",
-) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    """Forward, backward, clip, step. Returns (loss, per-modality losses, grad norm)."""
-    device = next(model.parameters()).device
+) -> tuple[Loss | None, Tensor | None]:
+    """One step of one process: forward, backward, clip, update. Returns (loss, grad norm);
+    (None, None) when the loss was not finite (nothing is updated)."""
     model.train()
-    with autocast_for(device, precision):
-        loss, parts = training_loss(model, batch, flow, present, generator)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(
-        model.parameters(), grad_clip if grad_clip > 0 else float("inf")
-    )
-    optimizer.step()
-    return loss.detach(), parts, grad_norm
+    micro = micro_inputs(model, batch, present or {}, flow or FlowConfig(), generator)
+    loss = forward_backward(model, model, micro, precision)
+    if loss is None:
+        return None, None
+    return loss, clip_and_step(model, optimizer, grad_clip)
 
 
 def fit(
@@ -72,9 +142,7 @@ def fit(
     gen = torch.Generator(next(model.parameters()).device).manual_seed(seed)
     losses = []
     for _ in range(steps):
-        loss, _, _ = train_step(
-            model, optimizer, next(batches), flow, None, gen, precision=precision
-        )
+        loss, _ = train_step(model, optimizer, next(batches), flow, None, gen, precision=precision)
         schedule.step()
-        losses.append(loss.item())
+        losses.append(float("nan") if loss is None else loss.total.item())
     return losses

@@ -5,9 +5,10 @@ files are read at (h f, w f) pixels (f = the autoencoder's downsampling factor),
 normalised with the autoencoder's own config, ``(z - shift_factor) * scaling_factor`` (what
 SD3 and Flux pipelines do); samples are decoded back to pixels when written. The latent is the
 mode of the encoder's distribution, so encoding is deterministic. Encoding once for a whole
-dataset: ``anydit data encode`` (see ``encode_dataset``).
+dataset: ``anydit data encode``.
 
-diffusers is needed only here (``pip install anydit[vae]``); the folder is read offline.
+diffusers is needed only here (``pip install anydit[vae]``); the folder is read offline and
+only from safetensors: a folder with pickled (``.bin``) weights alone is refused.
 """
 
 from __future__ import annotations
@@ -32,8 +33,14 @@ class LatentCodec:
             raise FileNotFoundError(
                 f"codec_path '{folder}': expected a diffusers autoencoder folder with config.json"
             )
+        if not any(folder.glob("*.safetensors")):
+            found = sorted(p.name for p in folder.iterdir() if p.is_file())
+            raise ValueError(
+                f"codec_path '{folder}': expected the autoencoder's weights as .safetensors "
+                f"(pickled .bin weights are never read), found {found}"
+            )
         self.vae = AutoencoderKL.from_pretrained(
-            str(folder), local_files_only=True, low_cpu_mem_usage=False
+            str(folder), local_files_only=True, low_cpu_mem_usage=False, use_safetensors=True
         ).eval()
         self.vae.requires_grad_(False)
         cfg = self.vae.config
@@ -70,38 +77,3 @@ class LatentCodec:
 def codec_at(folder: str) -> LatentCodec:
     """One loaded autoencoder per folder (per process)."""
     return LatentCodec(folder)
-
-
-def encode_dataset(dataset, modalities, out: str | Path, log=print) -> Path:
-    """Read every sample of ``dataset`` once and write it as an arrays folder (``NAME.npy``
-    per modality; ``data.source: arrays``), so training never runs the encoder. Image files of
-    ``codec: vae`` modalities are stored as latents; text and label names as strings."""
-    import numpy as np
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    columns: dict[str, list] = {m.name: [] for m in modalities}
-    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
-        items = (dataset[i] for i in range(len(dataset)))
-    else:  # streamed shards
-        items = iter(dataset)
-    for i, item in enumerate(items):
-        lacking = sorted(set(columns) - set(item))
-        if lacking:
-            raise ValueError(
-                f"sample {i} lacks modalities {lacking}; an arrays folder needs every "
-                "modality in every sample"
-            )
-        for name in columns:
-            columns[name].append(item[name])
-        if log and (i + 1) % 1000 == 0:
-            log(f"encode: {i + 1} samples")
-    if not columns or not next(iter(columns.values())):
-        raise ValueError("encode: the dataset has no samples")
-    for name, values in columns.items():
-        if isinstance(values[0], str):
-            arr = np.array(values)
-        else:
-            arr = torch.stack([torch.as_tensor(v) for v in values]).numpy()
-        np.save(out / f"{name}.npy", arr)
-    return out

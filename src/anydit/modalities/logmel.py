@@ -1,4 +1,4 @@
-"""Log-mel features, their inversion (Griffin-Lim) and WAV input/output.
+"""The log-mel codec: audio <-> normalised log-mel frames, inversion (Griffin-Lim), WAV files.
 
 Conventions (shared by ``scripts/build_digits_audio.py`` and the ``digits`` dataset):
 
@@ -15,6 +15,8 @@ Conventions (shared by ``scripts/build_digits_audio.py`` and the ``digits`` data
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -26,16 +28,25 @@ import torch
 
 __all__ = [
     "MelParams",
+    "fit_length",
     "hz_to_mel",
     "log_mel",
+    "logmel_image",
     "mel_filterbank",
-    "mel_to_wave",
+    "params_from_args",
     "mel_to_hz",
+    "mel_to_wave",
+    "read_logmel",
     "read_wav",
+    "resample",
+    "write_logmel_wav",
     "write_wav",
 ]
 
 _EPS = 1e-10
+MIN_RATE, MAX_RATE = 1_000, 768_000  # sample rates of files that are read
+MIN_MAX_SECONDS = 60.0  # a file may be this long whatever the modality's length
+WAV_PEAK = 0.9
 
 
 @dataclass(frozen=True)
@@ -199,16 +210,131 @@ def write_wav(path: str | Path, wave: torch.Tensor | np.ndarray, sample_rate: in
     sf.write(str(path), data, int(sample_rate), subtype="PCM_16")
 
 
-def read_wav(path: str | Path) -> tuple[torch.Tensor, int]:
-    """Read an audio file as a float32 mono waveform ``(samples,)`` (channels averaged).
+def read_wav(
+    source: str | Path | bytes, max_seconds: float | None = None
+) -> tuple[torch.Tensor, int]:
+    """Read an audio file (a path or its bytes) as a float32 mono waveform ``(samples,)``
+    (channels averaged). The declared rate and length are checked before decoding: rates
+    outside [1 kHz, 768 kHz] and files longer than ``max_seconds`` are refused.
 
     Raises:
-        ValueError: if the file is missing or is not a readable audio file.
+        ValueError: a missing, unreadable, too long or oddly sampled file.
     """
+    name = "(member)" if isinstance(source, bytes) else repr(str(source))
+    handle = io.BytesIO(source) if isinstance(source, bytes) else str(source)
     try:
-        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)  # (S, ch)
-    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        info = sf.info(handle)
+        if not MIN_RATE <= info.samplerate <= MAX_RATE:
+            raise ValueError(
+                f"audio file {name}: sample rate {info.samplerate} Hz is outside "
+                f"[{MIN_RATE}, {MAX_RATE}] Hz"
+            )
+        if max_seconds is not None and info.frames > max_seconds * info.samplerate:
+            raise ValueError(
+                f"audio file {name} is too large: {info.frames / info.samplerate:.1f} s, at "
+                f"most {max_seconds:g} s for this modality"
+            )
+        if isinstance(handle, io.BytesIO):
+            handle.seek(0)
+        data, sample_rate = sf.read(handle, dtype="float32", always_2d=True)  # (S, ch)
+    except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as err:
         raise ValueError(
-            f"cannot read audio file {str(path)!r}: expected a readable WAV/FLAC/OGG file ({err})"
+            f"cannot read audio file {name}: expected a readable WAV/FLAC/OGG file ({err})"
         ) from err
     return torch.from_numpy(data.mean(axis=1)), int(sample_rate)
+
+
+def params_from_args(codec_args: dict) -> MelParams:
+    """The ``MelParams`` of a ``codec: logmel`` modality's ``codec_args``; unknown keys and
+    values that are not numbers are errors naming them."""
+    fields = {f.name: type(f.default) for f in dataclasses.fields(MelParams)}
+    if not isinstance(codec_args, dict):
+        raise ValueError(f"codec_args: expected a mapping of {list(fields)}, got {codec_args!r}")
+    unknown = sorted(set(codec_args) - set(fields))
+    if unknown:
+        raise ValueError(f"codec_args: unknown keys {unknown}; expected some of {list(fields)}")
+    out = {}
+    for k, v in codec_args.items():
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ValueError(f"codec_args.{k}: expected a finite number, got {v!r}")
+        if fields[k] is int and float(v) != int(v):
+            raise ValueError(f"codec_args.{k}: expected an integer, got {v!r}")
+        out[k] = fields[k](v)
+    params = MelParams(**out)
+    if params.sample_rate < MIN_RATE or params.n_fft < 2 or params.hop < 1 or params.n_mels < 1:
+        raise ValueError(
+            f"codec_args: sizes must be positive (sample_rate >= {MIN_RATE}), got {params}"
+        )
+    if not params.log_min < params.log_max:
+        raise ValueError(f"codec_args: expected log_min < log_max, got {params}")
+    mel_filterbank_check(params)
+    return params
+
+
+def mel_filterbank_check(params: MelParams) -> None:
+    if not 0.0 <= params.fmin < params.fmax <= params.sample_rate / 2:
+        raise ValueError(
+            f"codec_args: need 0 <= fmin < fmax <= sample_rate / 2, got fmin={params.fmin}, "
+            f"fmax={params.fmax}, sample_rate={params.sample_rate}"
+        )
+
+
+def resample(wave: torch.Tensor, rate_in: int, rate_out: int) -> torch.Tensor:
+    """Band-limited resampling of ``wave (S,)`` by zero-padding or truncating its spectrum."""
+    if rate_in == rate_out:
+        return wave
+    length = max(1, round(wave.shape[-1] * rate_out / rate_in))
+    spec = torch.fft.rfft(wave.double())  # (S // 2 + 1,)
+    out = torch.zeros(length // 2 + 1, dtype=spec.dtype)
+    keep = min(len(out), len(spec))
+    out[:keep] = spec[:keep]
+    return (torch.fft.irfft(out, n=length) * (length / wave.shape[-1])).float()
+
+
+def fit_length(wave: torch.Tensor, length: int) -> torch.Tensor:
+    """Pad with zeros or crop ``wave (S,)``, centred, to ``length`` samples."""
+    extra = wave.shape[-1] - length
+    if extra >= 0:
+        start = extra // 2
+        return wave[start : start + length]
+    before = -extra // 2
+    return torch.nn.functional.pad(wave, (before, -extra - before))
+
+
+def read_logmel(
+    source: str | Path | bytes, params: MelParams, shape: tuple[int, ...], name: str = "audio"
+) -> torch.Tensor:
+    """Read an audio file as a normalised log-mel (L, mels) for a sequence of ``shape``.
+
+    The waveform is mixed to mono, resampled to ``params.sample_rate``, padded or cropped
+    (centred) to ``L * hop`` samples. Files longer than ``max(60 s, 10 x L * hop)`` are refused.
+    """
+    frames, mels = shape
+    if mels != params.n_mels:
+        raise ValueError(
+            f"modality '{name}': shape {tuple(shape)} has {mels} channels but its codec_args "
+            f"have n_mels = {params.n_mels}"
+        )
+    needed = params.n_samples(frames) / params.sample_rate
+    wave, rate = read_wav(source, max_seconds=max(MIN_MAX_SECONDS, 10 * needed))  # (S,)
+    if wave.numel() == 0:
+        where = "(member)" if isinstance(source, bytes) else f"'{source}'"
+        raise ValueError(f"audio file {where} for modality '{name}' holds no samples")
+    wave = fit_length(resample(wave, rate, params.sample_rate), params.n_samples(frames))
+    return log_mel(wave, params)  # (L, mels)
+
+
+def logmel_image(mel: torch.Tensor) -> torch.Tensor:
+    """Log-mels (..., L, mels) -> pictures (..., 1, mels, L): mels vertical, low at the bottom."""
+    return mel.transpose(-1, -2).flip(-2).unsqueeze(-3)
+
+
+def write_logmel_wav(
+    path: str | Path, mel: torch.Tensor, params: MelParams, iters: int = 32, seed: int = 0
+) -> None:
+    """Invert a log-mel (L, mels) with Griffin-Lim and write it as WAV, peak at 0.9."""
+    wave = mel_to_wave(mel, params, iters=iters, seed=seed)  # (L * hop,)
+    peak = float(wave.abs().max())
+    if peak > 0:
+        wave = wave * (WAV_PEAK / peak)
+    write_wav(path, wave, params.sample_rate)

@@ -1,8 +1,8 @@
-"""Discrete kinds: a class label (one token of K classes) and text (a padded token sequence).
+"""Text: a sequence of at most L token ids, right-padded with an explicit pad id that the model
+learns to predict (so a generated text's length is sampled too). Masked discrete diffusion:
+id ``vocab_size`` is the mask token.
 
-Both use absorbing-state masked diffusion: id ``token_dim`` is the mask token (t = 0 is all
-masks, t = 1 none). Text pads with an explicit pad id that the model learns to predict, so a
-generated text's length is part of what is sampled.
+Tokenizers: UTF-8 bytes (built in, no file) or a ``tokenizers`` JSON file.
 """
 
 from __future__ import annotations
@@ -12,55 +12,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from anydit.modalities.base import Modality
-
-
-class Label(Modality):
-    """One categorical token; values are class ids or class names (``cfg.classes``)."""
-
-    discrete = True
-
-    @property
-    def token_dim(self) -> int:
-        return self.cfg.num_classes
-
-    def tokenize(self, x: Tensor) -> Tensor:
-        return x.reshape(-1, 1).long()  # (b,) -> (b, 1)
-
-    def detokenize(self, tokens: Tensor) -> Tensor:
-        return tokens.reshape(-1)
-
-    def positions(self) -> Tensor:
-        return torch.zeros(1, 3)
-
-    def prepare(self, value, n: int | None = None) -> Tensor:
-        if isinstance(value, str):
-            value = self.class_id(value)
-        elif isinstance(value, list | tuple) and value and isinstance(value[0], str):
-            value = [self.class_id(v) for v in value]
-        x = self._batch(self._check_dtype(torch.as_tensor(value)), n)
-        bad = (x < 0) | (x >= self.cfg.num_classes)
-        if bad.any():
-            raise ValueError(
-                f"modality '{self.name}': expected class ids in [0, {self.cfg.num_classes}), "
-                f"got {x[bad].unique()[:5].tolist()}"
-            )
-        return x
-
-    def class_id(self, value: str) -> int:
-        """A class name (or its decimal id as a string) -> its id."""
-        if value in self.cfg.classes:
-            return self.cfg.classes.index(value)
-        if value.lstrip("-").isdigit() and 0 <= int(value) < self.cfg.num_classes:
-            return int(value)
-        known = list(self.cfg.classes) or f"ids 0..{self.cfg.num_classes - 1}"
-        raise ValueError(
-            f"modality '{self.name}': unknown label {value!r}; expected one of {known}"
-        )
-
-    def decode(self, x: Tensor) -> list:
-        ids = x.reshape(-1).tolist()
-        return [self.cfg.classes[i] if self.cfg.classes else i for i in ids]
+from anydit.modalities.base import Modality, Source, file_bytes, source_name
+from anydit.modalities.label import write_jsonl
 
 
 class ByteTokenizer:
@@ -118,7 +71,12 @@ class HFTokenizer:
 class Text(Modality):
     """A sequence of at most L token ids, right-padded; axis (time)."""
 
+    kind = "text"
     discrete = True
+    rank = 1
+    options = frozenset({"tokenizer"})
+    extensions = (".npy", ".txt")
+    free_text = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -168,7 +126,7 @@ class Text(Modality):
             value = self.encode(list(value))
             if value.shape[0] == 1:
                 value = value[0]
-        x = self._batch(self._check_dtype(torch.as_tensor(value)), n)
+        x = self.batch(self.check_dtype(torch.as_tensor(value)), n)
         bad = (x < 0) | (x >= self.token_dim)
         if bad.any():
             raise ValueError(
@@ -177,6 +135,41 @@ class Text(Modality):
             )
         return x
 
+    def collate(self, values: list) -> Tensor:
+        if all(isinstance(v, str) for v in values):
+            return self.encode(values)
+        return super().collate(values)
+
+    def read_inline(self, value) -> str:
+        """A string (checked to fit the maximum length)."""
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        length = len(self.tokenizer.encode(value))
+        if length > self.shape[0]:
+            raise ValueError(
+                f"text has {length} tokens, more than the maximum length {self.shape[0]}: "
+                f"{value[:40]!r}"
+            )
+        return value
+
+    def read_file(self, source: Source, ext: str, fit: str, n: int | None):
+        self.check_extension(source, ext)
+        if ext == ".npy":
+            return self.read_npy(source, n)
+        data = file_bytes(source, f"text file for modality '{self.name}'")
+        try:
+            return self.read_inline(data.decode("utf-8").strip())
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"file {source_name(source)} for modality '{self.name}': expected UTF-8 "
+                f"text ({err})"
+            ) from err
+
     def decode(self, x: Tensor) -> list[str]:
         """(b, L) ids -> strings; pads (and stray mask ids) are dropped."""
         return [self.tokenizer.decode([i for i in row if i != self.pad_id]) for row in x.tolist()]
+
+    def write(self, out: Path, stem: str, x: Tensor) -> list[str]:
+        """``STEM.jsonl``: index and text of each sample."""
+        rows = [{"index": i, "text": s} for i, s in enumerate(self.decode(x))]
+        return write_jsonl(out / f"{stem}.jsonl", rows)

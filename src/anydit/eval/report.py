@@ -1,0 +1,38 @@
+"""``anydit eval`` and the demo's evaluation: the digits metrics of a model, written as
+``metrics.json`` (and, for the demo, an HTML gallery)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from anydit.config import SampleConfig
+from anydit.eval.metrics import evaluate_digits, format_table
+from anydit.storage import check_writable
+
+
+def run_eval(
+    model,
+    out: Path,
+    n_per_class: int,
+    config: SampleConfig,
+    gallery: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Metrics (+ gallery) of a digits model into ``out`` with the sampler ``config`` (its
+    ``guidance`` may be a dict per task source, see ``evaluate_digits``); returns them."""
+    check_writable(out)
+    results = evaluate_digits(model, n_per_class=n_per_class, config=config, progress=progress)
+    metrics = {k: v for k, v in results.items() if k != "samples"}
+    finite = {
+        k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in metrics.items()
+    }
+    (out / "metrics.json").write_text(json.dumps(finite, indent=2))  # strict JSON: NaN -> null
+    print(format_table(metrics))
+    if gallery:
+        from anydit.eval.gallery import write_gallery
+
+        page = write_gallery(out, model, results, metrics)
+        print(f"gallery: {page}")
+    return metrics

@@ -1,0 +1,138 @@
+"""Class labels: one categorical token of K classes (absorbing-state masked diffusion: id K is
+the mask token).
+
+Values are class ids or class names, and the two always agree: with integer-like class names
+('1', '2', '3', e.g. taken from data that stores integers) an integer value is a name (1 is
+class '1'); with other names or none, an integer is an id.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from anydit.modalities.base import Modality, check, file_bytes
+
+
+def _is_integer(name: str) -> bool:
+    return name.lstrip("-").isdigit()
+
+
+class Label(Modality):
+    """One categorical token; values are class ids or class names (``cfg.classes``)."""
+
+    kind = "label"
+    discrete = True
+    rank = 0
+    options = frozenset({"num_classes", "classes"})
+    extensions = (".npy", ".txt")
+
+    @classmethod
+    def check_kind(cls, cfg, where: str) -> None:
+        check(
+            cfg.num_classes >= 2 or cfg.num_classes == 0,
+            f"{where}.num_classes",
+            "an integer >= 2 (or 0: the classes the training data names)",
+            cfg.num_classes,
+        )
+        check(
+            not cfg.classes or len(cfg.classes) == cfg.num_classes,
+            f"{where}.classes",
+            f"{cfg.num_classes} names",
+            cfg.classes,
+        )
+        dup = sorted({c for c in cfg.classes if cfg.classes.count(c) > 1})
+        check(not dup, f"{where}.classes", "distinct names", dup)
+
+    @property
+    def token_dim(self) -> int:
+        return self.cfg.num_classes
+
+    @property
+    def integer_names(self) -> bool:
+        """Class names that are all integers: integer values are then looked up as names."""
+        return bool(self.cfg.classes) and all(_is_integer(c) for c in self.cfg.classes)
+
+    def tokenize(self, x: Tensor) -> Tensor:
+        return x.reshape(-1, 1).long()  # (b,) -> (b, 1)
+
+    def detokenize(self, tokens: Tensor) -> Tensor:
+        return tokens.reshape(-1)
+
+    def positions(self) -> Tensor:
+        return torch.zeros(1, 3)
+
+    def class_id(self, value: str | int) -> int:
+        """A class name, or an integer (a name when the names are integers, else an id), or
+        its decimal string -> the class id."""
+        classes = self.cfg.classes
+        text = str(value)
+        if text in classes:
+            return classes.index(text)
+        if not self.integer_names and _is_integer(text) and 0 <= int(text) < self.cfg.num_classes:
+            return int(text)
+        known = list(classes) or f"ids 0..{self.cfg.num_classes - 1}"
+        raise ValueError(
+            f"modality '{self.name}': unknown label {value!r}; expected one of {known}"
+        )
+
+    def prepare(self, value, n: int | None = None) -> Tensor:
+        if isinstance(value, str):
+            value = self.class_id(value)
+        elif isinstance(value, list | tuple) and value and isinstance(value[0], str):
+            value = [self.class_id(v) for v in value]
+        elif self.integer_names:  # integer values are names
+            x = self.check_dtype(torch.as_tensor(value))
+            value = x.clone().apply_(self.class_id) if x.numel() else x
+        x = self.batch(self.check_dtype(torch.as_tensor(value)), n)
+        bad = (x < 0) | (x >= self.cfg.num_classes)
+        if bad.any():
+            raise ValueError(
+                f"modality '{self.name}': expected class ids in [0, {self.cfg.num_classes}), "
+                f"got {x[bad].unique()[:5].tolist()}"
+            )
+        return x
+
+    def collate(self, values: list) -> Tensor:
+        """Names, integers or 0-d integer tensors (one per sample) -> ids (b,)."""
+        ids = [self.class_id(v.item() if isinstance(v, Tensor) else v) for v in values]
+        return torch.tensor(ids, dtype=torch.long)
+
+    def read_inline(self, value) -> str | int:
+        """A label name or an integer (see ``class_id``), checked; returned as it came, so
+        that ``prepare`` and ``collate`` map it once."""
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError(f"expected a label name or an integer id, got {value!r}")
+        value = value.strip() if isinstance(value, str) else value
+        self.class_id(value)
+        return value
+
+    def read_file(self, source, ext: str, fit: str, n: int | None):
+        self.check_extension(source, ext)
+        if ext == ".txt":
+            data = file_bytes(source, f"label file for modality '{self.name}'")
+            return self.read_inline(data.decode("utf-8", errors="replace").strip())
+        return self.read_npy(source, n)
+
+    def decode(self, x: Tensor) -> list:
+        ids = x.reshape(-1).tolist()
+        return [self.cfg.classes[i] if self.cfg.classes else i for i in ids]
+
+    def write(self, out: Path, stem: str, x: Tensor) -> list[str]:
+        """``STEM.jsonl``: index, id and name of each sample."""
+        ids, names = x.reshape(-1).tolist(), self.decode(x)
+        rows = [
+            {"index": i, "id": k, "name": str(v)}
+            for i, (k, v) in enumerate(zip(ids, names, strict=True))
+        ]
+        return write_jsonl(out / f"{stem}.jsonl", rows)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> list[str]:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return [str(path)]

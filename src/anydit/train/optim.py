@@ -1,0 +1,40 @@
+"""The optimiser, its learning-rate schedule and the precision context of a step."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+
+import torch
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast (never fp16: on CPU it is ~100x slower) or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    raise ValueError(f"precision: expected 'bf16' or 'fp32', got {precision!r}")
+
+
+def make_optimizer(params, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel per step where PyTorch has it for the parameters' device
+    (CPU and CUDA): ~5% of the demo's step on a 2-core CPU, same update rule."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+
+def lr_lambda(cfg) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup`` steps, then cosine to zero or constant (``TrainConfig``)."""
+
+    def f(step: int) -> float:
+        if cfg.warmup and step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
