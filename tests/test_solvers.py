@@ -4,14 +4,12 @@ import pytest
 import torch
 
 from anydit.flow import shift_time
+from anydit.sampling import SOLVERS, joint_grids, unmask_step
 
 
 def time_grid(steps: int, shift: float = 1.0, dtype=torch.float64):
     """steps + 1 times from 0 to 1: a uniform grid, shifted."""
     return shift_time(torch.linspace(0, 1, steps + 1, dtype=torch.float64), shift).to(dtype)
-
-
-from anydit.sampling import SOLVERS, joint_grids, unmask_step
 
 
 def _field(a: float):
