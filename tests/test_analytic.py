@@ -11,6 +11,8 @@ import torch
 
 import anydit
 
+pytestmark = pytest.mark.slow  # whole trainings
+
 STEPS = 600
 MIXTURE_STEPS = 1200  # with batch 512: the label posterior near class boundaries is calibrated
 N = 3000

@@ -251,6 +251,7 @@ def test_debug_flag_shows_traceback(tmp_path):
         main(["train", str(tmp_path / "none.yaml"), "--debug"])
 
 
+@pytest.mark.slow
 def test_module_entry_point_runs():
     r = subprocess.run(
         [sys.executable, "-m", "anydit", "--help"], capture_output=True, text=True, check=False
@@ -262,6 +263,7 @@ class Crash(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_crash_and_resume_continue_exactly(tmp_path):
     """6 straight steps == 5 steps, a crash, and a resume from the step-4 checkpoint."""
     import yaml

@@ -71,6 +71,7 @@ def _arrays(tmp_path, n=12):
     return path
 
 
+@pytest.mark.slow
 def test_train_a_new_stream_on_a_frozen_imported_backbone(sd35, tmp_path):
     """The README recipe in miniature: anydit import -> add audio -> freeze the backbone
     (LoRA on the image stream) -> train -> the backbone is bit-identical, the rest moved."""

@@ -230,6 +230,7 @@ def test_data_check_reports_every_problem(tmp_path, capsys):
     assert "missing.png" in out and "junk.png" in out
 
 
+@pytest.mark.slow
 def test_train_skip_policy_and_classes_in_checkpoint(tmp_path, capsys):
     mods = _mods(classes=())
     data = {"source": "manifest", "path": str(_bad_manifest(tmp_path)), "on_error": "skip"}
@@ -306,6 +307,7 @@ def test_pack_shards_stream_the_manifest_samples_split_across_ranks(tmp_path):
     assert one.batches_per_epoch(2) == 6
 
 
+@pytest.mark.slow
 def test_train_from_shards_and_check(tmp_path, capsys):
     manifest = _pets_manifest(tmp_path)
     assert (
@@ -331,6 +333,7 @@ def _train_weights(tmp_path, name, data):
     return anydit.load_model(tmp_path / name / "model.safetensors").state_dict()
 
 
+@pytest.mark.slow
 def test_loader_workers_train_the_same_run(tmp_path):
     manifest = str(_pets_manifest(tmp_path, n=8))
     a = _train_weights(tmp_path, "w0", {"source": "manifest", "path": manifest})

@@ -119,11 +119,18 @@ def _spied_model():
 def test_guidance_closed_form():
     """With one given modality, w = 2 equals 2 v_cond - v_uncond, computed by hand."""
     model, calls = _spied_model()
-    anydit.sample(model, {"audio": "generate", "label": 5}, n=2, steps=1, guidance=2.0)
+    got = anydit.sample(model, {"audio": "generate", "label": 5}, n=2, steps=1, guidance=2.0)
     ((tokens, times, out),) = calls
     assert tokens["audio"].shape[0] == 4  # conditional and unconditional in one batch
     assert times["label"].tolist() == [1, 1, 0, 0]
     assert (tokens["label"][2:] == model.modalities["label"].mask_id).all()
+    assert (tokens["label"][:2] == 5).all()
+    # one Euler step from t = 0 to 1 with the guided velocity 2 v_cond - v_uncond
+    v = 2 * out["audio"][:2].double() - out["audio"][2:].double()
+    want = model.modalities["audio"].detokenize(tokens["audio"][:2].double() + v)
+    torch.testing.assert_close(got["audio"].double(), want, rtol=1e-6, atol=1e-6)
+    unguided = anydit.sample(model, {"audio": "generate", "label": 5}, n=2, steps=1)
+    assert not torch.allclose(unguided["audio"], got["audio"])
 
 
 def test_joint_guidance_closed_form():

@@ -13,6 +13,8 @@ from anydit.run_config import config_from_tree
 from anydit.train.checkpoint import latest_checkpoint
 from anydit.train.loop import train
 
+pytestmark = pytest.mark.slow  # whole trainings
+
 TREE = {
     "data": {"source": "digits"},
     "model": {"preset": "debug", "depth": 1},

@@ -325,6 +325,7 @@ def check_architecture(modalities: list[ModalityConfig], model: ModelConfig) -> 
         w * 4 * inner + 2 * w * int(w * model.mlp_ratio) + 6 * w * w for w in widths.values()
     ]
     params = model.depth * sum(per_stream) + model.single_depth * max(per_stream, default=0)
+    params += sum(model.time_dim * w + w * w for w in widths.values())  # time embedders
     need, have = 4 * params, _memory_bytes()
     if have and need > have:
         raise ConfigError(
@@ -623,6 +624,18 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
     return _scalar(hint, value, path)
 
 
+def _number(text: str) -> Any:
+    """A number written as text (``1e-6``, ``2``), else the text unchanged."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _scalar(hint: Any, value: Any, path: str) -> Any:
     name = getattr(hint, "__name__", str(hint))
     if hint is Any:
@@ -633,6 +646,8 @@ def _scalar(hint: Any, value: Any, path: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
             return value.lower() in ("true", "yes")
         raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if hint in (int, float) and isinstance(value, str):
+        value = _number(value)  # YAML 1.1 reads 1e-6 (no dot) as a string
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

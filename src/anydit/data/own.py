@@ -22,6 +22,7 @@ import csv
 import json
 import math
 import os
+import zipfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -216,7 +217,7 @@ class ArraysDataset(_Source):
                     self.arrays = {k: npz[k] for k in npz.files}
             else:
                 raise FileNotFoundError(f"{self.where}: no such file or folder")
-        except (ValueError, OSError, EOFError, KeyError) as err:
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
             if isinstance(err, FileNotFoundError):
                 raise
             raise DataError(

@@ -273,8 +273,8 @@ class Modality:
         data = file_bytes(source, where)
         try:
             arr = np.load(io.BytesIO(data), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:
-            raise ValueError(f"{where}: not a readable .npy array ({err})") from err
+        except Exception as err:  # numpy raises many types for damaged headers
+            raise ValueError(f"{where}: not a readable .npy array ({err!r:.200})") from None
         if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
             raise ValueError(f"{where}: expected a numeric array, got {type(arr).__name__}")
         try:

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from einops import rearrange
 from PIL import Image as PILImage
-from PIL import UnidentifiedImageError
 from torch import Tensor
 
 from anydit.modalities.base import (
@@ -82,18 +81,20 @@ def read_image(
     limit = max(256 * h * w, MIN_DECODE_PIXELS)
     try:
         with PILImage.open(opened(data)) as img:
-            if img.width * img.height > limit:
-                raise ValueError(
-                    f"image file {label} for modality '{name}' is too large: it declares "
-                    f"{img.width}x{img.height} pixels, more than {limit} for a {h}x{w} modality"
-                )
-            img.load()
-            img = img.convert(PIL_MODES[c])
-    except (UnidentifiedImageError, OSError, SyntaxError, PILImage.DecompressionBombError) as err:
+            size = img.width * img.height
+            if size <= limit:
+                img.load()
+                img = img.convert(PIL_MODES[c])
+    except Exception as err:  # Pillow raises many types for damaged or hostile files
         raise ValueError(
             f"cannot read image file {label} for modality '{name}': expected a PNG/JPEG/WebP "
-            f"image of {h}x{w} pixels (H x W) ({err})"
-        ) from err
+            f"image of {h}x{w} pixels (H x W) ({err!r:.200})"
+        ) from None
+    if size > limit:
+        raise ValueError(
+            f"image file {label} for modality '{name}' is too large: it declares "
+            f"{img.width}x{img.height} pixels, more than {limit} for a {h}x{w} modality"
+        )
     if (img.height, img.width) != (h, w):
         if fit == "exact":
             raise ValueError(

@@ -237,10 +237,12 @@ def read_wav(
         if isinstance(handle, io.BytesIO):
             handle.seek(0)
         data, sample_rate = sf.read(handle, dtype="float32", always_2d=True)  # (S, ch)
-    except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as err:
+    except ValueError:
+        raise
+    except Exception as err:  # libsndfile and its wrapper raise several types
         raise ValueError(
             f"cannot read audio file {name}: expected a readable WAV/FLAC/OGG file ({err})"
-        ) from err
+        ) from None
     return torch.from_numpy(data.mean(axis=1)), int(sample_rate)
 
 

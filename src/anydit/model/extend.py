@@ -54,10 +54,15 @@ def load_matching(
 
 
 def _is_embedder_output(key: str) -> bool:
-    """The last layer of a time embedder (``time_embed.N.mlp.2``) or pooled embedder
-    (``pooled_embed.N.2`` or ``pooled_embed.N.mlp.2``)."""
+    """The weight or bias of the last layer of a time embedder (``time_embed.N.mlp.2``) or
+    pooled embedder (``pooled_embed.N.2`` or ``pooled_embed.N.mlp.2``) -- not a LoRA adapter's
+    matrices on it: zeroing both of an adapter's matrices would leave it no gradient."""
     parts = key.split(".")
-    return parts[0] in ("time_embed", "pooled_embed") and parts[-2] == "2"
+    return (
+        parts[0] in ("time_embed", "pooled_embed")
+        and parts[-2] == "2"
+        and parts[-1] in ("weight", "bias")
+    )
 
 
 def _grow_summary(old: Tensor, new: Tensor, old_names: list[str], names: list[str]) -> Tensor:

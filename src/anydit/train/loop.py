@@ -265,5 +265,9 @@ def _write_config(config: dict, out_dir: Path, step: int) -> None:
         old = path.read_text()
         if old == text:
             return
-        (out_dir / f"config.until_step_{step:08d}.yaml").write_text(old)
+        keep, n = out_dir / f"config.until_step_{step:08d}.yaml", 1
+        while keep.exists():
+            n += 1
+            keep = out_dir / f"config.until_step_{step:08d}.{n}.yaml"
+        keep.write_text(old)
     path.write_text(text)
