@@ -24,7 +24,8 @@ from PIL import Image
 import anydit
 from anydit.config import DataConfig, ModalityConfig
 from anydit.data.sources import build_dataset, epoch_loader, make_collate
-from anydit.train.step import autocast_for, make_optimizer
+from anydit.train.optim import make_optimizer
+from anydit.train.step import forward_backward, micro_inputs
 
 
 def main() -> None:
@@ -50,7 +51,7 @@ def main() -> None:
         (root / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
         dataset = build_dataset(DataConfig("manifest", str(root / "m.jsonl")), "train", mods)
         model = anydit.MMDiT(mods, anydit.preset(args.preset))
-        collate = make_collate(model)
+        collate = make_collate(model.modalities)
         order = torch.randperm(args.n, generator=torch.Generator().manual_seed(0))
         batches = [order[i : i + args.batch] for i in range(0, args.n - args.batch + 1, args.batch)]
         results = {}
@@ -60,14 +61,13 @@ def main() -> None:
                 len(b["image"]) for b, _ in epoch_loader(dataset, batches, collate, workers)
             )
             results[f"loader_{workers}_workers"] = count / (time.perf_counter() - t0)
-        batch, _ = collate([dataset[i] for i in range(args.batch)])
+        batch, present = collate([dataset[i] for i in range(args.batch)])
         opt = make_optimizer(model.parameters(), 1e-4)
+        gen = torch.Generator().manual_seed(0)
 
-        def step():
-            with autocast_for(torch.device("cpu"), "bf16"):
-                loss, _ = anydit.training_loss(model, batch)
-            opt.zero_grad()
-            loss.backward()
+        def step():  # the training step the loop runs
+            micro = micro_inputs(model, batch, present, anydit.FlowConfig(), gen)
+            forward_backward(model, model, micro, "bf16")
             opt.step()
 
         step()

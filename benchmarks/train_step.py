@@ -34,7 +34,7 @@ def worker(preset: str, batch: int, steps: int, precision: str, checkpointing: b
 
     import anydit
     from anydit.config import ModalityConfig
-    from anydit.train.step import autocast_for
+    from anydit.train.step import forward_backward, micro_inputs
 
     torch.manual_seed(0)
     mods = [ModalityConfig(**m) for m in MODALITIES]
@@ -47,11 +47,9 @@ def worker(preset: str, batch: int, steps: int, precision: str, checkpointing: b
         "label": torch.randint(0, 10, (batch,), generator=g),
     }
 
-    def step():
-        with autocast_for(torch.device("cpu"), precision):
-            loss, _ = anydit.training_loss(model, data, generator=g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+    def step():  # the training step the loop runs
+        micro = micro_inputs(model, data, {}, anydit.FlowConfig(), g)
+        forward_backward(model, model, micro, precision)
         opt.step()
 
     step()  # warm-up (allocator, AdamW state)

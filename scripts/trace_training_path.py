@@ -89,9 +89,22 @@ def main() -> None:
         f"{len(entries)} file entries, {len(entries) - len(per_file)} re-entries, "
         f"{len(edges)} distinct file-to-file moves"
     )
+    packages: list[str] = []
+    for file in entries:
+        package = file.split("/")[0] if "/" in file else file
+        if not packages or packages[-1] != package:
+            packages.append(package)
+    per_package = Counter(packages)
+    print(
+        f"by package: {len(per_package)} packages, {len(packages)} entries, "
+        f"{len(packages) - len(per_package)} re-entries: "
+        + ", ".join(f"{k} {v}" for k, v in per_package.most_common())
+    )
     for file, n in sorted(per_file.items(), key=lambda kv: -kv[1]):
         print(f"  {n:3d}  {file}")
-    print("order of entries:")
+    print("order of entries (packages):")
+    print("  " + " -> ".join(packages))
+    print("order of entries (files):")
     print("  " + " -> ".join(entries))
 
 

@@ -4,7 +4,8 @@ must reproduce the numbers recorded in ``tests/data/pin.safetensors``.
 The record was made by the code before its layout was redesigned; a refactor must reproduce it
 bit for bit. On the CPU that made the record (same vector instruction set and model name) the
 comparison is exact; on another CPU, floating-point kernels may round differently, so there it
-is a close match (relative 1e-4). A deliberate change of behaviour rewrites the record
+is a close match (relative 1e-4). The thread count is part of the CPU's signature: a matmul
+split over another number of threads sums in another order. A deliberate change of behaviour rewrites the record
 (``python tests/test_pin.py --write``) in its own commit that says why.
 """
 
@@ -73,7 +74,11 @@ def cpu_signature() -> str:
                 break
     except OSError:
         pass
-    return f"{torch.backends.cpu.get_cpu_capability()} | {name} | torch {torch.__version__}"
+    threads = torch.get_num_threads()  # reductions split by thread count round differently
+    return (
+        f"{torch.backends.cpu.get_cpu_capability()} | {name} | torch {torch.__version__} | "
+        f"{threads} threads"
+    )
 
 
 def _arrays(folder: Path) -> Path:

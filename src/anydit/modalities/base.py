@@ -18,6 +18,7 @@ Values come from three places, read by one set of methods:
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -94,6 +95,7 @@ class Modality:
     def __init__(self, cfg):
         self.cfg = cfg
         self.name = cfg.name
+        self.shape: tuple[int, ...] = tuple(cfg.shape)  # one raw sample
         self.time_scale = 1.0  # time positions per token; shared clocks set it
 
     # --- config ----------------------------------------------------------------------------
@@ -114,12 +116,7 @@ class Modality:
         """The kind's own rules (divisibility by patches, codecs, classes...)."""
 
     # --- sizes -----------------------------------------------------------------------------
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Shape of one raw sample."""
-        return self.cfg.shape
-
-    @property
+    @functools.cached_property
     def num_tokens(self) -> int:
         return int(self.positions().shape[0])
 
