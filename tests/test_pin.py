@@ -5,8 +5,8 @@ The record was made by the code before its layout was redesigned; a refactor mus
 bit for bit. On the CPU that made the record (same vector instruction set and model name) the
 comparison is exact; on another CPU, floating-point kernels may round differently, so there it
 is a close match (relative 1e-4). The thread count is part of the CPU's signature: a matmul
-split over another number of threads sums in another order. A deliberate change of behaviour rewrites the record
-(``python tests/test_pin.py --write``) in its own commit that says why.
+split over another number of threads sums in another order. A deliberate change of behaviour
+rewrites the record (``python tests/test_pin.py --write``) in its own commit that says why.
 """
 
 from __future__ import annotations
