@@ -15,6 +15,7 @@ def test_save_load_round_trip(tmp_path):
     a = anydit.sample(model, {"image": "generate", "label": 1}, n=2, steps=2)
     b = anydit.sample(loaded, {"image": "generate", "label": 1}, n=2, steps=2)
     assert torch.equal(a["image"], b["image"])
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
     assert not list(tmp_path.glob("*.tmp"))
 
 

@@ -52,37 +52,79 @@ def test_train_writes_model_logs_and_checkpoints(run_dir):
     assert model.cfg.depth == 1  # the --set override reached the model
 
 
-ROLE_CASES = [
-    (["--generate", "image", "--given", "label=7"], {"image"}),
-    (["--generate", "image", "--given", "text=a handwritten seven"], {"image"}),
-    (["--generate", "label,text", "--given", "image=IMAGE"], {"label", "text"}),
-    (["--generate", "audio", "--given", "label=seven"], {"audio"}),
-    (["--generate", "image", "--given", "audio=WAV"], {"image"}),
-    (["--generate", "image,audio,label"], {"image", "audio", "label"}),
-    (["--generate", "image", "--given", "label=3", "--drop", "text", "--guidance", "2"], {"image"}),
-    (["--generate", "image", "--given", "audio=NPY", "--solver", "heun"], {"image"}),
-    (["--generate", "image", "--given", "label=3", "--guidance", "label=2"], {"image"}),
-    (["--generate", "image,audio", "--guidance", "3", "--guidance-interval", "0.3,1"], {"image"}),
-    (["--generate", "image", "--given", "label=3", "--shift", "3"], {"image"}),
+ROLE_CASES = [  # CLI flags, generated modalities, the same task and settings in Python
+    (["--generate", "image", "--given", "label=7"], {"image"}, {"label": 7}, {}),
+    (
+        ["--generate", "image", "--given", "text=a handwritten seven"],
+        {"image"},
+        {"text": "a handwritten seven"},
+        {},
+    ),
+    (
+        ["--generate", "label,text", "--given", "image=IMAGE"],
+        {"label", "text"},
+        {"image": "IMAGE"},
+        {},
+    ),
+    (["--generate", "audio", "--given", "label=seven"], {"audio"}, {"label": 7}, {}),
+    (["--generate", "image", "--given", "audio=WAV"], {"image"}, {"audio": "WAV"}, {}),
+    (["--generate", "image,audio,label"], {"image", "audio", "label"}, {}, {}),
+    (
+        ["--generate", "image", "--given", "label=3", "--drop", "text", "--guidance", "2"],
+        {"image"},
+        {"label": 3, "text": "drop"},
+        {"guidance": 2.0},
+    ),
+    (
+        ["--generate", "image", "--given", "audio=NPY", "--solver", "heun"],
+        {"image"},
+        {"audio": "NPY"},
+        {"solver": "heun"},
+    ),
+    (
+        ["--generate", "image", "--given", "label=3", "--guidance", "label=2"],
+        {"image"},
+        {"label": 3},
+        {"guidance": {"label": 2.0}},
+    ),
+    (
+        ["--generate", "image,audio", "--guidance", "3", "--guidance-interval", "0.3,1"],
+        {"image", "audio"},
+        {},
+        {"guidance": 3.0, "guidance_interval": (0.3, 1.0)},
+    ),
+    (
+        ["--generate", "image", "--given", "label=3", "--shift", "3"],
+        {"image"},
+        {"label": 3},
+        {"shift": 3.0},
+    ),
 ]
 
 
-@pytest.mark.parametrize(("args", "generated"), ROLE_CASES)
-def test_sample_roles(run_dir, tmp_path, args, generated):
+@pytest.mark.parametrize(("args", "generated", "given", "settings"), ROLE_CASES)
+def test_sample_roles(run_dir, tmp_path, args, generated, given, settings):
+    """Each CLI call writes exactly what ``anydit.sample`` gives for the same task."""
     from PIL import Image
 
     from anydit.data.digits import mel_params
-    from anydit.modalities.logmel import mel_to_wave, write_wav
+    from anydit.modalities.logmel import mel_to_wave, read_logmel, write_wav
 
     img = ((load_digit_images("test")[0][0, 0].numpy() + 1) * 127.5).round().astype(np.uint8)
     Image.fromarray(img).save(tmp_path / "seven.png")
     mel = load_digit_audio("test")[0][0]
     write_wav(tmp_path / "word.wav", mel_to_wave(mel, mel_params(), iters=4), 16000)
-    np.save(tmp_path / "mels.npy", load_digit_audio("test")[0][:3].numpy())
+    mels = load_digit_audio("test")[0][:3]
+    np.save(tmp_path / "mels.npy", mels.numpy())
     files = {
         "IMAGE": tmp_path / "seven.png",
         "WAV": tmp_path / "word.wav",
         "NPY": tmp_path / "mels.npy",
+    }
+    values = {  # the given files' values, read independently of the CLI
+        "IMAGE": torch.from_numpy(img).float()[None] / 127.5 - 1.0,
+        "WAV": read_logmel(tmp_path / "word.wav", mel_params(), (32, 32)),
+        "NPY": mels,
     }
     for key, path in files.items():
         args = [a.replace(f"={key}", f"={path}") for a in args]
@@ -102,9 +144,16 @@ def test_sample_roles(run_dir, tmp_path, args, generated):
         ]
     )
     assert code == 0
+    task = {name: "generate" for name in generated}
+    task.update({k: values.get(v, v) if isinstance(v, str) else v for k, v in given.items()})
+    model = anydit.load_model(run_dir / "model.safetensors")
+    want = anydit.sample(model, task, n=3, steps=2, seed=0, **settings)
     with np.load(out / "samples.npz") as npz:
+        assert set(npz.files) == set(want)
         for name in generated:
-            assert npz[name].shape[0] == 3
+            np.testing.assert_array_equal(npz[name], want[name].numpy(), err_msg=name)
+        if given.get("label") is not None:
+            assert npz["label"].tolist() == [given["label"]] * 3
     if "image" in generated:
         assert (out / "image_grid.png").is_file() and (out / "image_00002.png").is_file()
     if "audio" in generated:
@@ -176,7 +225,7 @@ def test_bad_inputs_end_in_one_clear_message(run_dir, tmp_path, capsys):
 
     Image.new("L", (9, 8)).save(bad)
     err = _err(capsys, [*ck, "--generate", "label", "--given", f"image={bad}"])
-    assert "big.png" in err
+    assert "big.png" in err and "expected 8x8 pixels (H x W), found 8x9" in err
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"RIFF....not audio")
     assert "junk.wav" in _err(capsys, [*ck, "--generate", "image", "--given", f"audio={junk}"])
@@ -285,6 +334,7 @@ def test_crash_and_resume_continue_exactly(tmp_path):
     assert (tmp_path / "split" / "checkpoints" / "step_00000004").is_dir()
     result = train(cfg, tmp_path / "split", progress=False)
     assert result.step == 6
+    assert [r["step"] for r in result.history] == [5, 6]  # resumed, not started over
     for name in ("model.safetensors",):
         a = anydit.load_model(tmp_path / "straight" / name).state_dict()
         b = anydit.load_model(tmp_path / "split" / name).state_dict()

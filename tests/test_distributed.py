@@ -99,5 +99,7 @@ def test_fsdp_checkpoint_resumes_in_one_process_and_back(runs, tmp_path):
             runs[src] / "checkpoints" / "step_00000002", run / "checkpoints" / "step_00000002"
         )
         _run(["train", str(runs["config"]), "--out", str(run), "--no-progress", *extra], nproc)
+        steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [3, 4], src  # resumed, not started over
         got = _weights(run / "model.safetensors")
         assert max((reference[k] - got[k]).abs().max().item() for k in got) < 1e-4, src

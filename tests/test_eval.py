@@ -119,7 +119,9 @@ def test_frechet_distance() -> None:
     a = rng.normal(size=(500, 8))
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
     assert frechet_distance(a, a + 1.0) == pytest.approx(8.0, rel=1e-6)  # |shift|^2
-    assert frechet_distance(a, 2.0 * a) > 1.0
+    # b = 2a: mean term |mu|^2, and tr(C) + tr(4C) - 2 tr(2C) = tr(C)
+    want = np.sum(a.mean(0) ** 2) + np.trace(np.cov(a, rowvar=False))
+    assert frechet_distance(a, 2.0 * a) == pytest.approx(want, rel=1e-9)
     with pytest.raises(ValueError, match="features"):
         frechet_distance(a, a[:, :4])
 

@@ -55,7 +55,13 @@ def test_extend_keeps_every_imported_weight(sd35):
     times["image"] = times["audio"] = torch.tensor([0.3, 0.6])
     with torch.no_grad():
         out = grown(tokens, times)
+        alone = base(
+            {n: v for n, v in tokens.items() if n != "audio"},
+            {n: v for n, v in times.items() if n != "audio"},
+        )
     assert out["audio"].shape == (2, 8, 16) and out["image"].shape == (2, 64, 4)
+    assert (out["audio"] == 0).all()  # a zero-initialised output layer
+    assert not torch.allclose(out["image"], alone["image"])  # audio tokens joined the attention
 
 
 def _arrays(tmp_path, n=12):

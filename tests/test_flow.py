@@ -47,6 +47,10 @@ def test_time_samplers(sampler):
     t = sample_times(sampler, 20000, generator=g)
     assert ((t > 0) & (t < 1)).all()
     assert t.mean().item() == pytest.approx(0.5, abs=0.01)
+    if sampler == "logit_normal":  # logit(t) ~ N(0, 1)
+        z = torch.logit(t.double())
+        assert z.mean().item() == pytest.approx(0.0, abs=0.03)
+        assert z.std().item() == pytest.approx(1.0, abs=0.03)
     if sampler == "uniform":
         assert t.std().item() == pytest.approx((1 / 12) ** 0.5, abs=0.01)
     shifted = sample_times(sampler, 20000, shift=3.0, generator=torch.Generator().manual_seed(0))
@@ -152,3 +156,31 @@ def test_flow_config_moves_training_times():
     wide = sample_times("logit_normal", 20000, logit_std=2.0, generator=g())
     assert later.mean() > base.mean() + 0.1
     assert wide.std() > base.std() + 0.05
+
+
+def test_training_inputs_follow_the_path_in_closed_form():
+    """x_t = t x1 + (1 - t) x0 on generated rows, x0 on dropped rows, x1 on given rows; the
+    target is x1 - x0 with x0 ~ N(0, I); roles are drawn at their configured rates."""
+    torch.manual_seed(0)
+    mods, cfg = __import__("conftest").four_modalities()
+    model = anydit.MMDiT(mods, cfg)
+    for m in model.modalities.values():
+        m.cfg.p_given, m.cfg.p_drop = 0.3, 0.3
+    batch = random_batch(model, b=400)
+    g = torch.Generator().manual_seed(0)
+    inp = make_inputs(model.modalities, batch, anydit.FlowConfig(), False, None, g)
+    for name, m in model.modalities.items():
+        role = inp.roles[name]
+        assert (role == DROPPED).float().mean().item() == pytest.approx(0.3, abs=0.08)
+        if m.discrete:
+            continue
+        clean = m.tokenize(batch[name]).double()  # x1
+        t = inp.times[name].double()[:, None, None]
+        tokens, target = inp.tokens[name].double(), inp.targets[name].double()
+        x0 = clean - target
+        gen, drop, given = role == GENERATE, role == DROPPED, role == GIVEN
+        torch.testing.assert_close(tokens[gen], (t * clean + (1 - t) * x0)[gen], rtol=0, atol=1e-5)
+        torch.testing.assert_close(tokens[drop], x0[drop], rtol=0, atol=1e-6)
+        torch.testing.assert_close(tokens[given], clean[given], rtol=0, atol=1e-6)
+        assert x0.std().item() == pytest.approx(1.0, abs=0.05)
+        assert x0.mean().abs().item() < 0.05

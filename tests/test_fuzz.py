@@ -67,16 +67,22 @@ def test_random_configs_load_or_name_the_field():
     leaves = [p for p in _leaves(VALID) if p]
     for case in range(400):
         tree = copy.deepcopy(VALID)
+        changed = set()
         for _ in range(rng.choice((1, 1, 2))):
             path = rng.choice(leaves)
             try:
                 _set(tree, path, copy.deepcopy(rng.choice(ODD_VALUES)))
             except (TypeError, KeyError, IndexError):
                 continue  # an earlier mutation replaced a parent
+            changed |= {str(p) for p in path if isinstance(p, str)}
+            if path[0] == "modalities" and len(path) > 2:  # the modality, by name
+                changed.add(VALID["modalities"][path[1]]["name"])
         try:
             config_from_tree(tree)
         except ConfigError as err:
-            assert "\n" not in str(err) and str(err), (case, tree)
+            message = str(err)
+            assert message and "\n" not in message, (case, tree)
+            assert any(word in message for word in changed), (case, message, changed)
         except Exception as err:  # noqa: BLE001 - what the test is about
             pytest.fail(
                 f"case {case}: {type(err).__name__}: {err} for {json.dumps(tree, default=str)}"
@@ -117,7 +123,8 @@ def test_random_files_read_or_name_the_file(tmp_path):
             try:
                 m.read_value(str(path))
             except (ValueError, FileNotFoundError) as err:
-                assert str(err) and "\n" not in str(err).strip(), (case, m.name)
+                assert "\n" not in str(err).strip(), (case, m.name)
+                assert path.name in str(err), (case, m.name, str(err))
             except Exception as err:  # noqa: BLE001
                 pytest.fail(f"case {case} ({ext}) for '{m.name}': {type(err).__name__}: {err}")
 

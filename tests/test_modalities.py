@@ -123,3 +123,13 @@ def test_token_mask_needs_every_element_known():
     mask = torch.ones(1, 1, 4, 4, dtype=torch.bool)
     mask[0, 0, 0, 0] = False  # one pixel of the first patch unknown
     assert m.token_mask(mask)[0].tolist() == [False, True, True, True]
+
+
+def test_video_tokens_are_blocks_of_frames_and_pixels():
+    """An arange video (4, 1, 4, 4), patch 2 x patch_t 2: token 0 holds frames 0-1 x the
+    top-left 2 x 2 pixels, token 4 frames 2-3 there; positions (time, row, column)."""
+    m = build_modality(ModalityConfig("v", "video", (4, 1, 4, 4), patch=2, patch_t=2))
+    tok = m.tokenize(torch.arange(64.0).reshape(1, 4, 1, 4, 4))  # (1, 8, 8)
+    assert tok[0, 0].tolist() == [0, 1, 4, 5, 16, 17, 20, 21]
+    assert tok[0, 4].tolist() == [32, 33, 36, 37, 48, 49, 52, 53]
+    assert m.positions()[4].tolist() == [1.0, 0.0, 0.0] and m.positions()[3].tolist() == [0, 1, 1]

@@ -137,6 +137,8 @@ def test_sum_conditioning_gives_every_stream_the_same_vector():
     summary = _model(conditioning="summary")
     c = summary.conditioning(times, x, {"pooled": tokens["pooled"]})
     assert not torch.equal(c["image"], c["text"])  # per-stream projections of one summary
+    other = summary.conditioning(dict(times, text=torch.zeros(2)), x, {"pooled": tokens["pooled"]})
+    assert not torch.allclose(c["image"], other["image"])  # the image hears the text's time
 
 
 def test_rope_axes_split():

@@ -367,7 +367,11 @@ def test_vector_standardised_with_stored_statistics(tmp_path, capsys):
     torch.testing.assert_close(tokens.mean((0, 1)), torch.zeros(3), atol=1e-5, rtol=0)
     torch.testing.assert_close(tokens.std((0, 1)), torch.ones(3), atol=1e-4, rtol=0)
     torch.testing.assert_close(model.modalities["vec"].detokenize(tokens), x)  # original units
-    cfg = _config(tmp_path, {"source": "arrays", "path": str(tmp_path / "d.npz")}, mods)
+    fresh = [  # no statistics yet: the training run computes and stores them
+        ModalityConfig("vec", "vector", (3,), standardize=True),
+        ModalityConfig("label", "label", num_classes=2),
+    ]
+    cfg = _config(tmp_path, {"source": "arrays", "path": str(tmp_path / "d.npz")}, fresh)
     out = tmp_path / "run"
     assert main(["train", cfg, "--out", str(out), "--no-progress"]) == 0
     loaded = anydit.load_model(out / "model.safetensors")

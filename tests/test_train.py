@@ -1,3 +1,5 @@
+import math
+
 """The training loop's options and fault handling, in one process on a debug model."""
 
 import signal
@@ -73,6 +75,7 @@ def test_kill_during_checkpoint_write_keeps_previous(straight, tmp_path):
     assert latest_checkpoint(out).name == "step_00000002"
     result = train(_cfg(), out, progress=False)
     assert result.step == 6
+    assert [r["step"] for r in result.history] == [3, 4, 5, 6]  # resumed, not started over
     assert _same(_weights(straight / "model.safetensors"), _weights(out / "model.safetensors"))
 
 
@@ -172,6 +175,8 @@ def test_schedules():
     assert cosine(0) == pytest.approx(0.1) and constant(4) == pytest.approx(0.5)  # warm-up
     assert cosine(10) == pytest.approx(1.0) and cosine(55) == pytest.approx(0.5)
     assert cosine(100) == pytest.approx(0.0, abs=1e-12)
+    # a quarter of the way through the decay: cosine, not linear (0.75)
+    assert cosine(32.5) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
     assert constant(100) == 1.0
 
 
@@ -227,14 +232,15 @@ def test_frozen_run_resumes_exactly(tmp_path):
         "model": {"preset": "debug", "depth": 1},
         "train": {"steps": 4, "batch_size": 8, "warmup": 1, "freeze": ["text"]},
     }
-    cfg = config_from_tree(tree, ["train.checkpoint_every=2"])
+    cfg = config_from_tree(tree, ["train.checkpoint_every=2", "train.log_every=1"])
     train(cfg, tmp_path / "a", resume=False, progress=False)
     (tmp_path / "b" / "checkpoints").mkdir(parents=True)
     shutil.copytree(
         tmp_path / "a" / "checkpoints" / "step_00000002",
         tmp_path / "b" / "checkpoints" / "step_00000002",
     )
-    train(cfg, tmp_path / "b", resume=True, progress=False)  # optimiser: trainable weights only
+    result = train(cfg, tmp_path / "b", resume=True, progress=False)  # trainable weights only
+    assert [r["step"] for r in result.history] == [3, 4]  # resumed, not started over
     a = anydit.load_model(tmp_path / "a" / "model.safetensors").state_dict()
     b = anydit.load_model(tmp_path / "b" / "model.safetensors").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -215,7 +215,12 @@ class Modality:
             raise FileNotFoundError(
                 f"modality '{self.name}': file '{path}' for modality '{self.name}' does not exist"
             )
-        return self.read_file(path, ext, "exact", n)
+        try:
+            return self.read_file(path, ext, "exact", n)
+        except ValueError as err:
+            if path.name in str(err):
+                raise
+            raise ValueError(f"file '{path}' for modality '{self.name}': {err}") from None
 
     free_text: ClassVar[bool] = False  # text values may contain '/' without naming a file
 

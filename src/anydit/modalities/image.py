@@ -85,6 +85,11 @@ def read_image(
             if size <= limit:
                 img.load()
                 img = img.convert(PIL_MODES[c])
+    except PILImage.DecompressionBombError as err:
+        raise ValueError(
+            f"image file {label} for modality '{name}' is too large: it declares more pixels "
+            f"than {limit} for a {h}x{w} modality ({err})"
+        ) from None
     except Exception as err:  # Pillow raises many types for damaged or hostile files
         raise ValueError(
             f"cannot read image file {label} for modality '{name}': expected a PNG/JPEG/WebP "
