@@ -1,4 +1,5 @@
 import re
+
 import pytest
 import torch
 from conftest import four_modalities, randomize
