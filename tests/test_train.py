@@ -1,7 +1,6 @@
-import math
-
 """The training loop's options and fault handling, in one process on a debug model."""
 
+import math
 import signal
 import subprocess
 import sys
