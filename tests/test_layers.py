@@ -20,7 +20,7 @@ LAYERS = [
     {"data"},
     {"train"},
     {"eval", "interop"},
-    {"run_config", "demo", "cli", "__init__", "__main__"},
+    {"run_config", "demo", "cli", "serve", "__init__", "__main__"},
 ]
 
 

@@ -4,6 +4,7 @@
     anydit sample --checkpoint PATH --generate NAME[,NAME] [--given NAME=VALUE ...] [--drop NAME]
     anydit eval --checkpoint PATH [--out DIR]
     anydit demo [--minutes M] [--out DIR]
+    anydit serve --checkpoint PATH [--port P] [--host H]
     anydit import sd3|flux SOURCE --out MODEL.safetensors [--config-out RUN.yaml]
     anydit export sd3|flux MODEL --out FOLDER
 
@@ -18,16 +19,8 @@ import os
 import sys
 from pathlib import Path
 
-from anydit.config import ConfigError
-
-EXPECTED_ERRORS = (
-    ConfigError,
-    ValueError,
-    FileNotFoundError,
-    OSError,
-    FloatingPointError,
-    KeyError,
-)
+from anydit.errors import EXPECTED_ERRORS
+from anydit.run_config import model_file, run_sampling
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -166,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-interval", type=_interval, metavar="LOW,HIGH")
     _add_common(p)
 
+    p = sub.add_parser("serve", help="a web page for every task of a trained model (Gradio)")
+    p.add_argument("--checkpoint", required=True, help="model.safetensors or a run folder")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: this machine only)"
+    )
+    _add_common(p)
+
     p = sub.add_parser("demo", help="train on the built-in digits, evaluate, write a gallery")
     p.add_argument(
         "--minutes", type=float, default=10.0, help="wall-clock budget for the whole demo"
@@ -214,13 +215,6 @@ def _interval(text: str) -> tuple[float, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected LOW,HIGH (two times), got {text!r}") from None
     return lo, hi
-
-
-def _model_path(path: str) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        p = p / "model.safetensors"
-    return p
 
 
 def cmd_train(args) -> int:
@@ -290,7 +284,7 @@ def cmd_export(args) -> int:
     import anydit
     from anydit.interop.diffusers import save_diffusers
 
-    model = anydit.load_model(_model_path(args.model))
+    model = anydit.load_model(model_file(args.model))
     folder = save_diffusers(model, args.out, args.family, args.sample_size)
     print(f"exported {args.family}: {folder}")
     return 0
@@ -371,30 +365,15 @@ def parse_task(model, generate: str, given: list[str], drop: list[str], n: int) 
     return task
 
 
-def _run_sampling(checkpoint: str):
-    """The ``sample:`` settings of the run a checkpoint belongs to (its folder's
-    ``config.yaml``), or the defaults."""
-    import yaml
-
-    from anydit.config import SampleConfig, from_dict
-
-    folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
-    saved = folder / "config.yaml"
-    if not saved.is_file():
-        return SampleConfig()
-    tree = yaml.safe_load(saved.read_text()) or {}
-    return from_dict(SampleConfig, tree.get("sample") or {}, f"{saved}: sample")
-
-
 def cmd_sample(args) -> int:
     import anydit
     from anydit.modalities.outputs import write_outputs
     from anydit.sampling import settings
     from anydit.storage import check_writable
 
-    model = anydit.load_model(_model_path(args.checkpoint))
+    model = anydit.load_model(model_file(args.checkpoint))
     config = settings(
-        _run_sampling(args.checkpoint),
+        run_sampling(args.checkpoint),
         steps=args.steps,
         solver=args.solver,
         guidance=args.guidance,
@@ -420,7 +399,7 @@ def cmd_eval(args) -> int:
     from anydit.eval.report import run_eval
     from anydit.sampling import settings
 
-    path = _model_path(args.checkpoint)
+    path = model_file(args.checkpoint)
     model = anydit.load_model(path)
     out = Path(args.out) if args.out else path.parent
     config = settings(
@@ -449,11 +428,22 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    try:
+        from anydit.serve import serve
+    except ImportError as err:
+        raise OSError(f"anydit serve needs Gradio: pip install 'anydit[serve]' ({err})") from None
+    print(f"serving {args.checkpoint} on http://{args.host}:{args.port} (Ctrl-C stops it)")
+    serve(args.checkpoint, args.host, args.port)
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "sample": cmd_sample,
     "eval": cmd_eval,
     "demo": cmd_demo,
+    "serve": cmd_serve,
     "data": cmd_data,
     "import": cmd_import,
     "export": cmd_export,

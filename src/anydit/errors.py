@@ -39,3 +39,7 @@ def problem_kind(err: Exception) -> str:
         if needle in text:
             return kind
     return "invalid value"
+
+
+# What bad input raises; the CLI and the web page show these as one line.
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, OSError, FloatingPointError, KeyError)

@@ -96,3 +96,27 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         return config_from_tree(tree, overrides)
     except ConfigError as e:
         raise ConfigError(f"config file {p}: {e}") from None
+
+
+def model_file(path: str | Path) -> Path:
+    """A model file, or a run folder's ``model.safetensors``."""
+    p = Path(path)
+    return p / "model.safetensors" if p.is_dir() else p
+
+
+def run_sampling(checkpoint: str | Path):
+    """The ``sample:`` settings of the run a checkpoint belongs to (its folder's
+    ``config.yaml``), or the defaults."""
+    from anydit.config import SampleConfig
+
+    p = Path(checkpoint)
+    saved = (p if p.is_dir() else p.parent) / "config.yaml"
+    if not saved.is_file():
+        return SampleConfig()
+    try:
+        tree = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{saved}: not valid YAML ({e})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{saved}: expected a mapping at the top level")
+    return from_dict(SampleConfig, tree.get("sample") or {}, f"{saved}: sample")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -79,6 +80,7 @@ def sample(
     guidance_interval: tuple[float, float] | None = None,
     shift: float | None = None,
     config: SampleConfig | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> dict[str, Tensor]:
     """Sample from ``model`` under ``task`` (see ``anydit.sampling.tasks``).
 
@@ -105,6 +107,7 @@ def sample(
         precision: "fp32", or "bf16" autocast.
         unmasking: discrete reveal order, "random" (exact ancestral sampling) or
             "confidence" (surest tokens first; more coherent text in few steps).
+        progress: called with the share of network evaluations done (0 to 1] after each.
 
     Returns:
         {name: (n, *shape) raw values} for every generated and every given modality.
@@ -166,8 +169,13 @@ def sample(
         else contextlib.nullcontext()
     )
     lo, hi = cfg.guidance_interval
+    evaluations = (len(next(iter(grids.values()))) - 1) * (1 if cfg.solver == "euler" else 2)
+    done = [0]
 
     def velocity_fn(x: dict[str, Tensor], t: dict[str, Tensor]) -> dict[str, Tensor]:
+        if progress is not None:
+            done[0] += 1
+            progress(min(1.0, done[0] / evaluations))
         sets = [set()] + [drop for drop, _, _ in branches]
         parts = [inputs(x, t, drop) for drop in sets]
         tokens = {k: torch.cat([p[0][k] for p in parts]) for k in mods}  # (g n, ...)
