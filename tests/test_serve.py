@@ -168,10 +168,11 @@ def test_the_server_through_gradio_client(demo, server):
         args += [vals["audio"], vals["image"], vals["draw"], vals["label"], vals["text"]]
         return client.predict(*args, *settings, api_name="/generate")
 
+    image, audio = handle_file(values["image"]), handle_file(values["audio"])
     for roles, given in [
         ({"audio": "drop", "image": "generate", "label": "given", "text": "drop"}, {}),
-        ({"audio": "drop", "image": "given", "label": "generate", "text": "drop"}, {"image": handle_file(values["image"])}),
-        ({"audio": "given", "image": "generate", "label": "drop", "text": "drop"}, {"audio": handle_file(values["audio"])}),
+        ({"audio": "drop", "image": "given", "label": "generate", "text": "drop"}, {"image": image}),
+        ({"audio": "given", "image": "generate", "label": "drop", "text": "drop"}, {"audio": audio}),
         ({"audio": "generate", "image": "generate", "label": "generate", "text": "drop"}, {}),
     ]:  # fmt: skip
         result = call(roles, **given)
