@@ -284,10 +284,8 @@ def test_pack_shards_stream_the_manifest_samples_split_across_ranks(tmp_path):
     from anydit.data.shards import ShardStream
 
     manifest = _pets_manifest(tmp_path)
-    assert (
-        main(["data", "pack", str(manifest), "--out", str(tmp_path / "sh"), "--shard-size", "3"])
-        == 0
-    )
+    run = _config(tmp_path, {"source": "manifest", "path": str(manifest)})
+    assert main(["data", "pack", run, "--out", str(tmp_path / "sh"), "--shard-size", "3"]) == 0
     index = json.loads((tmp_path / "sh" / "shards.json").read_text())
     assert index["counts"] == [3, 3, 3, 3]
     want = sorted(
@@ -310,10 +308,8 @@ def test_pack_shards_stream_the_manifest_samples_split_across_ranks(tmp_path):
 @pytest.mark.slow
 def test_train_from_shards_and_check(tmp_path, capsys):
     manifest = _pets_manifest(tmp_path)
-    assert (
-        main(["data", "pack", str(manifest), "--out", str(tmp_path / "sh"), "--shard-size", "5"])
-        == 0
-    )
+    run = _config(tmp_path, {"source": "manifest", "path": str(manifest)})
+    assert main(["data", "pack", run, "--out", str(tmp_path / "sh"), "--shard-size", "5"]) == 0
     cfg = _config(tmp_path, {"source": "shards", "path": str(tmp_path / "sh"), "workers": 1})
     assert main(["data", "check", cfg]) == 0
     assert "12 samples, 12 readable" in capsys.readouterr().out

@@ -73,6 +73,9 @@ def _mods(**label):
     ]
 
 
+MODS = _mods(classes=["a", "b"])
+
+
 # --- 1. a kill inside a checkpoint's write -------------------------------------------------
 @pytest.mark.slow
 def test_kill_inside_state_write_never_blocks_resume(tmp_path):
@@ -168,7 +171,7 @@ def _alarm(seconds: int):
 
 @pytest.mark.slow
 def test_skipped_shard_samples_end_the_epoch_instead_of_looping(tmp_path):
-    pack(_manifest(tmp_path, 12, bad=3), tmp_path / "shards", shard_size=4)
+    pack(_manifest(tmp_path, 12, bad=3), tmp_path / "shards", MODS, shard_size=4)
     tree = {
         "modalities": [vars(m) | {"shape": list(m.shape)} for m in _mods(classes=["a", "b"])],
         "data": {"source": "shards", "path": str(tmp_path / "shards"), "on_error": "skip"},
@@ -186,7 +189,7 @@ def test_skipped_shard_samples_end_the_epoch_instead_of_looping(tmp_path):
 
 
 def test_an_index_that_overstates_a_count_is_an_error(tmp_path):
-    pack(_manifest(tmp_path, 8), tmp_path / "shards", shard_size=4)
+    pack(_manifest(tmp_path, 8), tmp_path / "shards", MODS, shard_size=4)
     index = json.loads((tmp_path / "shards" / "shards.json").read_text())
     index["counts"][1] = 6
     (tmp_path / "shards" / "shards.json").write_text(json.dumps(index))
@@ -245,15 +248,23 @@ def test_resume_refuses_a_changed_config_naming_each_change(tmp_path):
 
 
 def test_a_second_run_on_the_same_folder_refuses(tmp_path):
-    from anydit.train.folder import claim
-
-    tmp_path.mkdir(exist_ok=True)
-    held = claim(tmp_path)
+    holder = subprocess.Popen(  # another process holding the folder, as a running train would
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from anydit.train.folder import claim;"
+            f"h = claim(Path({str(tmp_path)!r})); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(OSError, match=f"output folder {tmp_path} is in use by another"):
             train(_cfg(steps=1), tmp_path, progress=False)
     finally:
-        held.close()
+        holder.kill()
+        holder.wait()
     assert train(_cfg(steps=1, checkpoint_every=1), tmp_path, progress=False).step == 1
 
 
@@ -276,9 +287,15 @@ def test_integer_labels_from_data_keep_their_names(tmp_path, source):
     assert label.cfg.classes == ("1", "2", "3")
     batch, _ = make_collate({"label": label})([dataset[i] for i in range(4)])
     assert label.decode(batch["label"]) == ["1", "2", "3", "2"]  # 1 trains as '1', not '2'
-    assert label.prepare(1).tolist() == [0] and label.prepare("3").tolist() == [2]
-    with pytest.raises(ValueError, match="unknown label 0"):
-        label.prepare(0)  # not a name here: no silent id
+    # in Python, strings are names and integers ids: sample()'s output fed back means the same
+    assert label.prepare("1").tolist() == [0] and label.prepare("3").tolist() == [2]
+    assert label.prepare(torch.tensor([0, 2])).tolist() == [0, 2]
+    with pytest.raises(ValueError, match="unknown label '0'"):
+        label.prepare("0")  # not a name here, and no silent id
+    model = anydit.MMDiT(mods, anydit.preset("debug"))
+    out = anydit.sample(model, {"label": "generate"}, n=4, steps=2)
+    again = anydit.sample(model, {"image": "generate", "label": out["label"]}, n=4, steps=2)
+    assert label.decode(again["label"]) == label.decode(out["label"])
 
 
 # --- 6. reserved modality names ------------------------------------------------------------
@@ -341,7 +358,7 @@ def test_pack_and_manifest_read_a_text_cell_alike(tmp_path):
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     mods = _mods(classes=["a", "b"])
     direct = build_dataset(DataConfig("manifest", str(tmp_path / "m.jsonl")), "train", mods)[0]
-    pack(tmp_path / "m.jsonl", tmp_path / "shards")
+    pack(tmp_path / "m.jsonl", tmp_path / "shards", mods)
     streamed = next(iter(ShardStream(tmp_path / "shards", mods)))
     assert direct["text"] == streamed["text"] == "secret.txt"  # a literal, never a file
 
@@ -360,7 +377,7 @@ def test_manifests_and_shards_never_reach_outside_their_folder(tmp_path):
         with pytest.raises(DataError, match="row 2, column 'image': file .* lies outside"):
             ds[1]
         with pytest.raises(DataError, match="row 2, column 'image': file .* lies outside"):
-            pack(data / "m.jsonl", tmp_path / "shards")
+            pack(data / "m.jsonl", tmp_path / "shards", mods)
         trusting = DataConfig("manifest", str(data / "m.jsonl"), allow_outside=True)
         assert build_dataset(trusting, "train", mods)[1]["image"].shape == (1, 8, 8)
     # a shard member is data: an absolute path in a text member stays text, and an image
@@ -433,7 +450,7 @@ def test_shards_are_read_in_memory_leaving_no_files(tmp_path, monkeypatch):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    pack(_manifest(tmp_path, 4), tmp_path / "shards")
+    pack(_manifest(tmp_path, 4), tmp_path / "shards", MODS)
     items = list(ShardStream(tmp_path / "shards", _mods(classes=["a", "b"])))
     assert len(items) == 4 and not list(scratch.iterdir())
 
@@ -645,3 +662,164 @@ def test_p_partial_without_per_token_time_is_an_error_in_every_entry():
         anydit.MMDiT(mods, anydit.preset("debug"))
     with pytest.raises(ConfigError, match="p_partial"):
         anydit.Config(modalities=mods, model=anydit.preset("debug"))
+
+
+# --- found by review --------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_stream_with_no_full_batch_is_an_error_not_a_hang(tmp_path, workers):
+    pack(_manifest(tmp_path, 8, bad=3), tmp_path / "shards", MODS, shard_size=4)
+    tree = {
+        "modalities": [vars(m) | {"shape": list(m.shape)} for m in MODS],
+        "data": {"source": "shards", "path": str(tmp_path / "shards"), "on_error": "skip"},
+        "model": {"preset": "debug", "depth": 1},
+        "train": {"steps": 3, "batch_size": 8, "checkpoint_every": 100, "tensorboard": False},
+    }
+    tree["data"]["workers"] = workers
+    _alarm(120)
+    try:
+        with pytest.raises(DataError, match="epoch 0 of the data gave no full batch of 8"):
+            train(config_from_tree(tree), tmp_path / "run", progress=False)
+    finally:
+        signal.alarm(0)
+
+
+@pytest.mark.slow
+def test_loader_workers_do_not_drop_a_stream_s_batches(tmp_path):
+    pack(_manifest(tmp_path, 8), tmp_path / "shards", MODS, shard_size=4)
+    tree = {
+        "modalities": [vars(m) | {"shape": list(m.shape)} for m in MODS],
+        "data": {"source": "shards", "path": str(tmp_path / "shards"), "workers": 2},
+        "model": {"preset": "debug", "depth": 1},
+        "train": {"steps": 2, "batch_size": 8, "checkpoint_every": 100, "tensorboard": False},
+    }
+    _alarm(120)
+    try:  # 2 workers x 1 shard of 4 each: one batch of 8 an epoch, formed in the trainer
+        assert train(config_from_tree(tree), tmp_path / "run", progress=False).step == 2
+    finally:
+        signal.alarm(0)
+
+
+def test_leftovers_are_only_anydits_own(tmp_path):
+    from anydit.train.checkpoint import remove_leftovers
+
+    (tmp_path / "thesis.tmp").write_text("mine")
+    (tmp_path / "build.tmp").mkdir()
+    (tmp_path / "checkpoints" / "step_00000004.tmp").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "notes.tmp").write_text("mine")
+    (tmp_path / "model.safetensors.tmp").write_bytes(b"torn")
+    removed = sorted(p.name for p in remove_leftovers(tmp_path))
+    assert removed == ["model.safetensors.tmp", "step_00000004.tmp"]
+    assert (tmp_path / "thesis.tmp").is_file() and (tmp_path / "build.tmp").is_dir()
+    assert (tmp_path / "checkpoints" / "notes.tmp").is_file()
+
+
+def test_per_modality_guidance_in_the_config(tmp_path):
+    from anydit.train.logs import Logger, write_sample_grid
+
+    tree = json.loads(json.dumps(TREE))
+    tree["sample"] = {"guidance": {"label": 2.0}, "steps": 2}
+    cfg = config_from_tree(tree)  # valid: the grid guides nothing (nothing is given there)
+    model = anydit.MMDiT(cfg.modalities, cfg.model)
+    write_sample_grid(model, tmp_path, 1, Logger(tmp_path, True, False, False, 1, 0), cfg.sample)
+    assert (tmp_path / "samples" / "image_step00000001.png").is_file()
+    tree["sample"] = {"guidance": {"colour": 2.0}}
+    with pytest.raises(ConfigError, match="sample.guidance: expected modality names among"):
+        config_from_tree(tree)
+
+
+def test_model_files_with_fields_that_never_applied_still_load(tmp_path):
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    model = anydit.MMDiT(_mods(num_classes=3), anydit.preset("debug"))
+    mods = [dataclasses.asdict(m) for m in model.modality_configs]
+    mods[1]["rate"] = 2.0  # a label with a clock rate, and p_partial without per-token times:
+    mods[0]["p_partial"] = 0.3  # older versions accepted both and ignored them
+    meta = {
+        "format": "anydit-model-1",
+        "modalities": json.dumps(mods),
+        "model": json.dumps(dataclasses.asdict(model.cfg)),
+    }
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp_path / "old.safetensors"), metadata=meta)
+    with pytest.warns(UserWarning, match=r"stores \['p_partial'\].*|stores \['rate'\]"):
+        loaded = anydit.load_model(tmp_path / "old.safetensors")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+
+
+def test_range_checks_only_where_values_are_pixels(tmp_path):
+    from anydit.modalities import build_modality
+
+    two = build_modality(ModalityConfig("v", "video", (2, 2, 4, 4), patch=2))  # 2 channels
+    assert two.read_array(torch.full((2, 2, 4, 4), 3.0), one=True).max() == 3.0
+    grey = build_modality(ModalityConfig("v", "video", (2, 1, 4, 4), patch=2))
+    with pytest.raises(ValueError, match="must lie in \\[-1, 1\\]"):
+        grey.read_array(torch.full((2, 1, 4, 4), 3.0), one=True)
+    image = build_modality(ModalityConfig("i", "image", (1, 8, 8), patch=2))
+    with pytest.raises(ValueError, match="from 255 to 255 \\(latents\\? declare codec: latent\\)"):
+        image.read_array(torch.full((1, 8, 8), 255, dtype=torch.int64), one=True)
+    latent = build_modality(ModalityConfig("i", "image", (4, 8, 8), patch=2, codec="latent"))
+    assert latent.read_array(torch.full((4, 8, 8), 5.0), one=True).max() == 5.0
+
+
+def test_a_caption_that_looks_like_a_file_name_is_text(tmp_path):
+    _png(tmp_path / "0.png")
+    (tmp_path / "IMG_1234.JPG").write_bytes(b"not read")
+    rows = [{"image": "0.png", "label": "a", "text": "IMG_1234.JPG"}]
+    (tmp_path / "m.jsonl").write_text(json.dumps(rows[0]))
+    direct = build_dataset(DataConfig("manifest", str(tmp_path / "m.jsonl")), "train", MODS)[0]
+    pack(tmp_path / "m.jsonl", tmp_path / "shards", MODS)
+    streamed = next(iter(ShardStream(tmp_path / "shards", MODS)))
+    assert direct["text"] == streamed["text"] == "IMG_1234.JPG"
+
+
+def test_a_shard_whose_samples_are_scattered_is_refused(tmp_path):
+    (tmp_path / "s").mkdir()
+    with tarfile.open(tmp_path / "s" / "a.tar", "w") as tar:
+        for name in ("00.label.txt", "01.label.txt", "00.text.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"a"))
+    (tmp_path / "s" / "shards.json").write_text(json.dumps({"shards": ["a.tar"], "counts": [2]}))
+    with pytest.raises(DataError, match="the members of sample 00 are not together"):
+        list(ShardStream(tmp_path / "s", MODS))
+
+
+@pytest.mark.slow
+def test_a_refused_resume_names_the_modality_field(tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(steps=2), out, progress=False)
+    tree = json.loads(json.dumps(TREE))
+    tree["train"]["steps"] = 2
+    import dataclasses
+
+    from anydit.data.digits import digits_modalities
+
+    mods = [dataclasses.asdict(m) for m in digits_modalities()]
+    mods[1]["p_given"] = 0.3
+    tree["modalities"] = mods
+    with pytest.raises(ConfigError, match=r"modalities\.label\.p_given: 0\.15 -> 0\.3"):
+        train(config_from_tree(tree), out, progress=False)
+
+
+def test_a_diffusers_index_may_not_point_outside_its_folder(tmp_path):
+    from anydit.interop.weights import WeightsError, read_folder
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    index = tmp_path / "m" / "diffusion_pytorch_model.safetensors.index.json"
+    for names in (["../other.safetensors"], ["/etc/x.safetensors"]):
+        index.write_text(json.dumps({"weight_map": {"w": names[0]}}))
+        with pytest.raises(WeightsError, match="expected shard file names inside"):
+            read_folder(tmp_path / "m")
+    index.write_text("{not json")
+    with pytest.raises(WeightsError, match="index.json: not a readable index"):
+        read_folder(tmp_path / "m")
+
+
+def test_sample_settings_take_numpy_and_torch_numbers():
+    cfg = anydit.SampleConfig(steps=np.int64(4), guidance=np.float32(2.0))
+    assert cfg.steps == 4 and cfg.guidance == 2.0
+    assert anydit.SampleConfig(guidance=torch.tensor(1.5)).guidance == 1.5

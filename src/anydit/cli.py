@@ -71,16 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="folder for NAME.npy arrays")
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     _add_common(q)
-    q = data_sub.add_parser("pack", help="write a manifest's samples into tar shards")
-    q.add_argument("manifest", help="JSONL, CSV or Parquet manifest")
+    q = data_sub.add_parser("pack", help="write the samples of a config's manifest into tar shards")
+    q.add_argument("config", help="YAML run config: its modalities and data (source: manifest)")
     q.add_argument("--out", required=True, help="folder for the shards and shards.json")
     q.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
-    q.add_argument("--root", help="files the manifest names must lie under this folder")
-    q.add_argument(
-        "--allow-outside",
-        action="store_true",
-        help="let the manifest name files anywhere (only for manifests you trust)",
-    )
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     _add_common(q)
 
     p = sub.add_parser("import", help="turn a diffusers SD3 / Flux transformer into a model file")
@@ -297,13 +292,18 @@ def cmd_data(args) -> int:
     from anydit.data.sources import build_dataset
     from anydit.run_config import load_config
 
+    cfg = load_config(args.config, args.set)
     if args.data_command == "pack":
         from anydit.data.shards import pack
 
-        shards = pack(args.manifest, args.out, args.shard_size, args.root, args.allow_outside)
+        d = cfg.data
+        if d.source != "manifest":
+            raise ValueError(f"data pack: expected data.source 'manifest', got {d.source!r}")
+        shards = pack(
+            d.path, args.out, cfg.modalities, args.shard_size, d.root or None, d.allow_outside
+        )
         print(f"wrote {len(shards)} shards to {args.out}")
         return 0
-    cfg = load_config(args.config, args.set)
     if args.data_command == "encode":
         from anydit.data.encode import encode_dataset
         from anydit.data.sources import open_training_data

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import operator
 import os
 import types
 from dataclasses import dataclass, field
@@ -177,6 +179,30 @@ class ModalityConfig:
     @property
     def discrete(self) -> bool:
         return KIND_CLASSES[self.kind].discrete
+
+
+def _real(v: Any) -> float | None:
+    """A real number (Python, NumPy or a one-element tensor) as a float; None otherwise."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, numbers.Real):
+        return float(v)
+    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        item = v.item()
+        return (
+            float(item) if isinstance(item, numbers.Real) and not isinstance(item, bool) else None
+        )
+    return None
+
+
+def _index(v: Any) -> int | None:
+    """An integer (Python, NumPy or a 0-d integer tensor) as an int; None otherwise."""
+    if isinstance(v, bool):
+        return None
+    try:
+        return operator.index(v)
+    except TypeError:
+        return None
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -371,32 +397,31 @@ class SampleConfig:
     precision: str = "fp32"  # fp32 | bf16 autocast
 
     def __post_init__(self) -> None:
-        _check(
-            isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps >= 1,
-            "sample.steps",
-            "an integer >= 1",
-            self.steps,
-        )
+        steps = _index(self.steps)
+        _check(steps is not None and steps >= 1, "sample.steps", "an integer >= 1", self.steps)
+        self.steps = steps
         _check(self.solver in SOLVERS, "sample.solver", "|".join(SOLVERS), self.solver)
         if isinstance(self.guidance, dict):
+            weights = {}
             for k, v in self.guidance.items():
+                w = _real(v)
                 _check(
-                    isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+                    w is not None and math.isfinite(w),
                     f"sample.guidance[{k!r}]",
                     "a finite number",
                     v,
                 )
-            self.guidance = {str(k): float(v) for k, v in self.guidance.items()}
+                weights[str(k)] = w
+            self.guidance = weights
         else:
+            w = _real(self.guidance)
             _check(
-                isinstance(self.guidance, int | float)
-                and not isinstance(self.guidance, bool)
-                and math.isfinite(self.guidance),
+                w is not None and math.isfinite(w),
                 "sample.guidance",
                 "a finite number or {name: number}",
                 self.guidance,
             )
-            self.guidance = float(self.guidance)
+            self.guidance = w
         try:
             iv = tuple(float(v) for v in self.guidance_interval)
         except (TypeError, ValueError):
@@ -558,6 +583,9 @@ class Config:
         names = [m.name for m in self.modalities]
         unknown = sorted(set(self.train.freeze) - set(names) - {"shared"})
         _check(not unknown, "train.freeze", f"names among {sorted(names)} or 'shared'", unknown)
+        if isinstance(self.sample.guidance, dict):
+            unknown = sorted(set(self.sample.guidance) - set(names))
+            _check(not unknown, "sample.guidance", f"modality names among {sorted(names)}", unknown)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

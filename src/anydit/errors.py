@@ -41,5 +41,17 @@ def problem_kind(err: Exception) -> str:
     return "invalid value"
 
 
+class Failed:
+    """A sample that could not be read in a DataLoader worker: carried to the training process,
+    which raises it there with the original one-line message (a worker's traceback would bury
+    it)."""
+
+    def __init__(self, err: Exception):
+        self.message, self.kind = str(err), problem_kind(err)
+
+    def raise_(self):
+        raise DataError(self.message, self.kind)
+
+
 # What bad input raises; the CLI and the web page show these as one line.
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, OSError, FloatingPointError, KeyError)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image as PILImage
 from torch import Tensor
 
@@ -460,7 +459,6 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 7860, blo
     app = build_app(
         model, run_sampling(checkpoint), title=f"anydit: {path.parent.name or path.name}"
     )
-    torch.set_grad_enabled(False)
     app.queue()
     app.launch(
         server_name=host, server_port=port, share=False, prevent_thread_lock=not block,

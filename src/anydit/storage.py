@@ -35,8 +35,15 @@ def fsync_tree(root: Path) -> None:
         fsync_path(Path(folder))
 
 
+class WriteError(OSError):
+    """A file could not be written; the message names it and the free space."""
+
+
 def write_failure(path: Path, err: BaseException) -> OSError:
-    """An ``OSError`` that names ``path``, the reason and the free space."""
+    """An ``OSError`` that names ``path``, the reason and the free space (``err`` itself if it
+    already is one)."""
+    if isinstance(err, WriteError):
+        return err
     try:
         free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free
         space = f"; {free / 2**20:.0f} MiB free there"
@@ -45,7 +52,7 @@ def write_failure(path: Path, err: BaseException) -> OSError:
     except OSError:
         space = ""
     reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
-    return OSError(f"cannot write {path}: {reason}{space}")
+    return WriteError(f"cannot write {path}: {reason}{space}")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:

@@ -3,7 +3,7 @@
 A shard ``shard-000000.tar`` holds, per sample ``KEY`` (8 digits), one member per modality it
 has: ``KEY.NAME.EXT`` with a media file's bytes (``.png``, ``.wav``, ``.npy``, ...), or an
 inline value as ``KEY.NAME.txt`` (a string) or ``KEY.NAME.json`` (numbers, lists). Cells are
-classified by the manifest's own rule (``modalities.base.is_file_cell``), so packing and reading
+classified by the manifest reader's own rule (``Modality.names_file``), so packing and reading
 the manifest directly give the same samples. Members are data, never paths. An index
 ``shards.json`` lists the shards (names inside the folder) and their sample counts; counts are
 checked against what each shard holds as it is read.
@@ -27,26 +27,30 @@ from torch.utils.data import IterableDataset
 
 from anydit.config import ModalityConfig
 from anydit.data.own import ID_COLUMNS, is_missing, path_resolver, read_table
-from anydit.errors import DataError, problem_kind
+from anydit.errors import DataError, Failed, problem_kind
 from anydit.modalities import build_modalities
-from anydit.modalities.base import MAX_FILE_BYTES, file_bytes, is_file_cell
+from anydit.modalities.base import MAX_FILE_BYTES, file_bytes
 
 INDEX = "shards.json"
+MAX_SAMPLE_BYTES = 4 * MAX_FILE_BYTES  # all members of one sample together
 
 
 def pack(
     manifest: str | Path,
     out_dir: str | Path,
+    modalities: list[ModalityConfig],
     shard_size: int = 1000,
     root: str | Path | None = None,
     allow_outside: bool = False,
 ) -> list[Path]:
     """Write the rows of ``manifest`` (JSONL, CSV or Parquet) into tar shards in ``out_dir``.
 
-    A cell naming a media file (by extension, under the manifest's folder or ``root`` unless
-    ``allow_outside``) is stored as that file's bytes; any other cell is stored inline. Missing
-    cells are left out (the modality is absent). Returns the shard paths.
+    A cell the manifest reader would read as a file (``Modality.names_file``; under the
+    manifest's folder or ``root`` unless ``allow_outside``) is stored as that file's bytes; any
+    other cell is stored inline. Missing cells are left out (the modality is absent); a column
+    that names no modality is an error. Returns the shard paths.
     """
+    mods = build_modalities(modalities)
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"data pack: shard size must be an integer >= 1, got {shard_size!r}")
     manifest = Path(manifest)
@@ -65,14 +69,14 @@ def pack(
                 for name, value in row.items():
                     if name in ID_COLUMNS or is_missing(value):
                         continue
-                    if not str(name).isidentifier():
+                    if name not in mods:
                         raise DataError(
-                            f"manifest '{manifest}', row {i + 1}: column {name!r} is not a "
-                            "modality name (an identifier)",
+                            f"manifest '{manifest}', row {i + 1}: column {name!r} matches no "
+                            f"modality; the modalities are {sorted(mods)}",
                             "unknown column",
                         )
                     try:
-                        member, data = _member(resolve, f"{i:08d}", name, value)
+                        member, data = _member(mods[name], resolve, f"{i:08d}", name, value)
                     except (ValueError, FileNotFoundError) as err:
                         raise DataError(
                             f"manifest '{manifest}', row {i + 1}, column '{name}': {err}",
@@ -88,8 +92,8 @@ def pack(
     return shards
 
 
-def _member(resolve, key: str, name: str, value) -> tuple[str, bytes]:
-    if is_file_cell(value):
+def _member(m, resolve, key: str, name: str, value) -> tuple[str, bytes]:
+    if m.names_file(value):
         path = resolve(value)
         return f"{key}.{name}{path.suffix.lower()}", file_bytes(path, f"file '{value}'")
     if isinstance(value, str):
@@ -184,45 +188,64 @@ class ShardStream(IterableDataset):
     def __iter__(self):
         mine = self.shards_of(self.rank)
         info = torch.utils.data.get_worker_info()
-        if info is not None:
-            mine = mine[info.id :: info.num_workers]
-        for shard in mine:
-            yield from self._read_shard(shard)
+        if info is None:
+            for shard in mine:
+                yield from self._read_shard(shard)
+            return
+        try:  # in a loader worker: a bad shard travels to the training process as one line
+            for shard in mine[info.id :: info.num_workers]:
+                yield from self._read_shard(shard)
+        except (ValueError, FileNotFoundError) as err:
+            yield Failed(err)
 
     def _samples(self, shard: Path):
-        """{modality: (bytes, extension)} per sample of one shard, in key order; the sample
-        count is checked against the index."""
+        """{modality: (bytes, extension)} per sample of one shard, one sample in memory at a
+        time (a sample's members are together, as ``pack`` writes them); the sample count is
+        checked against the index at the end of the shard."""
+        seen: set[str] = set()
         try:
             with tarfile.open(shard) as tar:
-                samples: dict[str, dict[str, tuple[bytes, str]]] = {}
+                key, files, size = None, {}, 0
                 for member in tar:
-                    key, name, ext = _split(member.name, shard)
+                    k, name, ext = _split(member.name, shard)
                     if not member.isfile():
                         raise DataError(
                             f"shard '{shard}': member '{member.name}' is not a file",
                             "unreadable file",
                         )
-                    if member.size > MAX_FILE_BYTES:
+                    if k != key:
+                        if key is not None:
+                            yield files | {"__key__": key}
+                        if k in seen:
+                            raise DataError(
+                                f"shard '{shard}': the members of sample {k} are not together "
+                                "(write shards with anydit data pack)",
+                                "unreadable file",
+                            )
+                        seen.add(k)
+                        key, files, size = k, {}, 0
+                    size += member.size
+                    if member.size > MAX_FILE_BYTES or size > MAX_SAMPLE_BYTES:
                         raise DataError(
-                            f"shard '{shard}': member '{member.name}' is too large ({member.size} "
-                            f"bytes; at most {MAX_FILE_BYTES})",
+                            f"shard '{shard}': sample {k} is too large at member '{member.name}' "
+                            f"({member.size} bytes; at most {MAX_FILE_BYTES} a member and "
+                            f"{MAX_SAMPLE_BYTES} a sample)",
                             "too large",
                         )
-                    data = tar.extractfile(member).read()
-                    samples.setdefault(key, {})[name] = (data, ext)
+                    files[name] = (tar.extractfile(member).read(), ext)
+                if key is not None:
+                    yield files | {"__key__": key}
         except (tarfile.TarError, OSError, EOFError) as err:
             raise DataError(
                 f"shard '{shard}': not a readable tar ({err})", "unreadable file"
             ) from None
         expected = self.counts[shard.name]
-        if len(samples) != expected:
+        if len(seen) != expected:
             raise DataError(
                 f"{self.where}: {INDEX} says shard '{shard.name}' holds {expected} samples, it "
-                f"holds {len(samples)}; rewrite the index (anydit data pack)",
+                f"holds {len(seen)}; rewrite the index (anydit data pack)",
                 "index does not match",
             )
-        for key in sorted(samples):
-            yield samples[key] | {"__key__": key}
 
     def _read_shard(self, shard: Path):
         for files in self._samples(shard):
@@ -264,10 +287,22 @@ def _split(member: str, shard: Path) -> tuple[str, str, str]:
 
 def stream_batches(stream: ShardStream, local_batch: int, collate, workers: int, start: int):
     """This rank's batches this epoch from batch ``start`` on, collated, until the stream ends
-    (the first ``start`` are read and dropped: that is how a resumed run finds its place)."""
+    (the first ``start`` are read and dropped: that is how a resumed run finds its place).
+    Workers read and decode samples; batches are formed here, so with any number of workers a
+    stream of N samples gives N // local_batch batches."""
     loader = torch.utils.data.DataLoader(
-        stream, batch_size=local_batch, collate_fn=collate, num_workers=workers, drop_last=True
+        stream, batch_size=None, num_workers=workers, collate_fn=_identity
     )
-    for i, batch in enumerate(loader):
-        if i >= start:
-            yield batch
+    items, index = [], 0
+    for item in loader:
+        if isinstance(item, Failed):
+            item.raise_()
+        items.append(item)
+        if len(items) == local_batch:
+            if index >= start:
+                yield collate(items)
+            items, index = [], index + 1
+
+
+def _identity(item):
+    return item

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from anydit.config import DataConfig, ModalityConfig
-from anydit.errors import DataError, problem_kind
+from anydit.errors import DataError, Failed
 
 
 def build_dataset(cfg: DataConfig, split: str = "train", modalities=None):
@@ -110,17 +110,6 @@ def make_collate(modalities) -> Callable[[list[dict]], tuple[dict[str, Tensor], 
     return collate
 
 
-class _Failed:
-    """A sample that could not be read in a worker: carried to the training process, which
-    raises it there with the original message (a worker's traceback would bury it)."""
-
-    def __init__(self, err: Exception):
-        self.message, self.kind = str(err), problem_kind(err)
-
-    def raise_(self):
-        raise DataError(self.message, self.kind)
-
-
 class _Catching(torch.utils.data.Dataset):
     def __init__(self, dataset):
         self.dataset = dataset
@@ -132,7 +121,7 @@ class _Catching(torch.utils.data.Dataset):
         try:
             return self.dataset[i]
         except (ValueError, FileNotFoundError) as err:
-            return _Failed(err)
+            return Failed(err)
 
 
 def epoch_loader(dataset, batches: list[Tensor], collate, workers: int = 0):
@@ -147,7 +136,7 @@ def epoch_loader(dataset, batches: list[Tensor], collate, workers: int = 0):
 
     def checked(items):
         for item in items:
-            if isinstance(item, _Failed):
+            if isinstance(item, Failed):
                 return item
         return collate(items)
 
@@ -157,7 +146,7 @@ def epoch_loader(dataset, batches: list[Tensor], collate, workers: int = 0):
 
     def batches_in_order():
         for out in loader:
-            if isinstance(out, _Failed):
+            if isinstance(out, Failed):
                 out.raise_()
             yield out
 

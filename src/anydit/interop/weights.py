@@ -92,8 +92,19 @@ def read_folder(folder: str | Path) -> tuple[dict, dict[str, Tensor]]:
     if single.is_file():
         files = [single]
     elif index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
-        files = [folder / name for name in sorted(set(weight_map.values()))]
+        try:
+            weight_map = json.loads(index.read_text()).get("weight_map", {})
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise WeightsError(f"{index}: not a readable index ({e})") from None
+        names = (
+            sorted({str(v) for v in weight_map.values()}) if isinstance(weight_map, dict) else []
+        )
+        outside = [n for n in names if Path(n).name != n or n in ("", ".", "..")]
+        if outside or not names:
+            raise WeightsError(
+                f"{index}: expected shard file names inside {folder}, got {outside or names}"
+            )
+        files = [folder / name for name in names]
     else:
         found = sorted(p.name for p in folder.iterdir())
         raise WeightsError(

@@ -10,8 +10,8 @@ identity, so those tokens are matched by content alone.
 Values come from three places, read by one set of methods:
 
     read_value(text)          a command-line value: a file (by extension) or a literal
-    read_cell(value, resolve) a manifest cell: a media file (by extension, resolved under the
-                              data root) or an inline value (string, number, list)
+    read_cell(value, resolve) a manifest cell: a media file (by extension, for continuous
+                              kinds, resolved under the data root) or an inline value
     read_member(bytes, ext)   a shard member: a media file's bytes, or an inline value
                               (``.txt`` / ``.json``): members are data, never paths
 """
@@ -43,11 +43,6 @@ def check(ok: bool, where: str, expected: str, got: Any) -> None:
     """Raise a ``ConfigError`` naming ``where`` unless ``ok``."""
     if not ok:
         raise ConfigError(f"{where}: expected {expected}, got {got!r}")
-
-
-def is_file_cell(value: Any) -> bool:
-    """Whether a manifest cell names a file: a string ending in a media extension."""
-    return isinstance(value, str) and Path(value).suffix.lower() in MEDIA_EXTENSIONS
 
 
 def file_bytes(source: Source, where: str) -> bytes:
@@ -224,9 +219,18 @@ class Modality:
 
     free_text: ClassVar[bool] = False  # text values may contain '/' without naming a file
 
+    def names_file(self, value) -> bool:
+        """Whether a manifest cell of this modality names a file: a string ending in a media
+        extension, for continuous kinds. Text and labels are always their own value."""
+        return (
+            isinstance(value, str)
+            and not self.discrete
+            and Path(value).suffix.lower() in MEDIA_EXTENSIONS
+        )
+
     def read_cell(self, value, resolve: Callable[[str], Path], fit: str):
         """A manifest cell: a media file (resolved by ``resolve``) or an inline value."""
-        if is_file_cell(value):
+        if self.names_file(value):
             path = resolve(value)
             return self.read_file(path, path.suffix.lower(), fit, None)
         return self.read_inline(value)

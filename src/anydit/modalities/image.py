@@ -42,15 +42,15 @@ def grid(*sizes: int) -> Tensor:
 
 
 def pixels_from_array(x: Tensor, where: str) -> Tensor:
-    """uint8 pixels -> [-1, 1] as a PNG's would be; floats must already be in [-1, 1]."""
+    """uint8 pixels -> [-1, 1] as a PNG's would be; other values must already be in [-1, 1]."""
     if x.dtype == torch.uint8:
         return x.float() / 127.5 - 1.0
-    if x.dtype.is_floating_point and x.numel():
+    if x.numel() and x.dtype != torch.bool:
         lo, hi = float(x.min()), float(x.max())
         if lo < -1 - RANGE_SLACK or hi > 1 + RANGE_SLACK:
             raise ValueError(
                 f"{where}: pixel values must lie in [-1, 1] (or be uint8 0..255); found values "
-                f"outside, from {lo:.4g} to {hi:.4g}"
+                f"outside, from {lo:.4g} to {hi:.4g} (latents? declare codec: latent)"
             )
     return x
 

@@ -1,9 +1,10 @@
 """Class labels: one categorical token of K classes (absorbing-state masked diffusion: id K is
 the mask token).
 
-Values are class ids or class names, and the two always agree: with integer-like class names
-('1', '2', '3', e.g. taken from data that stores integers) an integer value is a name (1 is
-class '1'); with other names or none, an integer is an id.
+Values are class ids or class names, and the two always agree. Strings are names (or, with no
+integer-like names, decimal ids). Integers in training data are names when the class names are
+integer-like ('1', '2', '3', taken from data that stores integers: 1 is class '1'), else ids.
+Integers and tensors given in Python (``sample``'s inputs, and its outputs fed back) are ids.
 """
 
 from __future__ import annotations
@@ -80,13 +81,11 @@ class Label(Modality):
         )
 
     def prepare(self, value, n: int | None = None) -> Tensor:
+        """Names (strings) or ids (integers, tensors) -> ids (b,)."""
         if isinstance(value, str):
             value = self.class_id(value)
         elif isinstance(value, list | tuple) and value and isinstance(value[0], str):
             value = [self.class_id(v) for v in value]
-        elif self.integer_names:  # integer values are names
-            x = self.check_dtype(torch.as_tensor(value))
-            value = x.clone().apply_(self.class_id) if x.numel() else x
         x = self.batch(self.check_dtype(torch.as_tensor(value)), n)
         bad = (x < 0) | (x >= self.cfg.num_classes)
         if bad.any():
@@ -97,7 +96,8 @@ class Label(Modality):
         return x
 
     def collate(self, values: list) -> Tensor:
-        """Names, integers or 0-d integer tensors (one per sample) -> ids (b,)."""
+        """Values read from training data (names, integers or 0-d integer tensors, one per
+        sample; integers are names where the names are integer-like) -> ids (b,)."""
         ids = [self.class_id(v.item() if isinstance(v, Tensor) else v) for v in values]
         return torch.tensor(ids, dtype=torch.long)
 
@@ -109,6 +109,18 @@ class Label(Modality):
         value = value.strip() if isinstance(value, str) else value
         self.class_id(value)
         return value
+
+    def read_array(self, x: Tensor, n: int | None = None, one: bool = False) -> Tensor:
+        """One sample of training data (``one``): checked by the data's rule (``class_id``);
+        arrays of ids (``.npy`` given on the command line): checked as ids."""
+        if not one:
+            return super().read_array(x, n, one)
+        if x.numel() != 1 or x.dtype.is_floating_point:
+            raise ValueError(
+                f"modality '{self.name}': expected one integer label, got {x.tolist()}"
+            )
+        self.class_id(int(x.reshape(())))
+        return x.reshape(()).long()
 
     def read_file(self, source, ext: str, fit: str, n: int | None):
         self.check_extension(source, ext)

@@ -71,7 +71,9 @@ class Video(Modality):
         return pos
 
     def read_array(self, x: Tensor, n: int | None = None, one: bool = False) -> Tensor:
-        return super().read_array(pixels_from_array(x, f"modality '{self.name}'"), n, one)
+        if self.shape[1] in PIL_MODES:  # frames of pixels (other channel counts: free values)
+            x = pixels_from_array(x, f"modality '{self.name}'")
+        return super().read_array(x, n, one)
 
     def write(self, out: Path, stem: str, x: Tensor) -> list[str]:
         """One PNG strip of frames per sample."""

@@ -10,13 +10,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from anydit.config import ModalityConfig, ModelConfig, from_dict
+from anydit.config import COMMON_FIELDS, ModalityConfig, ModelConfig, from_dict
+from anydit.modalities import KIND_CLASSES
 from anydit.storage import atomic_write
 
 FORMAT = "anydit-model-1"
@@ -86,11 +88,43 @@ def architecture(path: str | os.PathLike) -> tuple[list[ModalityConfig], ModelCo
             ) from None
     if not isinstance(parsed["modalities"], list):
         raise ValueError(f"checkpoint {path}: metadata 'modalities' is not a list")
+    model = from_dict(ModelConfig, parsed["model"], "checkpoint model")
     mods = [
-        from_dict(ModalityConfig, m, f"checkpoint modalities[{i}]")
+        from_dict(ModalityConfig, _settled(m, model, path), f"checkpoint modalities[{i}]")
         for i, m in enumerate(parsed["modalities"])
     ]
-    return mods, from_dict(ModelConfig, parsed["model"], "checkpoint model")
+    return mods, model
+
+
+def _settled(stored, model: ModelConfig, path) -> dict:
+    """A stored modality config that files written before the rules grew stricter may break:
+    fields that never applied to its kind (they were ignored) are dropped, and ``p_partial``
+    without per-token times (a training knob that did nothing) is reset, each with a warning."""
+    if not isinstance(stored, dict) or stored.get("kind") not in KIND_CLASSES:
+        return stored
+    kind = KIND_CLASSES[stored["kind"]]
+    defaults = {f.name: f for f in dataclasses.fields(ModalityConfig)}
+    out, dropped = {}, []
+    for key, value in stored.items():
+        f = defaults.get(key)
+        if f is not None and key not in COMMON_FIELDS and key not in kind.options:
+            default = (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            )
+            if json.loads(json.dumps(default)) != value:
+                dropped.append(key)
+            continue
+        out[key] = value
+    if out.get("p_partial") and not model.per_token_time:
+        out["p_partial"] = 0.0
+        dropped.append("p_partial")
+    if dropped:
+        warnings.warn(
+            f"checkpoint {path}: modality '{stored.get('name')}' stores {sorted(dropped)}, which "
+            f"do not apply to it (they never had an effect); ignored",
+            stacklevel=3,
+        )
+    return out
 
 
 def read_weights(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -69,11 +69,17 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
 
 
 def remove_leftovers(out_dir: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files and folders an interrupted write left; returns them."""
+    """Delete what an interrupted write of anydit's left (``checkpoints/step_N.tmp/``,
+    ``model.safetensors.tmp``) and nothing else; returns them."""
     out_dir = Path(out_dir)
-    found = list(out_dir.glob(f"*{TMP_SUFFIX}")) + list(
-        (out_dir / "checkpoints").glob(f"*{TMP_SUFFIX}")
-    )
+    found = [out_dir / f"model.safetensors{TMP_SUFFIX}"]
+    if (out_dir / "checkpoints").is_dir():
+        found += [
+            p
+            for p in (out_dir / "checkpoints").iterdir()
+            if p.name.endswith(TMP_SUFFIX) and NAME.match(p.name[: -len(TMP_SUFFIX)])
+        ]
+    found = [p for p in found if p.exists()]
     for p in found:
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     return found

@@ -26,12 +26,12 @@ RUN_FILES = (
     "data_problems.json",
 )
 # Fields a resumed run may change: they decide how it is run or reported, not what it computes.
+# (data.workers changes the order a stream of shards is read in: free for the other sources.)
 FREE = {
     "data": {"workers"},
     "train": {
         "parallel",
         "compile",
-        "device",
         "tensorboard",
         "sample_every",
         "log_every",
@@ -48,15 +48,18 @@ FREE_SECTIONS = {"sample"}
 def claim(out_dir: Path):
     """Lock ``out_dir`` for this process; an error naming the folder if another holds it.
     Returns the open lock file (keep it open for the run)."""
+    import errno
     import fcntl
 
     handle = open(out_dir / ".lock", "a+")  # noqa: SIM115 - held for the whole run
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    try:  # a POSIX record lock: per process, so loader workers forked later do not hold it
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
         handle.seek(0)
         owner = handle.read().strip() or "another process"
         handle.close()
+        if err.errno not in (errno.EACCES, errno.EAGAIN):
+            raise OSError(f"output folder {out_dir} cannot be locked ({err.strerror})") from None
         raise OSError(
             f"output folder {out_dir} is in use by another anydit run ({owner}); wait for it "
             "or choose another --out"
@@ -89,22 +92,33 @@ def changes(saved: dict, now: dict) -> list[str]:
     """'section.field: saved -> now' for every field that differs and that a resumed run must
     keep (see ``FREE``)."""
     out = []
+    streamed = (saved.get("data") or {}).get("source") == "shards"
     for section in sorted(set(saved) | set(now)):
         if section in FREE_SECTIONS:
             continue
         a, b = saved.get(section), now.get(section)
         if section == "modalities":
-            if _plain(a) != _plain(b):
-                out.append(
-                    f"modalities: {_names(a)} with their settings -> {_names(b)} with theirs"
-                )
+            out += _modality_changes(a or [], b or [])
             continue
         a, b = a or {}, b or {}
+        free = FREE.get(section, set()) - ({"workers"} if streamed else set())
         for key in sorted(set(a) | set(b)):
-            if key in FREE.get(section, set()):
-                continue
-            if _plain(a.get(key)) != _plain(b.get(key)):
+            if key not in free and _plain(a.get(key)) != _plain(b.get(key)):
                 out.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return out
+
+
+def _modality_changes(saved: list, now: list) -> list[str]:
+    """'modalities.NAME.field: a -> b', and modalities added or removed."""
+    a = {m.get("name"): m for m in saved}
+    b = {m.get("name"): m for m in now}
+    out = [f"modalities: {name!r} added" for name in sorted(set(b) - set(a), key=str)]
+    out += [f"modalities: {name!r} removed" for name in sorted(set(a) - set(b), key=str)]
+    for name in sorted(set(a) & set(b), key=str):
+        for key in sorted(set(a[name]) | set(b[name])):
+            x, y = a[name].get(key), b[name].get(key)
+            if _plain(x) != _plain(y):
+                out.append(f"modalities.{name}.{key}: {x!r} -> {y!r}")
     return out
 
 
@@ -115,7 +129,3 @@ def _plain(x):
     if isinstance(x, list | tuple):
         return [_plain(v) for v in x]
     return x
-
-
-def _names(mods) -> list:
-    return [m.get("name") for m in mods or []]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -91,7 +92,8 @@ def write_sample_grid(
     images = [n for n in model.outputs if shown(model.modalities[n])]
     if not images:
         return
-    out = sample(model, {n: "generate" for n in model.outputs}, n=16, seed=step, config=config)
+    joint = config if not isinstance(config.guidance, dict) else replace(config, guidance=1.0)
+    out = sample(model, {n: "generate" for n in model.outputs}, n=16, seed=step, config=joint)
     (out_dir / "samples").mkdir(exist_ok=True)
     for name in images:
         m = model.modalities[name]

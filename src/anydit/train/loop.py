@@ -25,6 +25,7 @@ import yaml
 
 from anydit.config import Config, ConfigError
 from anydit.data.sources import epoch_batches, make_collate, open_training_data
+from anydit.errors import DataError
 from anydit.model import MMDiT
 from anydit.model.extend import init_from_file
 from anydit.storage import check_writable
@@ -82,14 +83,14 @@ def train(
         )
     say = print if info.main else (lambda *_: None)
     lock = None
-    if info.main:
-        check_writable(out_dir)
-        lock = folder.claim(out_dir)
-        remove_leftovers(out_dir)
-        if not resume and (moved := folder.set_aside(out_dir)) is not None:
-            say(f"--no-resume: the earlier run in {out_dir} was moved to {moved}")
-    D.barrier()
     try:
+        if info.main:
+            check_writable(out_dir)
+            lock = folder.claim(out_dir)
+            remove_leftovers(out_dir)
+            if not resume and (moved := folder.set_aside(out_dir)) is not None:
+                say(f"--no-resume: the earlier run in {out_dir} was moved to {moved}")
+        D.barrier()
         return _run(cfg, out_dir, info, resume, progress, on_log, allow_changes, say)
     finally:
         if lock is not None:
@@ -146,6 +147,7 @@ def _run(
             dataset, state.epoch, state.position, info.rank, info.world, tc.batch_size,
             tc.seed, collate, cfg.data.workers,
         )  # fmt: skip
+        start_position = state.position
         for raw, present in _agreed(batches, info, dataset):
             raw = {k: v.to(info.device) for k, v in raw.items()}
             state.position += 1
@@ -207,6 +209,15 @@ def _run(
             if state.step >= tc.steps:
                 break
         else:  # the epoch's batches are used up (a stream may end before epoch_len)
+            if state.position == start_position == 0:
+                skipped = getattr(dataset, "skipped", {})
+                raise DataError(
+                    f"epoch {state.epoch} of the data gave no full batch of "
+                    f"{tc.batch_size // info.world} samples per process (skipped so far: "
+                    f"{skipped or 'none'}); fix or drop the bad samples, or lower "
+                    "train.batch_size",
+                    "empty dataset",
+                )
             state.epoch, state.position = state.epoch + 1, 0
             continue
         if state.position >= epoch_len:
