@@ -19,7 +19,7 @@ LAYERS = [
     {"sampling"},
     {"data"},
     {"train"},
-    {"eval", "interop"},
+    {"eval", "interop", "compress"},
     {"run_config", "demo", "cli", "serve", "__init__", "__main__"},
 ]
 

@@ -154,6 +154,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-interval", type=_interval, metavar="LOW,HIGH")
     _add_common(p)
 
+    p = sub.add_parser("quantize", help="a quantized copy of a trained model (int8 / int4)")
+    p.add_argument("checkpoint", help="model.safetensors or a run folder")
+    p.add_argument("--scheme", required=True, choices=["w8", "w8a8", "w4a8"])
+    p.add_argument(
+        "--calibrate", type=int, default=4, metavar="N", help="calibration rounds (a8 schemes)"
+    )
+    p.add_argument("--buckets", type=int, default=8, help="time buckets of activation scales")
+    p.add_argument("--out", required=True, help="the quantized model file to write")
+    _add_common(p)
+
+    p = sub.add_parser("prune", help="remove blocks of a trained model, then distill it back")
+    p.add_argument("checkpoint", help="a run folder (its config names the data) or a model file")
+    p.add_argument("--remove", type=int, required=True, metavar="K", help="blocks to remove")
+    p.add_argument("--out", required=True, help="folder for the pruned model")
+    p.add_argument("--data", help="a run config whose data to distill on (default: the run's)")
+    p.add_argument("--minutes", type=float, default=3.0, help="distillation wall time")
+    p.add_argument("--steps", type=int, help="distillation steps (instead of --minutes)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-4)
+    _add_common(p)
+
     p = sub.add_parser("serve", help="a web page for every task of a trained model (Gradio)")
     p.add_argument("--checkpoint", required=True, help="model.safetensors or a run folder")
     p.add_argument("--port", type=int, default=7860)
@@ -428,6 +449,57 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    import anydit
+    from anydit.compress import quantize, weight_bytes
+
+    if args.calibrate < 1 or args.buckets < 1:
+        raise ValueError("--calibrate and --buckets: expected integers >= 1")
+    model = anydit.load_model(model_file(args.checkpoint))
+    config = run_sampling(args.checkpoint)
+    quantized = quantize(model, args.scheme, args.calibrate, buckets=args.buckets, config=config)
+    path = anydit.save_model(quantized, args.out)
+    ratio = weight_bytes(quantized) / weight_bytes(model)
+    print(f"{args.scheme}: {path} ({ratio:.2f}x the weight bytes)")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    import json
+
+    import yaml
+
+    import anydit
+    from anydit.compress import prune
+    from anydit.data.sources import open_training_data, random_batches
+    from anydit.run_config import load_config
+
+    model = anydit.load_model(model_file(args.checkpoint))
+    source = Path(args.data) if args.data else Path(args.checkpoint) / "config.yaml"
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"prune: no data to distill on: {source} does not exist (give --data RUN.yaml)"
+        )
+    cfg = load_config(source)
+    dataset, _ = open_training_data(cfg.data, list(model.modality_configs))
+    batches = random_batches(dataset, model.modalities, args.batch_size)
+    steps, minutes = (args.steps, None) if args.steps else (None, args.minutes)
+    pruned, removed, scores, losses = prune(
+        model, args.remove, batches, steps=steps, minutes=minutes, lr=args.lr
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    anydit.save_model(pruned, out / "model.safetensors")
+    tree = cfg.to_dict()
+    tree["model"] = json.loads(json.dumps(pruned.cfg.__dict__, default=list))
+    (out / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    report = {"removed": removed, "importance": scores, "distill_steps": len(losses)}
+    report["distill_loss"] = [losses[0], losses[-1]] if losses else []
+    (out / "prune.json").write_text(json.dumps(report, indent=2))
+    print(f"removed blocks {removed}; {len(losses)} distillation steps; model: {out}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     try:
         from anydit.serve import serve
@@ -444,6 +516,8 @@ COMMANDS = {
     "eval": cmd_eval,
     "demo": cmd_demo,
     "serve": cmd_serve,
+    "quantize": cmd_quantize,
+    "prune": cmd_prune,
     "data": cmd_data,
     "import": cmd_import,
     "export": cmd_export,

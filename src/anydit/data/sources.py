@@ -191,3 +191,19 @@ def epoch_batches(
     batches = batch_order(len(dataset), batch_size, seed, epoch)
     mine = [b[rank * local : (rank + 1) * local] for b in batches[start:]]
     return epoch_loader(dataset, mine, collate, workers), len(batches)
+
+
+def random_batches(dataset, modalities, batch_size: int, seed: int = 0):
+    """An endless iterator of (batch, present) from ``dataset``: epoch after epoch in the order
+    of ``batch_order`` (indexed datasets) or as streamed."""
+    collate = make_collate(modalities)
+    epoch = 0
+    while True:
+        batches, _ = epoch_batches(dataset, epoch, 0, 0, 1, batch_size, seed, collate, 0)
+        count = 0
+        for item in batches:
+            count += 1
+            yield item
+        if count == 0:
+            raise DataError("the data gives no full batch", "empty dataset")
+        epoch += 1

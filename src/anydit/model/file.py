@@ -25,12 +25,16 @@ FORMAT = "anydit-model-1"
 
 
 def model_metadata(model) -> dict[str, str]:
-    """The metadata that rebuilds ``model``'s architecture."""
-    return {
+    """The metadata that rebuilds ``model``'s architecture (and, for a quantized model, which
+    layers hold how many bits: ``model.quantization``)."""
+    meta = {
         "format": FORMAT,
         "modalities": json.dumps([dataclasses.asdict(m) for m in model.modality_configs]),
         "model": json.dumps(dataclasses.asdict(model.cfg)),
     }
+    if getattr(model, "quantization", None):
+        meta["quantization"] = json.dumps(model.quantization)
+    return meta
 
 
 def save_model(
@@ -71,8 +75,25 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
 
     mods, cfg = architecture(path)
     model = MMDiT(mods, cfg)
+    spec = read_metadata(path).get("quantization")
+    if spec is not None:
+        _quantized(model, spec, path)
     model.load_state_dict(read_weights(Path(path), model.state_dict()))
     return model.to(device)
+
+
+def _quantized(model, text: str, path) -> None:
+    """Give ``model`` the quantized layers a file's metadata names."""
+    from anydit.model.quant import quantize_structure
+
+    try:
+        spec = json.loads(text)
+        layers = {str(k): (int(v[0]), int(v[1])) for k, v in spec["layers"].items()}
+        buckets = int(spec["buckets"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as err:
+        raise ValueError(f"checkpoint {path}: unreadable 'quantization' metadata ({err})") from None
+    quantize_structure(model, layers, buckets)
+    model.quantization = spec
 
 
 def architecture(path: str | os.PathLike) -> tuple[list[ModalityConfig], ModelConfig]:

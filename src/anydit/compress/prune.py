@@ -1,0 +1,145 @@
+"""Depth pruning (``anydit prune``), after PPCL: find the blocks whose removal changes the
+model's predictions least, remove them, then recover by distilling from the full model.
+
+Importance of a block: the mean squared change of every generated modality's prediction
+(relative to the prediction's own mean square) when that block alone is skipped, measured on
+training inputs (random roles, times and noise over real data). The blocks with the smallest
+change go first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from anydit.config import FlowConfig
+from anydit.flow.objective import make_inputs
+
+
+class _Skip(nn.Module):
+    """A block that passes its input through."""
+
+    def forward(self, x, c, rope):
+        return x
+
+
+def _all_blocks(model) -> list[tuple[str, int]]:
+    return [("blocks", i) for i in range(len(model.blocks))] + [
+        ("single_blocks", i) for i in range(len(model.single_blocks))
+    ]
+
+
+@torch.no_grad()
+def block_importance(model, batches: Iterator, rounds: int = 4, seed: int = 0) -> list[float]:
+    """Per block (dual-stream first, then single-stream), the relative change of the model's
+    predictions when it alone is skipped, averaged over ``rounds`` batches."""
+    model = model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    inputs = []
+    for _ in range(rounds):
+        raw, present = next(batches)
+        inputs.append(
+            make_inputs(
+                model.modalities, raw, FlowConfig(), model.cfg.per_token_time, present or None, gen
+            )
+        )
+    full = [model(i.tokens, i.times) for i in inputs]
+    scores = []
+    for kind, index in _all_blocks(model):
+        stack = getattr(model, kind)
+        block = stack[index]
+        stack[index] = _Skip()
+        try:
+            change = 0.0
+            for i, ref in zip(inputs, full, strict=True):
+                out = model(i.tokens, i.times)
+                change += sum(
+                    float(
+                        (out[k].float() - ref[k].float()).pow(2).mean()
+                        / ref[k].float().pow(2).mean().clamp(min=1e-12)
+                    )
+                    for k in ref
+                ) / len(ref)
+        finally:
+            stack[index] = block
+        scores.append(change / len(inputs))
+    return scores
+
+
+def remove_blocks(model, remove: list[int]):
+    """A new model without the blocks at ``remove`` (indices over dual-stream then
+    single-stream blocks), its other weights copied. With no blocks removed, it computes what
+    ``model`` computes."""
+    from anydit.model import MMDiT
+
+    blocks = _all_blocks(model)
+    bad = sorted(set(remove) - set(range(len(blocks))))
+    if bad or len(set(remove)) >= len(blocks):
+        raise ValueError(
+            f"prune: the model has {len(blocks)} blocks; cannot remove {sorted(set(remove))} "
+            "(at least one must stay)"
+        )
+    keep = [b for i, b in enumerate(blocks) if i not in set(remove)]
+    kept_dual = [i for kind, i in keep if kind == "blocks"]
+    kept_single = [i for kind, i in keep if kind == "single_blocks"]
+    new_index = {old: new for new, old in enumerate(kept_dual)}
+    cfg = dataclasses.replace(
+        model.cfg,
+        depth=len(kept_dual),
+        single_depth=len(kept_single),
+        dual_attention=tuple(new_index[i] for i in model.cfg.dual_attention if i in new_index),
+    )
+    pruned = MMDiT(model.modality_configs, cfg)
+    state, own = {}, pruned.state_dict()
+    renames = {f"blocks.{old}.": f"blocks.{new}." for new, old in enumerate(kept_dual)}
+    renames |= {
+        f"single_blocks.{old}.": f"single_blocks.{new}." for new, old in enumerate(kept_single)
+    }
+    for key, value in model.state_dict().items():
+        head = ".".join(key.split(".")[:2]) + "."
+        if key.startswith(("blocks.", "single_blocks.")):
+            if head not in renames:
+                continue  # a removed block
+            key = renames[head] + key[len(head) :]
+        if key not in own:
+            continue  # the new last block's condition streams lend keys and values only
+        if own[key].shape != value.shape:  # ... and their modulation keeps (shift, scale)
+            value = value[: own[key].shape[0]]
+        state[key] = value
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise ValueError(f"prune: weights without a source: {missing[:8]}")
+    pruned.load_state_dict(state, strict=True)
+    return pruned
+
+
+def prune(
+    model,
+    k: int,
+    batches: Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]],
+    steps: int | None = None,
+    minutes: float | None = None,
+    lr: float = 3e-4,
+    log=print,
+):
+    """Remove the ``k`` least important blocks, then distill from ``model`` (outputs and each
+    kept block's hidden state against the same block in the full model). Returns (the pruned
+    model, the blocks removed, the importance scores, the distillation losses)."""
+    from anydit.train.distill import distill
+
+    n = len(_all_blocks(model))
+    if not isinstance(k, int) or k < 0 or k >= n:
+        raise ValueError(f"prune: expected 0 <= remove < {n} (the model's blocks), got {k!r}")
+    scores = block_importance(model, batches)
+    remove = sorted(range(n), key=lambda i: scores[i])[:k]
+    pruned = remove_blocks(model, remove)
+    kept = [i for i in range(n) if i not in remove]
+    layers = dict(enumerate(kept))  # student block j follows teacher block kept[j]
+    log(f"prune: importance {[round(s, 4) for s in scores]}; removing blocks {sorted(remove)}")
+    losses = []
+    if k and (steps or minutes):
+        losses = distill(pruned, model, batches, steps, minutes, lr, layers, log=log)
+    return pruned, sorted(remove), scores, losses

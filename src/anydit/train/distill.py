@@ -1,0 +1,115 @@
+"""Distillation: a student learns to predict what a teacher predicts, on the training inputs
+of the any-to-any objective (random roles, times, masks and noise). One recipe for recovering a
+pruned model and, later, for few-step students.
+
+The loss, per generated modality and over the tokens being generated: the squared difference
+of velocities (continuous) or the KL divergence from the teacher's clean-token distribution to
+the student's (discrete); plus, with ``layers``, the squared difference of hidden states after
+matched blocks (PPCL's layer-wise distillation), averaged over streams.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from anydit.config import FlowConfig
+from anydit.flow.objective import make_inputs
+from anydit.train.optim import autocast_for, make_optimizer
+
+
+def _blocks(model) -> list:
+    return [*model.blocks, *model.single_blocks]
+
+
+def _hidden(model, store: list):
+    """Hooks that append each block's output (a dict of stream tensors) to ``store``."""
+    return [b.register_forward_hook(lambda m, a, out: store.append(out)) for b in _blocks(model)]
+
+
+def distill_loss(student, teacher, inputs, layers: dict[int, int] | None = None) -> Tensor:
+    """The distillation loss of one batch of training inputs (teacher under no_grad)."""
+    s_hidden, t_hidden = [], []
+    hooks = _hidden(student, s_hidden) + (_hidden(teacher, t_hidden) if layers else [])
+    try:
+        with torch.no_grad():
+            want = teacher(inputs.tokens, inputs.times)
+        got = student(inputs.tokens, inputs.times)
+    finally:
+        for h in hooks:
+            h.remove()
+    total = torch.zeros(())
+    for name, m in student.modalities.items():
+        if name not in got:
+            continue
+        scored = inputs.scored[name].float()  # (b, n)
+        count = scored.sum().clamp(min=1.0)
+        if m.discrete:
+            per = F.kl_div(
+                F.log_softmax(got[name].float(), -1),
+                F.log_softmax(want[name].float(), -1),
+                log_target=True,
+                reduction="none",
+            ).sum(-1)  # (b, n)
+        else:
+            per = (got[name].float() - want[name].float()).pow(2).mean(-1)  # (b, n)
+        total = total + (per * scored).sum() / count
+    for s_index, t_index in (layers or {}).items():
+        s_out, t_out = s_hidden[s_index], t_hidden[t_index]
+        diffs = [(s_out[k].float() - t_out[k].float()).pow(2).mean() for k in s_out]
+        total = total + sum(diffs) / len(diffs)
+    return total
+
+
+def distill(
+    student,
+    teacher,
+    batches: Iterator[dict[str, Tensor]],
+    steps: int | None = None,
+    minutes: float | None = None,
+    lr: float = 3e-4,
+    layers: dict[int, int] | None = None,
+    flow: FlowConfig | None = None,
+    precision: str = "fp32",
+    seed: int = 0,
+    log=print,
+) -> list[float]:
+    """Train ``student`` towards ``teacher`` on raw batches for ``steps`` steps or ``minutes``
+    of wall time (whichever comes first), AdamW with cosine decay over ``steps`` (or a constant
+    lr when only minutes are given). ``layers`` maps student block indices to teacher block
+    indices whose outputs are matched. Returns the losses."""
+    if steps is None and minutes is None:
+        raise ValueError("distill: give steps or minutes")
+    flow = flow or FlowConfig()
+    device = next(student.parameters()).device
+    teacher.eval()
+    student.train()
+    optimizer = make_optimizer([p for p in student.parameters() if p.requires_grad], lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if steps else None
+    gen = torch.Generator(device).manual_seed(seed)
+    losses: list[float] = []
+    start = time.perf_counter()
+    while (steps is None or len(losses) < steps) and (
+        minutes is None or time.perf_counter() - start < 60 * minutes
+    ):
+        raw, present = next(batches)
+        raw = {k: v.to(device) for k, v in raw.items()}
+        inputs = make_inputs(
+            student.modalities, raw, flow, student.cfg.per_token_time, present or None, gen
+        )
+        with autocast_for(device, precision):
+            loss = distill_loss(student, teacher, inputs, layers)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+        losses.append(loss.item())
+        if log and len(losses) % 50 == 0:
+            log(f"distill: step {len(losses)}, loss {loss.item():.4f}")
+    return losses
