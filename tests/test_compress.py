@@ -83,7 +83,10 @@ def test_calibration_keeps_one_scale_per_time_bucket(model):
     assert len(seen) == 9 and seen.max() > 1.1 * seen.min()  # every bucket, not one scale
 
 
-@pytest.mark.parametrize(("scheme", "bound", "ratio"), [("w8", 0.01, 0.34), ("w8a8", 0.02, 0.34), ("w4a8", 0.08, 0.22)])  # fmt: skip
+SCHEMES = [("w8", 0.01, 0.34), ("w8a8", 0.02, 0.34), ("w4a8", 0.08, 0.22)]  # bound, bytes
+
+
+@pytest.mark.parametrize(("scheme", "bound", "ratio"), SCHEMES)
 def test_quantized_models_sample_close_and_round_trip(model, tmp_path, scheme, bound, ratio):
     ref = anydit.sample(model, TASK, n=8, seed=0, config=CFG)
     q = quantize(model, scheme, rounds=1, n=8, config=CFG)
