@@ -1,0 +1,141 @@
+"""Smaller models from a trained digits model: quantization and depth pruning, measured.
+
+    python benchmarks/compress.py --checkpoint runs/demo [--minutes 3]
+
+Variants: fp32 (the model as trained), bf16 (the same weights, bf16 autocast), w8, w8a8, w4a8
+(``anydit quantize``, 4 calibration rounds), and pruned by 25% and 50% of the blocks with
+``--minutes`` of distillation each (``anydit prune``). For each: file size, weight bytes, peak
+resident memory while sampling and samples/s of label -> image (200 samples, the demo's 32
+steps; each variant in its own process), and the demo's judge accuracies and Frechet distances
+(``evaluate_digits`` with the demo's sampler settings). Every number comes from this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MEASURE = """
+import json, resource, sys, time, torch
+import anydit
+from anydit.config import SampleConfig
+path, precision = sys.argv[1], sys.argv[2]
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model = anydit.load_model(path)
+config = SampleConfig(steps=32, precision=precision, guidance=1.5, guidance_interval=(0.3, 1.0))
+labels = torch.arange(10).repeat_interleave(20)
+anydit.sample(model, {"image": "generate", "label": labels[:10]}, n=10, config=config)  # warm-up
+t = time.perf_counter()
+anydit.sample(model, {"image": "generate", "label": labels}, n=200, config=config)
+seconds = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+row = {"samples_per_s": 200 / seconds, "peak_mib": peak / 1024}
+print(json.dumps(row | {"load_mib": (peak - before) / 1024}))
+"""
+
+
+def measure(path: Path, precision: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(path), precision],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", required=True, help="a digits run folder (e.g. runs/demo)")
+    ap.add_argument("--minutes", type=float, default=3.0, help="distillation per pruned model")
+    ap.add_argument("--out", default="benchmarks/compress.json")
+    args = ap.parse_args()
+
+    import torch
+
+    import anydit
+    from anydit.compress import prune, quantize, weight_bytes
+    from anydit.data.sources import open_training_data, random_batches
+    from anydit.demo import demo_sampling
+    from anydit.eval.metrics import evaluate_digits
+    from anydit.run_config import load_config
+
+    run = Path(args.checkpoint)
+    model = anydit.load_model(run / "model.safetensors")
+    folder = Path(tempfile.mkdtemp(prefix="anydit-compress-"))
+    files: dict[str, tuple[Path, str]] = {
+        "fp32": (run / "model.safetensors", "fp32"),
+        "bf16": (run / "model.safetensors", "bf16"),
+    }
+    notes: dict[str, dict] = {}
+    for scheme in ("w8", "w8a8", "w4a8"):
+        t = time.perf_counter()
+        q = quantize(model, scheme, rounds=4, config=anydit.SampleConfig(steps=32))
+        files[scheme] = (anydit.save_model(q, folder / f"{scheme}.safetensors"), "fp32")
+        notes[scheme] = {"seconds_to_make": time.perf_counter() - t}
+    cfg = load_config(run / "config.yaml")
+    dataset, _ = open_training_data(cfg.data, list(model.modality_configs), log=lambda *_: None)
+    blocks = len(model.blocks) + len(model.single_blocks)
+    for share in (0.25, 0.5):
+        k = max(1, round(share * blocks))
+        batches = random_batches(dataset, model.modalities, 128)
+        t = time.perf_counter()
+        pruned, removed, _, losses = prune(
+            model, k, batches, minutes=args.minutes, log=lambda *_: None
+        )
+        name = f"pruned {int(share * 100)}%"
+        files[name] = (anydit.save_model(pruned, folder / f"pruned{k}.safetensors"), "fp32")
+        notes[name] = {
+            "removed": removed,
+            "distill_steps": len(losses),
+            "seconds_to_make": time.perf_counter() - t,
+        }
+        unrecovered = anydit.save_model(
+            anydit.compress.remove_blocks(model, removed), folder / f"cut{k}.safetensors"
+        )
+        files[f"{name}, no recovery"] = (unrecovered, "fp32")
+    rows = {}
+    base_bytes = weight_bytes(model)
+    for name, (path, precision) in files.items():
+        m = anydit.load_model(path)
+        config = demo_sampling()
+        config = anydit.sampling.settings(config, precision=precision)
+        metrics = evaluate_digits(m, config=config)
+        metrics.pop("samples")
+        rows[name] = {
+            "file_mib": path.stat().st_size / 2**20,
+            "weight_bytes_ratio": weight_bytes(m) / base_bytes,
+            **measure(path, precision),
+            **{k: v for k, v in metrics.items() if isinstance(v, float)},
+            **notes.get(name, {}),
+        }
+        print(
+            name,
+            json.dumps(
+                {k: round(v, 4) if isinstance(v, float) else v for k, v in rows[name].items()}
+            ),
+        )
+    Path(args.out).write_text(json.dumps(rows, indent=2))
+    tasks = ["label_to_image", "text_to_image", "audio_to_image", "label_to_audio",
+             "image_to_label", "image_to_text", "audio_to_label", "joint"]  # fmt: skip
+    print(
+        "\n| variant | file MiB | weight bytes | peak MiB | samples/s | "
+        + " | ".join(t.replace("_to_", " → ") for t in tasks)
+        + " | FID image | FID audio |"
+    )
+    print("|---|" + "---:|" * (6 + len(tasks)))
+    for name, r in rows.items():
+        accs = " | ".join(f"{100 * r[t]:.1f}%" for t in tasks)
+        print(
+            f"| {name} | {r['file_mib']:.2f} | {r['weight_bytes_ratio']:.2f}x | "
+            f"{r['peak_mib']:.0f} | {r['samples_per_s']:.1f} | {accs} | "
+            f"{r['fid_image']:.2f} | {r['fid_audio']:.1f} |"
+        )
+    torch.manual_seed(0)
+
+
+if __name__ == "__main__":
+    main()
