@@ -45,3 +45,12 @@ def randomize(model, seed: int = 0, std: float = 0.1) -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def perturb(model, seed: int = 0, std: float = 0.05) -> None:
+    """Add N(0, std^2) noise to every parameter, so the zero-initialised layers move too while
+    the rest keeps its scale."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)

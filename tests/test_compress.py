@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import perturb
 
 import anydit
 from anydit.cli import main
@@ -22,10 +23,7 @@ TASK = {"image": "generate", "label": 3}
 def model():
     torch.manual_seed(0)
     m = anydit.MMDiT(digits_modalities(), anydit.preset("debug", depth=2))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    perturb(m, seed=1, std=0.05)
     return m
 
 
@@ -102,18 +100,23 @@ def test_quantized_models_sample_close_and_round_trip(model, tmp_path, scheme, b
         quantize(q, scheme)
 
 
-def test_an_imported_sd3_quantizes_within_its_bound():
+def _tiny_sd3(layers: int):
+    """diffusers' SD3 transformer at a debug size, random weights, imported."""
     diffusers = pytest.importorskip("diffusers")
     from conftest import randomize
 
     tiny = dict(
-        sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
+        sample_size=8, patch_size=2, in_channels=4, num_layers=layers, attention_head_dim=8,
         num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16,
         pooled_projection_dim=8, out_channels=4, pos_embed_max_size=16,
     )  # fmt: skip
     theirs = diffusers.SD3Transformer2DModel(**tiny).eval()
     randomize(theirs, std=0.2)
-    ours = anydit.import_diffusers(theirs, "sd3", height=8, width=8, text_tokens=6)
+    return anydit.import_diffusers(theirs, "sd3", height=8, width=8, text_tokens=6)
+
+
+def test_an_imported_sd3_quantizes_within_its_bound():
+    ours = _tiny_sd3(layers=2)
     g = torch.Generator().manual_seed(0)
     task = {
         "image": "generate",
@@ -144,17 +147,7 @@ def test_pruning_nothing_changes_nothing_and_blocks_are_renumbered(model):
 def test_removing_an_imported_model_s_last_block_keeps_it_exact_where_it_can():
     """The new last block's condition streams only lend keys and values (SD3): their unused
     weights go, their modulation keeps (shift, scale) -- and K = 0 is the identity."""
-    diffusers = pytest.importorskip("diffusers")
-    from conftest import randomize
-
-    tiny = dict(
-        sample_size=8, patch_size=2, in_channels=4, num_layers=3, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16,
-        pooled_projection_dim=8, out_channels=4, pos_embed_max_size=16,
-    )  # fmt: skip
-    theirs = diffusers.SD3Transformer2DModel(**tiny).eval()
-    randomize(theirs, std=0.2)
-    ours = anydit.import_diffusers(theirs, "sd3", height=8, width=8, text_tokens=6)
+    ours = _tiny_sd3(layers=3)
     pruned = remove_blocks(ours, [2])
     assert pruned.cfg.depth == 2
     assert pruned.blocks[1].streams["text"].pre_only and not hasattr(

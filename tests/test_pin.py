@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import perturb
 from safetensors.torch import load_file, save_file
 
 import anydit
@@ -150,10 +151,7 @@ def _evaluated() -> dict[str, float]:
 
     torch.manual_seed(0)
     model = anydit.MMDiT(digits_modalities(), anydit.preset("debug", depth=1))
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    perturb(model, seed=2, std=0.05)
     metrics = evaluate_digits(model, n_per_class=2, steps=2, guidance={"label": 2.0})
     return {k: float(v) for k, v in metrics.items() if k != "samples"}
 

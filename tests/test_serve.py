@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import perturb
 from PIL import Image
 
 import anydit
@@ -33,10 +34,7 @@ def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     torch.manual_seed(0)
     model = anydit.MMDiT(digits_modalities(), anydit.preset("debug", depth=1))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    perturb(model, seed=1, std=0.1)
     anydit.save_model(model, root / "model.safetensors")
     pixels = ((load_digit_images("test")[0][0, 0].numpy() + 1) * 127.5).round().astype(np.uint8)
     Image.fromarray(pixels).save(root / "seven.png")

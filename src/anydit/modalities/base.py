@@ -180,6 +180,16 @@ class Modality:
             raise ValueError(f"modality '{self.name}': value contains NaN or inf")
         return x
 
+    def check_ids(self, x: Tensor, count: int, what: str) -> Tensor:
+        """``x`` when every id is in [0, count); else an error naming the bad ones."""
+        bad = (x < 0) | (x >= count)
+        if bad.any():
+            raise ValueError(
+                f"modality '{self.name}': expected {what} ids in [0, {count}), "
+                f"got {x[bad].unique()[:5].tolist()}"
+            )
+        return x
+
     def batch(self, x: Tensor, n: int | None) -> Tensor:
         """(*shape) -> (n, *shape) repeated, or a batch (n, *shape) checked."""
         shape = tuple(self.shape)

@@ -87,13 +87,7 @@ class Label(Modality):
         elif isinstance(value, list | tuple) and value and isinstance(value[0], str):
             value = [self.class_id(v) for v in value]
         x = self.batch(self.check_dtype(torch.as_tensor(value)), n)
-        bad = (x < 0) | (x >= self.cfg.num_classes)
-        if bad.any():
-            raise ValueError(
-                f"modality '{self.name}': expected class ids in [0, {self.cfg.num_classes}), "
-                f"got {x[bad].unique()[:5].tolist()}"
-            )
-        return x
+        return self.check_ids(x, self.cfg.num_classes, "class")
 
     def collate(self, values: list) -> Tensor:
         """Values read from training data (names, integers or 0-d integer tensors, one per

@@ -127,13 +127,7 @@ class Text(Modality):
             if value.shape[0] == 1:
                 value = value[0]
         x = self.batch(self.check_dtype(torch.as_tensor(value)), n)
-        bad = (x < 0) | (x >= self.token_dim)
-        if bad.any():
-            raise ValueError(
-                f"modality '{self.name}': expected token ids in [0, {self.token_dim}), "
-                f"got {x[bad].unique()[:5].tolist()}"
-            )
-        return x
+        return self.check_ids(x, self.token_dim, "token")
 
     def collate(self, values: list) -> Tensor:
         if all(isinstance(v, str) for v in values):
