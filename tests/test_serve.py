@@ -156,7 +156,7 @@ def test_the_server_through_gradio_client(demo, server):
     model, _, values = demo
     url, port = server
     client = Client(url, verbose=False)
-    settings = [2, "euler", "random", "1", 0.0, 1.0, None, 3, 2]  # steps ... seed, samples
+    settings = [2, "euler", "random", "1", 0.0, 1.0, None, "none", 0.05, 3, 3, 2]  # ... seed, n
     names = model.names  # audio, image, label, text
     inputs = {"audio": None, "image": None, "draw": None, "label": "seven", "text": ""}
 

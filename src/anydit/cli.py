@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--shift", type=float, help="time shift of the grids (default: trained)")
     p.add_argument("--unmasking", choices=["random", "confidence"], help="discrete reveal order")
+    p.add_argument(
+        "--cache", choices=["first_block", "taylor"], help="reuse the blocks' work across steps"
+    )
+    p.add_argument("--cache-threshold", type=float, help="first_block: relative change to skip")
+    p.add_argument("--cache-interval", type=int, help="taylor: run every block every N calls")
+    p.add_argument("--cache-order", type=int, help="taylor: forecast order (1 or 2)")
     p.add_argument("--temperature", type=float, help="softmax temperature of discrete unmasking")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["fp32", "bf16"])
@@ -403,6 +409,10 @@ def cmd_sample(args) -> int:
         unmasking=args.unmasking,
         temperature=args.temperature,
         precision=args.precision,
+        cache=args.cache,
+        cache_threshold=args.cache_threshold,
+        cache_interval=args.cache_interval,
+        cache_order=args.cache_order,
     )
     if args.n < 1:
         raise ValueError(f"-n: expected an integer >= 1, got {args.n}")

@@ -395,6 +395,10 @@ class SampleConfig:
     temperature: float = 1.0  # discrete unmasking: softmax temperature
     unmasking: str = "random"  # random (exact ancestral) | confidence (MaskGIT order)
     precision: str = "fp32"  # fp32 | bf16 autocast
+    cache: str = ""  # "" | first_block | taylor: reuse the blocks' work across steps
+    cache_threshold: float = 0.05  # first_block: skip while block 1 moved less than this
+    cache_interval: int = 3  # taylor: run every block every N-th evaluation, forecast between
+    cache_order: int = 1  # taylor: order of the forecast (1 or 2)
 
     def __post_init__(self) -> None:
         steps = _index(self.steps)
@@ -452,6 +456,22 @@ class SampleConfig:
             self.unmasking,
         )
         _check(self.precision in ("fp32", "bf16"), "sample.precision", "fp32|bf16", self.precision)
+        caches = ("", "first_block", "taylor")
+        _check(self.cache in caches, "sample.cache", "'', 'first_block' or 'taylor'", self.cache)
+        _check(
+            isinstance(self.cache_threshold, int | float) and 0 <= self.cache_threshold <= 1,
+            "sample.cache_threshold",
+            "a number in [0, 1] (relative change of the first block's residual)",
+            self.cache_threshold,
+        )
+        interval = _index(self.cache_interval)
+        _check(
+            interval is not None and interval >= 1,
+            "sample.cache_interval",
+            "an integer >= 1",
+            self.cache_interval,
+        )
+        _check(self.cache_order in (1, 2), "sample.cache_order", "1 or 2", self.cache_order)
 
 
 @dataclass

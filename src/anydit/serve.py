@@ -208,6 +208,13 @@ def build_app(model, defaults: SampleConfig, title: str = "anydit"):
                 high = gr.Number(defaults.guidance_interval[1], label="to t =")
                 shift = gr.Number(defaults.shift, label="shift (empty: trained)")
             with gr.Row():
+                cache = gr.Dropdown(
+                    ["none", "first_block", "taylor"], value=defaults.cache or "none",
+                    label="cache (reuse blocks across steps)",
+                )  # fmt: skip
+                threshold = gr.Number(defaults.cache_threshold, label="first_block threshold")
+                interval = gr.Number(defaults.cache_interval, label="taylor interval", precision=0)
+            with gr.Row():
                 seed = gr.Number(0, label="seed", precision=0, elem_id="seed")
                 n = gr.Number(4, label="samples", precision=0, elem_id="n")
         button = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -241,7 +248,8 @@ def build_app(model, defaults: SampleConfig, title: str = "anydit"):
                 given = [v for v in rest[:width] if v is not None and not _blank(v)]
                 values[k] = given[0] if given else None
                 rest = rest[width:]
-            s_steps, s_solver, s_unmask, s_guid, s_low, s_high, s_shift, s_seed, s_n = rest
+            (s_steps, s_solver, s_unmask, s_guid, s_low, s_high, s_shift, s_cache, s_threshold,
+             s_interval, s_seed, s_n) = rest  # fmt: skip
             try:
                 config = settings(
                     defaults,
@@ -251,6 +259,9 @@ def build_app(model, defaults: SampleConfig, title: str = "anydit"):
                     guidance=_guidance(s_guid),
                     guidance_interval=(s_low, s_high),
                     shift=s_shift if s_shift not in (None, "") else None,
+                    cache="" if s_cache in (None, "none") else s_cache,
+                    cache_threshold=s_threshold,
+                    cache_interval=_int(s_interval, "taylor interval"),
                 )
                 count = _int(s_n, "samples")
                 if count is None or count < 1:
@@ -275,7 +286,8 @@ def build_app(model, defaults: SampleConfig, title: str = "anydit"):
             generate,
             inputs=role_list
             + input_list
-            + [steps, solver, unmasking, guidance, low, high, shift, seed, n],
+            + [steps, solver, unmasking, guidance, low, high, shift, cache, threshold, interval]
+            + [seed, n],
             outputs=output_list + [status, download],
             api_name="generate",
         )

@@ -282,6 +282,25 @@ class MMDiT(nn.Module):
         pooled = {n: tokens[n] for n in self.pooled_embed}
         c = self.conditioning(times, x, pooled)
         rope = None if self.positionless else self.rope
-        for block in [*self.blocks, *self.single_blocks]:
-            x = run_block(block, x, c, rope, self.cfg.checkpointing and self.training)
+        x = self.run_blocks(x, c, rope)
         return {n: self.final[n](x[n], c[n]) for n in self.outputs}
+
+    def run_blocks(
+        self,
+        x: dict[str, Tensor],
+        c: dict[str, Tensor],
+        rope: Tensor | None,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> dict[str, Tensor]:
+        """Transformer blocks ``start`` to ``stop`` (dual-stream, then single-stream):
+        x (b, n, d) per stream -> x. The hook a sampling cache replaces (``sampling.cache``);
+        the model itself keeps no cache state."""
+        for block in self.all_blocks[start:stop]:
+            x = run_block(block, x, c, rope, self.cfg.checkpointing and self.training)
+        return x
+
+    @property
+    def all_blocks(self) -> list[nn.Module]:
+        """Dual-stream blocks, then single-stream blocks, in the order they run."""
+        return [*self.blocks, *self.single_blocks]

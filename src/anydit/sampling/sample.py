@@ -16,6 +16,7 @@ from torch import Tensor
 from anydit.config import SampleConfig
 from anydit.flow.roles import Role, assemble
 from anydit.modalities import Modality
+from anydit.sampling.cache import clock_of, make_cache
 from anydit.sampling.grids import joint_grids
 from anydit.sampling.solvers import SOLVERS
 from anydit.sampling.tasks import ResolvedRole, resolve_task
@@ -59,10 +60,11 @@ def guidance_branches(
 def settings(config: SampleConfig | None = None, **changes: Any) -> SampleConfig:
     """``config`` (default: ``SampleConfig()``) with the changes that are not None, validated."""
     changes = {k: v for k, v in changes.items() if v is not None}
-    try:
-        return dataclasses.replace(config or SampleConfig(), **changes)
-    except TypeError as err:
-        raise ValueError(f"sample: {err}") from None
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(SampleConfig)})
+    if unknown:
+        names = sorted(f.name for f in dataclasses.fields(SampleConfig))
+        raise ValueError(f"sample: unknown settings {unknown}; expected some of {names}")
+    return dataclasses.replace(config or SampleConfig(), **changes)
 
 
 @torch.no_grad()
@@ -81,11 +83,14 @@ def sample(
     shift: float | None = None,
     config: SampleConfig | None = None,
     progress: Callable[[float], None] | None = None,
+    stats: dict | None = None,
+    **more: Any,
 ) -> dict[str, Tensor]:
     """Sample from ``model`` under ``task`` (see ``anydit.sampling.tasks``).
 
     The sampler settings are a ``SampleConfig`` (``config``; default ``SampleConfig()``) with
-    any of the keyword settings below that are given replacing its fields.
+    any of the keyword settings below that are given replacing its fields; other
+    ``SampleConfig`` fields (``cache=...``, ``cache_threshold=...``) may be given by name too.
 
     Args:
         task: {modality: "generate" | "drop" | value | Generate(...) | Given(...) | Drop()}.
@@ -108,6 +113,8 @@ def sample(
         unmasking: discrete reveal order, "random" (exact ancestral sampling) or
             "confidence" (surest tokens first; more coherent text in few steps).
         progress: called with the share of network evaluations done (0 to 1] after each.
+        stats: a dict to fill with what the network ran: ``evaluations`` (samples x calls,
+            guidance branches included) and, with a cache, ``block_runs`` and ``blocks``.
 
     Returns:
         {name: (n, *shape) raw values} for every generated and every given modality.
@@ -122,6 +129,7 @@ def sample(
         unmasking=unmasking,
         guidance_interval=guidance_interval,
         shift=shift,
+        **more,
     )
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"sample: n must be an integer >= 1, got {n!r}")
@@ -172,11 +180,16 @@ def sample(
     evaluations = (len(next(iter(grids.values()))) - 1) * (1 if cfg.solver == "euler" else 2)
     done = [0]
 
+    sets = [set()] + [drop for drop, _, _ in branches]
+    cache = make_cache(cfg.cache, cfg.cache_threshold, cfg.cache_interval, cfg.cache_order)
+    continuous = [k for k in generated if not mods[k].discrete]
+
     def velocity_fn(x: dict[str, Tensor], t: dict[str, Tensor]) -> dict[str, Tensor]:
+        done[0] += 1
         if progress is not None:
-            done[0] += 1
             progress(min(1.0, done[0] / evaluations))
-        sets = [set()] + [drop for drop, _, _ in branches]
+        if cache is not None:
+            cache.tick(clock_of(t, continuous or generated))
         parts = [inputs(x, t, drop) for drop in sets]
         tokens = {k: torch.cat([p[0][k] for p in parts]) for k in mods}  # (g n, ...)
         times = {k: torch.cat([p[1][k] for p in parts]) for k in mods}
@@ -198,12 +211,19 @@ def sample(
 
     was_training = model.training
     model.eval()
+    if cache is not None:
+        cache.attach(model, len(sets))
     try:
         x = SOLVERS[cfg.solver](
             velocity_fn, x_init, grids, discrete, gen, cfg.temperature, cfg.unmasking
         )
     finally:
         model.train(was_training)
+        if cache is not None:
+            cache.detach()
+    if stats is not None:
+        stats.update(cache.stats if cache is not None else {})
+        stats["evaluations"] = done[0] * n * len(sets)
     samples = {}
     for k, r in roles.items():
         m = mods[k]
