@@ -21,6 +21,7 @@ from pathlib import Path
 
 from anydit.errors import EXPECTED_ERRORS
 from anydit.run_config import model_file, run_sampling
+from anydit.storage import check_writable
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -179,6 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="distillation steps (instead of --minutes)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-4)
+    _add_common(p)
+
+    p = sub.add_parser("distill", help="a few-step model (a flow map) from a trained model")
+    p.add_argument("checkpoint", help="a run folder (its config names the data) or a model file")
+    p.add_argument("--out", required=True, help="folder for the few-step model")
+    p.add_argument("--data", help="a run config whose data to distill on (default: the run's)")
+    p.add_argument("--minutes", type=float, default=5.0, help="distillation wall time")
+    p.add_argument("--steps", type=int, help="distillation steps (instead of --minutes)")
+    p.add_argument(
+        "--guidance", type=float, default=1.0, help="the teacher's guidance, distilled in"
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-4)
     _add_common(p)
 
     p = sub.add_parser("serve", help="a web page for every task of a trained model (Gradio)")
@@ -396,7 +410,6 @@ def cmd_sample(args) -> int:
     import anydit
     from anydit.modalities.outputs import write_outputs
     from anydit.sampling import settings
-    from anydit.storage import check_writable
 
     model = anydit.load_model(model_file(args.checkpoint))
     config = settings(
@@ -481,18 +494,9 @@ def cmd_prune(args) -> int:
 
     import anydit
     from anydit.compress import prune
-    from anydit.data.sources import open_training_data, random_batches
-    from anydit.run_config import load_config
 
     model = anydit.load_model(model_file(args.checkpoint))
-    source = Path(args.data) if args.data else Path(args.checkpoint) / "config.yaml"
-    if not source.is_file():
-        raise FileNotFoundError(
-            f"prune: no data to distill on: {source} does not exist (give --data RUN.yaml)"
-        )
-    cfg = load_config(source)
-    dataset, _ = open_training_data(cfg.data, list(model.modality_configs))
-    batches = random_batches(dataset, model.modalities, args.batch_size)
+    cfg, batches = _run_data(args, model)
     steps, minutes = (args.steps, None) if args.steps else (None, args.minutes)
     pruned, removed, scores, losses = prune(
         model, args.remove, batches, steps=steps, minutes=minutes, lr=args.lr
@@ -507,6 +511,51 @@ def cmd_prune(args) -> int:
     report["distill_loss"] = [losses[0], losses[-1]] if losses else []
     (out / "prune.json").write_text(json.dumps(report, indent=2))
     print(f"removed blocks {removed}; {len(losses)} distillation steps; model: {out}")
+    return 0
+
+
+def _run_data(args, model):
+    """Batches of the data a run trained on (``--data`` or the run folder's config)."""
+    from anydit.data.sources import open_training_data, random_batches
+    from anydit.run_config import load_config
+
+    source = Path(args.data) if args.data else Path(args.checkpoint) / "config.yaml"
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"{args.command}: no data: {source} does not exist (give --data RUN.yaml)"
+        )
+    cfg = load_config(source)
+    dataset, _ = open_training_data(cfg.data, list(model.modality_configs), log=lambda *_: None)
+    return cfg, random_batches(dataset, model.modalities, args.batch_size)
+
+
+def cmd_distill(args) -> int:
+    import dataclasses
+
+    import yaml
+
+    import anydit
+    from anydit.model.extend import extend
+    from anydit.train.distill import distill
+
+    teacher = anydit.load_model(model_file(args.checkpoint))
+    if teacher.cfg.flow_map:
+        raise ValueError(
+            f"distill: {args.checkpoint} is a flow map already; start from its teacher"
+        )
+    cfg, batches = _run_data(args, teacher)
+    student = extend(teacher, [], flow_map=True)
+    steps, minutes = (args.steps, None) if args.steps else (None, args.minutes)
+    losses = distill(student, teacher, batches, steps, minutes, args.lr, guidance=args.guidance)
+    out = check_writable(args.out)
+    anydit.save_model(student, out / "model.safetensors")
+    tree = cfg.to_dict()
+    tree["model"] = dataclasses.asdict(student.cfg)
+    tree["sample"] = {**tree.get("sample", {}), "solver": "jump", "steps": 2}
+    if args.guidance != 1.0:  # distilled in
+        tree["sample"]["guidance"] = 1.0
+    (out / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    print(f"distilled {len(losses)} steps (loss {losses[0]:.4f} -> {losses[-1]:.4f}): {out}")
     return 0
 
 
@@ -528,6 +577,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "quantize": cmd_quantize,
     "prune": cmd_prune,
+    "distill": cmd_distill,
     "data": cmd_data,
     "import": cmd_import,
     "export": cmd_export,

@@ -25,7 +25,7 @@ from anydit.errors import ConfigError
 from anydit.modalities import KIND_CLASSES, KINDS
 
 TIME_SAMPLERS = ("logit_normal", "uniform")
-SOLVERS = ("euler", "heun", "midpoint")
+SOLVERS = ("euler", "heun", "midpoint", "jump")
 RESERVED_NAMES = ("key", "id", "shared")  # manifest columns that name a sample; freeze's "shared"
 # ModalityConfig fields every kind takes; the others belong to the kinds that list them.
 COMMON_FIELDS = frozenset(
@@ -240,6 +240,8 @@ class ModelConfig:
     lora_rank: int = 0  # > 0: low-rank adapters on the linear layers of `lora_streams`
     lora_alpha: float = 0.0  # adapter scale alpha / rank; 0 = rank (scale 1)
     lora_streams: tuple[str, ...] = ()  # modality names and/or "shared"
+    flow_map: bool = False  # a second time input per stream: the target time s of a jump, so
+    # the model predicts the average velocity from t to s (few-step sampling; anydit distill)
 
     def __post_init__(self) -> None:
         self.rope_axes = tuple(self.rope_axes)
@@ -388,7 +390,7 @@ class SampleConfig:
     training sample grid read. Validated once, here."""
 
     steps: int = 32
-    solver: str = "euler"  # euler | heun | midpoint
+    solver: str = "euler"  # euler | heun | midpoint | jump (a flow map's steps: anydit distill)
     guidance: float | dict[str, float] = 1.0  # 1 = none; {name: w}: one weight per given one
     guidance_interval: tuple[float, float] = (0.0, 1.0)  # guide only while t is in [low, high]
     shift: float | None = None  # time shift of the grids; None = each modality's trained shift

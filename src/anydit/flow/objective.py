@@ -76,6 +76,7 @@ def make_inputs(
     generator: torch.Generator | None = None,
     rows: slice | None = None,
     global_batch: int | None = None,
+    times: dict[str, Tensor] | None = None,
 ) -> TrainingInputs:
     """Noise a batch of raw data (name -> (b, *shape)) into network inputs and targets.
 
@@ -83,7 +84,9 @@ def make_inputs(
     cut to ``rows``: a process holding rows r0:r1 of a global batch sees exactly what a single
     process would see for those rows, so data-parallel training reproduces single-process
     training. By default the batch is the whole global batch. ``per_token``: the model takes a
-    time per token (then a share of tokens may be given, ``p_partial``).
+    time per token (then a share of tokens may be given, ``p_partial``). ``times`` ((B,) per
+    modality) replace the drawn times of generated samples where they are not ``nan``
+    (few-step distillation starts jumps on the sampler's grid).
     """
     missing = [n for n in modalities if n not in batch]
     if missing:
@@ -107,6 +110,9 @@ def make_inputs(
             generator,
             device,
         ).clamp(flow.eps, 1 - flow.eps)
+        if times is not None and name in times:  # planned where a number, drawn where nan
+            planned = times[name].to(device)
+            t = torch.where(planned.isnan(), t, planned)
         role = g_roles[name]
         if present is not None and name in present:  # absent here: dropped for that sample
             local = role[rows].clone()

@@ -25,6 +25,7 @@ from anydit.model.rotary import rotary_angles, rotary_table
 
 _STREAM_DICTS = (
     "embed",
+    "jump_embed",
     "pos_embed",
     "time_embed",
     "pooled_embed",
@@ -92,6 +93,11 @@ class MMDiT(nn.Module):
         )
         self.time_embed = nn.ModuleDict(
             {n: TimeEmbedder(cfg.time_dim, widths[n], reverse) for n in streams}
+        )
+        self.jump_embed = (  # flow maps: the step s - t to the target time, per stream
+            nn.ModuleDict({n: TimeEmbedder(cfg.time_dim, widths[n]) for n in streams})
+            if cfg.flow_map
+            else None
         )
         self.pooled_embed = nn.ModuleDict(
             {
@@ -218,6 +224,9 @@ class MMDiT(nn.Module):
         for f in self.final.values():
             nn.init.zeros_(f.proj.weight)
             nn.init.zeros_(f.proj.bias)
+        for emb in (self.jump_embed or {}).values():  # a new jump input starts unheard
+            nn.init.zeros_(emb.mlp[-1].weight)
+            nn.init.zeros_(emb.mlp[-1].bias)
 
     def _check_inputs(self, tokens: dict[str, Tensor], times: dict[str, Tensor]) -> None:
         for what, d in (("tokens", tokens), ("times", times)):
@@ -234,14 +243,23 @@ class MMDiT(nn.Module):
                 )
 
     def conditioning(
-        self, times: dict[str, Tensor], x: dict[str, Tensor], pooled: dict[str, Tensor]
+        self,
+        times: dict[str, Tensor],
+        x: dict[str, Tensor],
+        pooled: dict[str, Tensor],
+        targets: dict[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """Per-stream adaLN inputs (b, 1|n, d): the stream's own time embedding (per token if
         its times are) plus the shared part: with ``conditioning: summary`` a projected
         summary of all modalities' times, with ``sum`` the other streams' time embeddings; plus
         every pooled modality's embedding (scaled by its time: 1 given, 0 dropped) and, with
-        ``pooled_cond``, the streams' mean token embeddings x (b, n, d)."""
+        ``pooled_cond``, the streams' mean token embeddings x (b, n, d). A flow map adds the
+        embedding of each stream's step ``targets - times`` to its own."""
         own = {n: self.time_embed[n](times[n]) for n in self.streams}  # (b, d) or (b, n, d)
+        if self.jump_embed is not None:
+            for n in self.streams:
+                step = (targets[n] - times[n]) if targets and n in targets else times[n] * 0
+                own[n] = own[n] + self.jump_embed[n](step)
         extra = []  # (b, d) parts every stream receives
         for n in self.pooled_embed:
             dtype = next(self.pooled_embed[n].parameters()).dtype
@@ -272,15 +290,26 @@ class MMDiT(nn.Module):
             c[n] = total if total.dim() == 3 else total.unsqueeze(1)
         return c
 
-    def forward(self, tokens: dict[str, Tensor], times: dict[str, Tensor]) -> dict[str, Tensor]:
+    def forward(
+        self,
+        tokens: dict[str, Tensor],
+        times: dict[str, Tensor],
+        targets: dict[str, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
         """Predict each generated modality's velocity (continuous) or clean-token logits
-        (discrete): a dict over ``outputs``."""
+        (discrete): a dict over ``outputs``. A flow map (``cfg.flow_map``) takes ``targets``,
+        each stream's target time s (like its times), and predicts the average velocity from t
+        to s, ``(x_s - x_t) / (s - t)``; without targets (s = t) it is the velocity."""
         self._check_inputs(tokens, times)
+        if targets is not None and self.jump_embed is None:
+            raise ValueError(
+                "MMDiT.forward: targets need a model built with flow_map = true (anydit distill)"
+            )
         x = {n: self.embed[n](tokens[n]) for n in self.streams}  # (b, n, d)
         for n, table in self.pos_embed.items():
             x[n] = table(x[n])
         pooled = {n: tokens[n] for n in self.pooled_embed}
-        c = self.conditioning(times, x, pooled)
+        c = self.conditioning(times, x, pooled, targets)
         rope = None if self.positionless else self.rope
         x = self.run_blocks(x, c, rope)
         return {n: self.final[n](x[n], c[n]) for n in self.outputs}

@@ -57,6 +57,31 @@ def guidance_branches(
     return []
 
 
+def next_steps(
+    t: dict[str, Tensor], grids: dict[str, Tensor], moving: list[str]
+) -> dict[str, float]:
+    """How far each generated continuous stream's grid moves after the current time."""
+    out = {}
+    for k in moving:
+        later = grids[k][grids[k] > t[k] + 1e-12]
+        out[k] = float(later[0] - t[k]) if len(later) else 0.0
+    return out
+
+
+def jump_targets(
+    times: dict[str, Tensor], steps: dict[str, float], dropped: set[str]
+) -> dict[str, Tensor]:
+    """A flow map's target times in one guidance branch: each moving stream's tokens that are
+    not held (t < 1) jump by its step; dropped, given and discrete streams stay."""
+    targets = dict(times)
+    for k, step in steps.items():
+        if k in dropped or step == 0:
+            continue
+        t = times[k]
+        targets[k] = torch.where(t < 1, (t + step).clamp(max=1.0), t)
+    return targets
+
+
 def settings(config: SampleConfig | None = None, **changes: Any) -> SampleConfig:
     """``config`` (default: ``SampleConfig()``) with the changes that are not None, validated."""
     changes = {k: v for k, v in changes.items() if v is not None}
@@ -138,6 +163,12 @@ def sample(
     device = next(model.parameters()).device
     mods = model.modalities
     per_token = model.cfg.per_token_time
+    jump = cfg.solver == "jump"
+    if jump and not model.cfg.flow_map:
+        raise ValueError(
+            "sample.solver 'jump' needs a flow-map model, trained to jump between times "
+            "(anydit distill); this one predicts velocities: use euler, heun or midpoint"
+        )
     roles = resolve_task(mods, task, n, per_token, device)
     gen = torch.Generator(device).manual_seed(seed)
     generated = [k for k, r in roles.items() if r.role == Role.GENERATE]
@@ -194,7 +225,15 @@ def sample(
         tokens = {k: torch.cat([p[0][k] for p in parts]) for k in mods}  # (g n, ...)
         times = {k: torch.cat([p[1][k] for p in parts]) for k in mods}
         with autocast:
-            out = model(tokens, times)
+            if jump:
+                steps_now = next_steps(t, grids, continuous)
+                targets = [
+                    jump_targets(p[1], steps_now, drop) for p, drop in zip(parts, sets, strict=True)
+                ]
+                targets = {k: torch.cat([p[k] for p in targets]) for k in mods}
+                out = model(tokens, times, targets)
+            else:
+                out = model(tokens, times)
         result = {}
         for k in generated:
             chunks = out[k].float().chunk(len(sets))

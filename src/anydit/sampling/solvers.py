@@ -127,7 +127,9 @@ def _run(
 
 
 def euler(velocity_fn, x, grid, discrete, generator=None, temperature=1.0, order="random"):
-    """First-order Euler: x += dt * v(x, t). One evaluation per step."""
+    """First-order Euler: x += dt * v(x, t). One evaluation per step. With a flow map's
+    average velocity over each step (the ``jump`` solver: ``sample`` passes the next grid
+    time as the target) this step is exact."""
     return _run("euler", velocity_fn, x, grid, discrete, generator, temperature, order)
 
 
@@ -142,4 +144,4 @@ def midpoint(velocity_fn, x, grid, discrete, generator=None, temperature=1.0, or
     return _run("midpoint", velocity_fn, x, grid, discrete, generator, temperature, order)
 
 
-SOLVERS = {"euler": euler, "heun": heun, "midpoint": midpoint}
+SOLVERS = {"euler": euler, "heun": heun, "midpoint": midpoint, "jump": euler}

@@ -1,6 +1,6 @@
 """Distillation: a student learns to predict what a teacher predicts, on the training inputs
 of the any-to-any objective (random roles, times, masks and noise). One recipe for recovering a
-pruned model and, later, for few-step students.
+pruned model and for few-step students (flow maps, ``flow.flowmap``).
 
 The loss, per generated modality and over the tokens being generated: the squared difference
 of velocities (continuous) or the KL divergence from the teacher's clean-token distribution to
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anydit.config import FlowConfig
+from anydit.flow.flowmap import JUMPS, jump_targets, plan_jumps, teacher_jump
 from anydit.flow.objective import make_inputs
 from anydit.train.optim import autocast_for, make_optimizer
 
@@ -31,14 +32,26 @@ def _hidden(model, store: list):
     return [b.register_forward_hook(lambda m, a, out: store.append(out)) for b in _blocks(model)]
 
 
-def distill_loss(student, teacher, inputs, layers: dict[int, int] | None = None) -> Tensor:
-    """The distillation loss of one batch of training inputs (teacher under no_grad)."""
+def distill_loss(
+    student,
+    teacher,
+    inputs,
+    layers: dict[int, int] | None = None,
+    jump: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None,
+) -> Tensor:
+    """The distillation loss of one batch of training inputs (teacher under no_grad). With
+    ``jump`` = (target times, the teacher's outputs for them: ``flowmap.teacher_jump``) the
+    student, a flow map, is asked for the average velocity to the targets."""
     s_hidden, t_hidden = [], []
     hooks = _hidden(student, s_hidden) + (_hidden(teacher, t_hidden) if layers else [])
     try:
-        with torch.no_grad():
-            want = teacher(inputs.tokens, inputs.times)
-        got = student(inputs.tokens, inputs.times)
+        if jump is None:
+            with torch.no_grad():
+                want = teacher(inputs.tokens, inputs.times)
+            got = student(inputs.tokens, inputs.times)
+        else:
+            targets, want = jump
+            got = student(inputs.tokens, inputs.times, targets)
     finally:
         for h in hooks:
             h.remove()
@@ -77,11 +90,14 @@ def distill(
     precision: str = "fp32",
     seed: int = 0,
     log=print,
+    guidance: float = 1.0,
 ) -> list[float]:
     """Train ``student`` towards ``teacher`` on raw batches for ``steps`` steps or ``minutes``
     of wall time (whichever comes first), AdamW with cosine decay over ``steps`` (or a constant
     lr when only minutes are given). ``layers`` maps student block indices to teacher block
-    indices whose outputs are matched. Returns the losses."""
+    indices whose outputs are matched. A flow-map student (``cfg.flow_map``) learns jumps of
+    sizes drawn from ``flowmap.JUMPS`` per batch, towards the teacher's ODE solution guided by
+    ``guidance``. Returns the losses."""
     if steps is None and minutes is None:
         raise ValueError("distill: give steps or minutes")
     flow = flow or FlowConfig()
@@ -91,6 +107,7 @@ def distill(
     optimizer = make_optimizer([p for p in student.parameters() if p.requires_grad], lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if steps else None
     gen = torch.Generator(device).manual_seed(seed)
+    picker = torch.Generator().manual_seed(seed + 1)  # the jump size of each batch
     losses: list[float] = []
     start = time.perf_counter()
     while (steps is None or len(losses) < steps) and (
@@ -98,11 +115,23 @@ def distill(
     ):
         raw, present = next(batches)
         raw = {k: v.to(device) for k, v in raw.items()}
+        b = next(iter(raw.values())).shape[0]
+        starts = ends = None
+        if student.cfg.flow_map:
+            size = JUMPS[int(torch.randint(len(JUMPS), (1,), generator=picker))]
+            starts, ends = plan_jumps(student.modalities, b, size, picker)
         inputs = make_inputs(
-            student.modalities, raw, flow, student.cfg.per_token_time, present or None, gen
-        )
+            student.modalities, raw, flow, student.cfg.per_token_time, present or None, gen,
+            times=starts,
+        )  # fmt: skip
+        jump = None
+        if student.cfg.flow_map:
+            targets = jump_targets(inputs, student.modalities, size, ends)
+            with autocast_for(device, precision):
+                average, logits = teacher_jump(teacher, inputs, targets, guidance, gen)
+            jump = (targets, {**average, **logits})
         with autocast_for(device, precision):
-            loss = distill_loss(student, teacher, inputs, layers)
+            loss = distill_loss(student, teacher, inputs, layers, jump)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
