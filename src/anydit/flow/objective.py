@@ -98,6 +98,7 @@ def make_inputs(
         raise ValueError(f"rows {rows} do not match the local batch of {b}")
     device = next(iter(batch.values())).device
     g_roles = draw_roles(modalities, total, generator, device)
+    plan = times
     out = TrainingInputs({}, {}, {}, {}, {})
     for name, m in modalities.items():
         n_tok = m.num_tokens
@@ -110,8 +111,8 @@ def make_inputs(
             generator,
             device,
         ).clamp(flow.eps, 1 - flow.eps)
-        if times is not None and name in times:  # planned where a number, drawn where nan
-            planned = times[name].to(device)
+        if plan is not None and name in plan:  # planned where a number, drawn where nan
+            planned = plan[name].to(device)
             t = torch.where(planned.isnan(), t, planned)
         role = g_roles[name]
         if present is not None and name in present:  # absent here: dropped for that sample
