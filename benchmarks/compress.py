@@ -39,6 +39,38 @@ print(json.dumps(row | {"load_mib": (peak - before) / 1024}))
 """
 
 
+def kernels(shapes=((6272, 128, 384), (6272, 128, 512), (6272, 512, 128)), repeats=20) -> list:
+    """Matmul time (ms) at the demo model's linear shapes (tokens x in -> out, batch 128 x 49
+    tokens): fp32, bf16, and PyTorch's int8 CPU kernels (int8 x int8 -> int32 ``_int_mm``;
+    int8 weights with bf16 activations ``_weight_int8pack_mm``)."""
+    import torch
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 1e3 * sorted(times)[len(times) // 2]
+
+    rows = []
+    for m, k, n in shapes:
+        x, w = torch.randn(m, k), torch.randn(n, k)
+        xb, wb = x.bfloat16(), w.bfloat16()
+        xi = torch.randint(-127, 128, (m, k), dtype=torch.int8)
+        wi = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+        scale = torch.rand(n).bfloat16()
+        row = {"shape": f"{m}x{k} @ {k}x{n}", "fp32": best(lambda x=x, w=w: x @ w.T)}
+        row["bf16"] = best(lambda xb=xb, wb=wb: xb @ wb.T)
+        row["int8 _int_mm"] = best(lambda xi=xi, wi=wi: torch._int_mm(xi, wi.T))
+        row["int8 weights, bf16 x"] = best(
+            lambda xb=xb, wi=wi, s=scale: torch.ops.aten._weight_int8pack_mm(xb, wi, s)
+        )
+        rows.append(row)
+    return rows
+
+
 def measure(path: Path, precision: str) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", MEASURE, str(path), precision],
@@ -118,7 +150,8 @@ def main() -> None:
                 {k: round(v, 4) if isinstance(v, float) else v for k, v in rows[name].items()}
             ),
         )
-    Path(args.out).write_text(json.dumps(rows, indent=2))
+    matmuls = kernels()
+    Path(args.out).write_text(json.dumps({"variants": rows, "matmul_ms": matmuls}, indent=2))
     tasks = ["label_to_image", "text_to_image", "audio_to_image", "label_to_audio",
              "image_to_label", "image_to_text", "audio_to_label", "joint"]  # fmt: skip
     print(
@@ -134,6 +167,11 @@ def main() -> None:
             f"{r['peak_mib']:.0f} | {r['samples_per_s']:.1f} | {accs} | "
             f"{r['fid_image']:.2f} | {r['fid_audio']:.1f} |"
         )
+    print("\n| matmul | fp32 ms | bf16 ms | int8 _int_mm ms | int8 weights, bf16 x ms |")
+    print("|---|---:|---:|---:|---:|")
+    for r in matmuls:
+        print(f"| {r['shape']} | {r['fp32']:.2f} | {r['bf16']:.2f} | {r['int8 _int_mm']:.2f} | "
+              f"{r['int8 weights, bf16 x']:.2f} |")  # fmt: skip
     torch.manual_seed(0)
 
 
