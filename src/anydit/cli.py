@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-n", type=int, default=8, help="number of samples")
     p.add_argument("--steps", type=int, help="steps per generated modality (default 32)")
-    p.add_argument("--solver", choices=["euler", "heun", "midpoint"])
+    p.add_argument("--solver", choices=["euler", "heun", "midpoint", "jump"])
     p.add_argument(
         "--guidance",
         type=_guidance,
