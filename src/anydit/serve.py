@@ -194,7 +194,7 @@ def build_app(model, defaults: SampleConfig, title: str = "anydit"):
             with gr.Row():
                 steps = gr.Number(defaults.steps, label="steps", precision=0, elem_id="steps")
                 solver = gr.Dropdown(
-                    ["euler", "heun", "midpoint"], value=defaults.solver, label="solver"
+                    ["euler", "heun", "midpoint", "jump"], value=defaults.solver, label="solver"
                 )
                 unmasking = gr.Dropdown(
                     ["random", "confidence"], value=defaults.unmasking, label="unmasking"
