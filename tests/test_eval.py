@@ -130,10 +130,12 @@ def test_format_table_marks_pass_and_fail() -> None:
     m = {"label_to_image": 0.95, "joint": 0.5, "diversity_ratio": 1.0, "fid_image": 3.0}
     assert passes(m) == {"label_to_image": True, "joint": False, "diversity_ratio": True}
     table = format_table(m)
-    assert re.search(r"label -> image \| 95\.0% \| >= 90% \| PASS", table)
-    assert re.search(r"joint .*\| 50\.0% \| >= 80% \| FAIL", table)
+    assert re.search(r"label -> image \| 95\.0% \| >= 95% \| PASS", table)
+    assert re.search(r"joint .*\| 50\.0% \| >= 90% \| FAIL", table)
     assert "FID image" in table and "text -> image" not in table
-    assert set(BARS) <= set(TASKS) | {"diversity_ratio"}
+    assert set(BARS) <= set(TASKS) | {"diversity_ratio", "nearest_train_ratio"}
+    assert len(TASKS) == 13  # every directed pair of four modalities, and joint
+    assert passes({"nearest_train_ratio": 1.2}) == {"nearest_train_ratio": True}
     assert passes({"diversity_ratio": float("nan")}) == {"diversity_ratio": False}
 
 

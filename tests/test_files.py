@@ -23,7 +23,7 @@ from anydit.modalities.pictures import image_grid, to_uint8_image, write_png
 def mods() -> dict:
     """The digits modalities plus a vector and an RGB image."""
     cfgs = [
-        *digits_modalities(),
+        *digits_modalities("bytes"),
         anydit.ModalityConfig("vec", "vector", (3,)),
         anydit.ModalityConfig("rgb", "image", (3, 4, 6), patch=2),
     ]

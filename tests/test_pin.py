@@ -150,7 +150,7 @@ def _evaluated() -> dict[str, float]:
     from anydit.eval.metrics import evaluate_digits
 
     torch.manual_seed(0)
-    model = anydit.MMDiT(digits_modalities(), anydit.preset("debug", depth=1))
+    model = anydit.MMDiT(digits_modalities("bytes"), anydit.preset("debug", depth=1))
     perturb(model, seed=2, std=0.05)
     metrics = evaluate_digits(model, n_per_class=2, steps=2, guidance={"label": 2.0})
     return {k: float(v) for k, v in metrics.items() if k != "samples"}

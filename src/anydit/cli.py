@@ -3,7 +3,7 @@
     anydit train CONFIG.yaml [--set key=value ...] [--out DIR]
     anydit sample --checkpoint PATH --generate NAME[,NAME] [--given NAME=VALUE ...] [--drop NAME]
     anydit eval --checkpoint PATH [--out DIR]
-    anydit demo [--minutes M] [--out DIR]
+    anydit demo [--seed S] [--minutes M] [--out DIR]
     anydit serve --checkpoint PATH [--port P] [--host H]
     anydit import sd3|flux SOURCE --out MODEL.safetensors [--config-out RUN.yaml]
     anydit export sd3|flux MODEL --out FOLDER
@@ -205,7 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train on the built-in digits, evaluate, write a gallery")
     p.add_argument(
-        "--minutes", type=float, default=10.0, help="wall-clock budget for the whole demo"
+        "--seed", type=int, default=0, help="training, data pairing and sampling seed (0)"
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="fit the step count to this wall-clock budget instead of the fixed recipe",
     )
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument(
@@ -463,6 +469,7 @@ def cmd_demo(args) -> int:
     run_demo(
         Path(args.out),
         minutes=args.minutes,
+        seed=args.seed,
         overrides=args.set,
         resume=not args.no_resume,
         progress=not args.no_progress,

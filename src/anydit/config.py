@@ -88,7 +88,8 @@ class ModalityConfig:
     patch_t: int = 1  # video: frames per token
     num_classes: int = 0  # label: K classes (names may be given in `classes`); 0 = from data
     classes: tuple[str, ...] = ()  # label: optional class names, index = class id
-    tokenizer: str = "bytes"  # text: "bytes" or a path to a `tokenizers` JSON file
+    tokenizer: str = "bytes"  # text: "bytes", a built-in name ("digits-words") or a path to a
+    # `tokenizers` JSON file
     codec: str = ""  # "" = raw arrays; sequence "logmel": normalised log-mel frames (L, mels);
     # image "vae": latents (C, h, w) of a diffusers autoencoder in the folder `codec_path`
     codec_args: dict[str, float] = field(default_factory=dict)  # sequence: log-mel parameters
@@ -560,6 +561,7 @@ class DataConfig:
     path: str = ""  # arrays: .npz or NAME.npy folder; manifest: .jsonl/.csv/.parquet; folder
     # of CLASS/ folders; shards: a folder written by `anydit data pack`
     seed: int = 0  # pairing/caption draws of the built-in dataset
+    augment: bool = False  # digits: training speech changed as other voices might say it
     image_fit: str = "crop"  # image files of another size: crop | stretch | exact (refuse)
     on_error: str = "error"  # a bad sample: error (stop, naming it) | skip (count and go on)
     workers: int = 0  # DataLoader processes reading and decoding; 0 = in the training process
@@ -583,6 +585,12 @@ class DataConfig:
         )
         _check(self.on_error in ("error", "skip"), "data.on_error", "error|skip", self.on_error)
         _check(self.workers >= 0, "data.workers", "an integer >= 0", self.workers)
+        _check(
+            not self.augment or self.source == "digits",
+            "data.augment",
+            "false unless data.source is digits",
+            self.augment,
+        )
 
 
 @dataclass

@@ -18,7 +18,7 @@ def build_dataset(cfg: DataConfig, split: str = "train", modalities=None):
     if cfg.source == "digits":
         from anydit.data.digits import DigitsDataset
 
-        return DigitsDataset(split, seed=cfg.seed)
+        return DigitsDataset(split, seed=cfg.seed, augment=cfg.augment and split == "train")
     from anydit.data import own
 
     if modalities is None:

@@ -24,13 +24,7 @@ MAX_PER_DIGIT = 10  # columns of a grid
 WAV_PER_DIGIT = 2
 
 _TITLES = {
-    "label_to_image": "label → image",
-    "text_to_image": "text → image",
-    "audio_to_image": "audio → image",
-    "label_to_audio": "label → audio",
-    "image_to_label": "image → label",
-    "image_to_text": "image → text",
-    "audio_to_label": "audio → label",
+    **{t: t.replace("_to_", " → ") for t in TASKS if t != "joint"},
     "joint": "joint: image, audio and label together",
 }
 

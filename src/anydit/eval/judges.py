@@ -4,7 +4,8 @@
   ``[-1, 1]``. Compared on the fixed split against logistic regression, a 128-unit MLP and
   SVC on raw pixels, it had the best test accuracy (~98.9%).
 * :class:`AudioJudge`: PCA (64 components) + logistic regression on the 1,024 log-mel values
-  in ``[-1, 1]`` (100% on the held-out speed/pitch settings; PCA + SVC gave 99.4%).
+  in ``[-1, 1]``, fit on the 11 train voices: 100% on the 3 test voices, 96% on the 2 val
+  voices (PCA 32 + LR: 98 / 94%, PCA 64 whitened + SVC: 97 / 88%, LR on raw values: 99 / 95%).
 
 ``features`` returns the PCA projection, a fixed feature space for Fréchet distances. All fits
 are deterministic (full SVD, deterministic solvers).
@@ -78,10 +79,14 @@ class _Judge:
         """PCA features ``(N, F)`` float64."""
         return self._fitted()[0].transform(_flat(x, self.width, self.what))
 
+    def accuracy_on_real(self, split: str = "test") -> float:
+        """Accuracy on a real held-out split ("val" or "test")."""
+        x, y = self._data(split)
+        return float((self.predict(x) == y.numpy()).mean())
+
     def accuracy_on_real_test(self) -> float:
         """Accuracy on the real test split."""
-        x, y = self._data("test")
-        return float((self.predict(x) == y.numpy()).mean())
+        return self.accuracy_on_real("test")
 
 
 class ImageJudge(_Judge):
@@ -145,9 +150,9 @@ def diversity(samples: ArrayLike, labels: ArrayLike) -> dict:
     return {"mean": mean, "per_class": per_class}
 
 
-def real_diversity() -> dict:
-    """:func:`diversity` of the real test images (the reference value)."""
-    images, labels = load_digit_images("test")
+def real_diversity(split: str = "test") -> dict:
+    """:func:`diversity` of the real images of a held-out split (the reference value)."""
+    images, labels = load_digit_images(split)
     return diversity(images, labels)
 
 
@@ -159,6 +164,7 @@ def nearest_train_distance(images: ArrayLike, chunk: int = 1024) -> float:
     return float(torch.cat(nearest).mean())
 
 
-def real_nearest_train_distance() -> float:
-    """:func:`nearest_train_distance` of the real test images (the reference value)."""
-    return nearest_train_distance(load_digit_images("test")[0])
+def real_nearest_train_distance(split: str = "test") -> float:
+    """:func:`nearest_train_distance` of the real images of a held-out split (the reference
+    value)."""
+    return nearest_train_distance(load_digit_images(split)[0])

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from anydit.config import SampleConfig
-from anydit.eval.metrics import evaluate_digits, format_table
+from anydit.eval.metrics import TaskSampling, evaluate_digits, format_table
 from anydit.storage import check_writable
 
 
@@ -19,11 +19,23 @@ def run_eval(
     config: SampleConfig,
     gallery: bool = False,
     progress: bool = True,
+    seed: int = 0,
+    per_task: dict[str, TaskSampling] | None = None,
+    split: str = "test",
 ) -> dict:
     """Metrics (+ gallery) of a digits model into ``out`` with the sampler ``config`` (its
-    ``guidance`` may be a dict per task source, see ``evaluate_digits``); returns them."""
+    ``guidance`` may be a dict per task source, ``per_task`` adds each task's own settings,
+    see ``evaluate_digits``); returns them."""
     check_writable(out)
-    results = evaluate_digits(model, n_per_class=n_per_class, config=config, progress=progress)
+    results = evaluate_digits(
+        model,
+        n_per_class=n_per_class,
+        config=config,
+        progress=progress,
+        seed=seed,
+        per_task=per_task,
+        split=split,
+    )
     metrics = {k: v for k, v in results.items() if k != "samples"}
     finite = {
         k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in metrics.items()

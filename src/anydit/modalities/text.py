@@ -2,7 +2,9 @@
 learns to predict (so a generated text's length is sampled too). Masked discrete diffusion:
 id ``vocab_size`` is the mask token.
 
-Tokenizers: UTF-8 bytes (built in, no file) or a ``tokenizers`` JSON file.
+Tokenizers: UTF-8 bytes (built in, no file), a tokenizer shipped with the package by name
+(``BUILTIN_TOKENIZERS``; a model file that names one stays self-contained), or a
+``tokenizers`` JSON file.
 """
 
 from __future__ import annotations
@@ -14,6 +16,19 @@ from torch import Tensor
 
 from anydit.modalities.base import Modality, Source, file_bytes, source_name
 from anydit.modalities.label import write_jsonl
+
+# Tokenizers shipped with the package, by name -> JSON file under the package folder.
+BUILTIN_TOKENIZERS = {
+    "digits-words": "data/assets/digits_words.json",  # scripts/build_digits_tokenizer.py
+}
+
+
+def tokenizer_path(name: str) -> Path:
+    """The JSON file of a tokenizer named in ``ModalityConfig.tokenizer``: a built-in name or
+    a path."""
+    if name in BUILTIN_TOKENIZERS:
+        return Path(__file__).parents[1] / BUILTIN_TOKENIZERS[name]
+    return Path(name)
 
 
 class ByteTokenizer:
@@ -80,7 +95,11 @@ class Text(Modality):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.tokenizer = ByteTokenizer() if cfg.tokenizer == "bytes" else HFTokenizer(cfg.tokenizer)
+        self.tokenizer = (
+            ByteTokenizer()
+            if cfg.tokenizer == "bytes"
+            else HFTokenizer(tokenizer_path(cfg.tokenizer))
+        )
 
     @property
     def token_dim(self) -> int:

@@ -1,0 +1,96 @@
+"""The image -> label specialist the demo is compared with: the demo's network (same width,
+depth, heads, recipe) with only the image and label streams, trained only on image -> label
+(image always given, label always generated) for the same wall time as a demo's training,
+then judged exactly like the demo's image -> label (the same 200 test images, sampler
+settings and seed).
+
+usage: python scripts/specialist.py --seconds S --out DIR [--seed N] [--steps K]
+
+``--seconds``: the training wall time to match (a demo's ``train_seconds``); the step count is
+fitted to it from a few timed steps on this machine (as ``anydit demo --minutes`` does).
+``--steps`` fixes the step count instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from anydit.data.digits import digits_modalities, load_digit_images
+from anydit.demo import DEMO_TREE, TASK_SAMPLING, demo_sampling, time_per_step
+from anydit.eval.metrics import TASKS, TaskSampling, _real_per_class
+from anydit.model import load_model
+from anydit.run_config import config_from_tree
+from anydit.sampling import sample
+from anydit.train.loop import train
+
+
+def specialist_config(steps: int, seed: int):
+    """The demo's tree with two streams: image (always given) and label (always generated)."""
+    mods = {m.name: dataclasses.asdict(m) for m in digits_modalities()}
+    tree = {
+        **DEMO_TREE,
+        "train": {**DEMO_TREE["train"], "steps": steps, "seed": seed},
+        "data": {**DEMO_TREE["data"], "seed": seed},
+        "modalities": [
+            {**mods["image"], "p_given": 1.0, "p_drop": 0.0},
+            {**mods["label"], "p_given": 0.0, "p_drop": 0.0},
+        ],
+    }
+    return config_from_tree(tree)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    cfg = specialist_config(args.steps or 1, args.seed)
+    if args.steps is None:
+        if args.seconds is None:
+            parser.error("give --seconds or --steps")
+        per_step = time_per_step(cfg)
+        cfg.train.steps = max(1, int(args.seconds / per_step))
+        print(f"{per_step:.3f} s per step: {cfg.train.steps} steps in {args.seconds:.0f} s")
+    start = time.perf_counter()
+    result = train(cfg, args.out, resume=False, progress=False)
+    train_seconds = time.perf_counter() - start
+    model = load_model(result.model_path)
+
+    labels = torch.arange(10).repeat_interleave(20)  # as evaluate_digits: 20 per digit
+    images, image_labels = load_digit_images("test")
+    given = _real_per_class(images, image_labels, labels)  # (200, 1, 8, 8)
+    config = demo_sampling()
+    setting = TASK_SAMPLING.get("image_to_label", TaskSampling())
+    w = setting.guidance if setting.guidance is not None else config.guidance["image"]
+    out = sample(
+        model,
+        {"image": given, "label": "generate"},
+        n=len(labels),
+        seed=args.seed + TASKS.index("image_to_label"),
+        config=config,
+        guidance=w,
+        steps=setting.steps,
+        guidance_interval=setting.interval,
+    )
+    accuracy = float((out["label"] == labels).float().mean())
+    # The same network read as a plain classifier: the argmax of p(label | image) at t = 0.
+    report = {
+        "steps": result.step,
+        "train_seconds": train_seconds,
+        "image_to_label": accuracy,
+        "seed": args.seed,
+    }
+    (args.out / "specialist.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
