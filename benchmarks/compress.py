@@ -7,7 +7,8 @@ Variants: fp32 (the model as trained), bf16 (the same weights, bf16 autocast), w
 ``--minutes`` of distillation each (``anydit prune``). For each: file size, weight bytes, peak
 resident memory while sampling and samples/s of label -> image (200 samples, the demo's 32
 steps; each variant in its own process), and the demo's judge accuracies and Frechet distances
-(``evaluate_digits`` with the demo's sampler settings). Every number comes from this one run.
+(``evaluate_digits`` with the demo's sampler settings, all 13 tasks, ``--per-class`` samples
+per digit, and their mean). Every number comes from this one run.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ print(json.dumps(row | {"load_mib": (peak - before) / 1024}))
 """
 
 
-def kernels(shapes=((6272, 128, 384), (6272, 128, 512), (6272, 512, 128)), repeats=20) -> list:
-    """Matmul time (ms) at the demo model's linear shapes (tokens x in -> out, batch 128 x 49
+def kernels(shapes=((2432, 128, 384), (2432, 128, 512), (2432, 512, 128)), repeats=20) -> list:
+    """Matmul time (ms) at the demo model's linear shapes (tokens x in -> out, batch 128 x 19
     tokens): fp32, bf16, and PyTorch's int8 CPU kernels (int8 x int8 -> int32 ``_int_mm``;
     int8 weights with bf16 activations ``_weight_int8pack_mm``)."""
     import torch
@@ -83,6 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", required=True, help="a digits run folder (e.g. runs/demo)")
     ap.add_argument("--minutes", type=float, default=3.0, help="distillation per pruned model")
+    ap.add_argument("--per-class", type=int, default=20, help="evaluation samples per digit")
     ap.add_argument("--out", default="benchmarks/compress.json")
     args = ap.parse_args()
 
@@ -91,8 +93,8 @@ def main() -> None:
     import anydit
     from anydit.compress import prune, quantize, weight_bytes
     from anydit.data.sources import open_training_data, random_batches
-    from anydit.demo import demo_sampling
-    from anydit.eval.metrics import evaluate_digits
+    from anydit.demo import TASK_SAMPLING, demo_sampling
+    from anydit.eval.metrics import TASKS, evaluate_digits
     from anydit.run_config import load_config
 
     run = Path(args.checkpoint)
@@ -135,7 +137,10 @@ def main() -> None:
         m = anydit.load_model(path)
         config = demo_sampling()
         config = anydit.sampling.settings(config, precision=precision)
-        metrics = evaluate_digits(m, config=config)
+        metrics = evaluate_digits(
+            m, n_per_class=args.per_class, config=config, per_task=TASK_SAMPLING
+        )
+        metrics["mean_accuracy"] = sum(metrics[t] for t in TASKS) / len(TASKS)
         metrics.pop("samples")
         rows[name] = {
             "file_mib": path.stat().st_size / 2**20,
@@ -152,8 +157,7 @@ def main() -> None:
         )
     matmuls = kernels()
     Path(args.out).write_text(json.dumps({"variants": rows, "matmul_ms": matmuls}, indent=2))
-    tasks = ["label_to_image", "text_to_image", "audio_to_image", "label_to_audio",
-             "image_to_label", "image_to_text", "audio_to_label", "joint"]  # fmt: skip
+    tasks = [*TASKS, "mean_accuracy"]
     print(
         "\n| variant | file MiB | weight bytes | peak MiB | samples/s | "
         + " | ".join(t.replace("_to_", " → ") for t in tasks)

@@ -15,6 +15,7 @@ from anydit.data.digits import (
     VAL_VOICES,
     DigitsDataset,
     audio_split,
+    augment_voice,
     caption_templates,
     digits_modalities,
     load_digit_audio,
@@ -157,3 +158,27 @@ def test_seed_changes_pairing_not_split() -> None:
     a, b = DigitsDataset("train", seed=0), DigitsDataset("train", seed=1)
     assert torch.equal(a.images, b.images)
     assert any(a.pairing(i) != b.pairing(i) for i in range(50))
+
+
+def test_augment_changes_training_speech_only_and_reproducibly() -> None:
+    plain = DigitsDataset("train", seed=3)
+    aug = DigitsDataset("train", seed=3, augment=True)
+    again = DigitsDataset("train", seed=3, augment=True)
+    changed = 0
+    for i in range(20):
+        a, b, c = plain[i], aug[i], again[i]
+        assert torch.equal(a["image"], b["image"]) and a["text"] == b["text"]
+        assert torch.equal(b["audio"], c["audio"])  # a function of (seed, epoch, index)
+        assert b["audio"].min() >= -1.0 and b["audio"].max() <= 1.0
+        changed += not torch.equal(a["audio"], b["audio"])
+    assert changed >= 15  # a draw may be the identity (shift 0, tilt ~0), most are not
+    silent = torch.full((32, 32), -1.0)
+    rng = np.random.default_rng(0)
+    assert torch.equal(augment_voice(silent, rng), silent)  # silence stays silence
+
+
+def test_augment_is_refused_off_digits() -> None:
+    from anydit.config import DataConfig
+
+    with pytest.raises(ValueError, match="data.augment"):
+        DataConfig(source="arrays", path="x.npz", augment=True)

@@ -11,6 +11,7 @@ wall-clock budget (a few timed steps measure this machine), for a time-boxed run
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -189,6 +190,7 @@ def run_demo(
         else:
             print(f"demo: {cfg.train.steps} training steps, seed {seed}")
     result = train(cfg, out, resume=resume, progress=progress)
+    trained = time.perf_counter()
     model = load_model(result.model_path)
     if per_task is None:
         per_task = {} if guidance is not None else dict(TASK_SAMPLING)
@@ -203,7 +205,17 @@ def run_demo(
         per_task=per_task,
     )
     wall = time.perf_counter() - start
-    metrics["wall_seconds"] = wall
-    metrics["train_steps"] = result.step
-    print(f"demo done in {wall / 60:.1f} minutes; everything is in {out}")
+    timing = {
+        "seed": seed,
+        "train_steps": result.step,
+        "train_seconds": trained - start,  # this session's part of training (resumes add up)
+        "eval_seconds": time.perf_counter() - trained,  # evaluation and gallery
+        "wall_seconds": wall,
+    }
+    metrics.update(timing)
+    (out / "demo.json").write_text(json.dumps(timing, indent=2))
+    print(
+        f"demo done in {wall / 60:.1f} minutes (training {timing['train_seconds'] / 60:.1f}, "
+        f"evaluation and gallery {timing['eval_seconds'] / 60:.1f}); everything is in {out}"
+    )
     return metrics
