@@ -1,14 +1,16 @@
 """The image -> label specialist the demo is compared with: the demo's network (same width,
 depth, heads, recipe) with only the image and label streams, trained only on image -> label
 (image always given, label always generated) for the same wall time as a demo's training,
-then judged exactly like the demo's image -> label (the same 200 test images, sampler
-settings and seed).
+then judged like the demo's image -> label (the same 200 test images, steps and seed; unguided,
+as it never learns the label without the image).
 
-usage: python scripts/specialist.py --seconds S --out DIR [--seed N] [--steps K]
+usage: python scripts/specialist.py --demo-steps 2000 --out DIR [--seed N]
+       python scripts/specialist.py --seconds S | --steps K --out DIR [--seed N]
 
 ``--seconds``: the training wall time to match (a demo's ``train_seconds``); the step count is
 fitted to it from a few timed steps on this machine (as ``anydit demo --minutes`` does).
-``--steps`` fixes the step count instead.
+``--demo-steps N`` gives it the time of N demo steps instead (the ratio of the two step times,
+measured here, times N: loading and logging overheads cancel). ``--steps`` fixes the count.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from pathlib import Path
 import torch
 
 from anydit.data.digits import digits_modalities, load_digit_images
-from anydit.demo import DEMO_TREE, TASK_SAMPLING, demo_sampling, time_per_step
+from anydit.demo import (
+    DEMO_TREE,
+    MODALITY_TREE,
+    TASK_SAMPLING,
+    demo_config,
+    demo_sampling,
+    time_per_step,
+)
 from anydit.eval.metrics import TASKS, TaskSampling, _real_per_class
 from anydit.model import load_model
 from anydit.run_config import config_from_tree
@@ -32,7 +41,10 @@ from anydit.train.loop import train
 
 def specialist_config(steps: int, seed: int):
     """The demo's tree with two streams: image (always given) and label (always generated)."""
-    mods = {m.name: dataclasses.asdict(m) for m in digits_modalities()}
+    mods = {
+        m.name: {**dataclasses.asdict(m), **MODALITY_TREE.get(m.name, {})}
+        for m in digits_modalities()
+    }  # the demo's image stream: the same patches
     tree = {
         **DEMO_TREE,
         "train": {**DEMO_TREE["train"], "steps": steps, "seed": seed},
@@ -48,14 +60,27 @@ def specialist_config(steps: int, seed: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument(
+        "--demo-steps",
+        type=int,
+        default=None,
+        help="match the time of this many demo steps (both step times measured here, now)",
+    )
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     cfg = specialist_config(args.steps or 1, args.seed)
-    if args.steps is None:
+    if args.steps is None and args.demo_steps is not None:
+        per_step, demo_step = time_per_step(cfg, 12), time_per_step(demo_config(), 12)
+        cfg.train.steps = max(1, round(args.demo_steps * demo_step / per_step))
+        print(
+            f"{per_step:.3f} s per step (demo {demo_step:.3f}): {cfg.train.steps} steps take "
+            f"the time of {args.demo_steps} demo steps"
+        )
+    elif args.steps is None:
         if args.seconds is None:
-            parser.error("give --seconds or --steps")
+            parser.error("give --seconds, --demo-steps or --steps")
         per_step = time_per_step(cfg)
         cfg.train.steps = max(1, int(args.seconds / per_step))
         print(f"{per_step:.3f} s per step: {cfg.train.steps} steps in {args.seconds:.0f} s")
@@ -69,7 +94,7 @@ def main() -> None:
     given = _real_per_class(images, image_labels, labels)  # (200, 1, 8, 8)
     config = demo_sampling()
     setting = TASK_SAMPLING.get("image_to_label", TaskSampling())
-    w = setting.guidance if setting.guidance is not None else config.guidance["image"]
+    w = 1.0  # unguided: the specialist never sees the image dropped, so it has no unconditional
     out = sample(
         model,
         {"image": given, "label": "generate"},
