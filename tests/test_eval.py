@@ -179,3 +179,52 @@ def test_guidance_per_task_source() -> None:
     torch.testing.assert_close(image["label"]["text_to_image"], image["plain"]["text_to_image"])
     with pytest.raises(ValueError, match=r"guidance names \['lable'\]"):
         evaluate_digits(model, guidance={"lable": 2.0}, **kw)
+
+
+def test_per_task_settings_reach_the_sampler_and_are_checked(monkeypatch) -> None:
+    """Each ``TaskSampling`` field reaches ``sample`` for its task only; ``via`` adds generated
+    modalities that are then discarded; the split chooses the given data and the seeds."""
+    import anydit.eval.metrics as metrics
+    from anydit.eval.metrics import TaskSampling
+
+    calls = []
+    real = metrics.sample
+
+    def recording(model, task, **kw):
+        calls.append((dict(task), kw))
+        return real(model, task, **kw)
+
+    monkeypatch.setattr(metrics, "sample", recording)
+    torch.manual_seed(0)
+    model = anydit.MMDiT(digits_modalities(), anydit.preset("debug"))
+    setting = TaskSampling(guidance=2.0, steps=3, interval=(0.1, 0.9), temperature=0.5)
+    per_task = {
+        "image_to_audio": TaskSampling(via=("label",), solver="heun", steps=2),
+        "image_to_label": setting,
+    }
+    tasks = ("image_to_audio", "image_to_label", "audio_to_label")
+    out = evaluate_digits(model, n_per_class=1, steps=2, tasks=tasks, per_task=per_task)
+    (t_audio, kw_audio), (t_label, kw_label), (t_plain, kw_plain) = calls
+    assert t_audio["label"] == "generate" and t_audio["audio"] == "generate"
+    assert kw_audio["solver"] == "heun" and kw_audio["steps"] == 2
+    assert set(out["samples"]["image_to_audio"]["generated"]) == {"audio"}  # label discarded
+    assert kw_label["guidance"] == 2.0 and kw_label["steps"] == 3
+    assert kw_label["guidance_interval"] == (0.1, 0.9) and kw_label["temperature"] == 0.5
+    assert t_plain["label"] == "generate" and torch.is_tensor(t_plain["audio"])
+    assert kw_plain["steps"] is None and kw_plain["solver"] is None  # the shared settings
+    assert kw_plain["seed"] == TASKS.index("audio_to_label")
+    # val: other given images, other seeds
+    calls.clear()
+    evaluate_digits(model, n_per_class=1, steps=2, tasks=("image_to_label",), split="val")
+    ((t_val, kw_val),) = calls
+    assert kw_val["seed"] == 1000 + TASKS.index("image_to_label")
+    assert not torch.equal(t_val["image"], t_label["image"])
+    for bad, match in [
+        ({"joint": TaskSampling(via=("text",))}, "cannot sample via"),
+        ({"image_to_label": TaskSampling(via=("image",))}, "cannot sample via"),
+        ({"image_to_lable": TaskSampling()}, "unknown tasks"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            evaluate_digits(model, n_per_class=1, tasks=("image_to_label",), per_task=bad)
+    with pytest.raises(ValueError, match="split must be"):
+        evaluate_digits(model, n_per_class=1, tasks=("image_to_label",), split="train")
