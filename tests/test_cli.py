@@ -346,3 +346,24 @@ def test_crash_and_resume_continue_exactly(tmp_path):
         tmp_path / "split/checkpoints/step_00000006/model.safetensors"
     ).state_dict()
     assert all(torch.equal(raw_a[k], raw_b[k]) for k in raw_a)
+
+
+def test_eval_defaults_to_the_demos_settings(run_dir, tmp_path):
+    """Without sampler flags, ``anydit eval`` reproduces what the demo printed for a model."""
+    from anydit.cli import model_file
+    from anydit.demo import TASK_SAMPLING, demo_sampling
+    from anydit.eval.metrics import evaluate_digits
+
+    model = anydit.load_model(model_file(str(run_dir)))
+    tasks = ("image_to_audio", "image_to_label")
+    want = evaluate_digits(
+        model, n_per_class=2, config=demo_sampling(), per_task=TASK_SAMPLING, seed=1, split="val"
+    )
+    argv = ["eval", "--checkpoint", str(run_dir), "--out", str(tmp_path), "--n-per-class", "2"]
+    assert main([*argv, "--seed", "1", "--split", "val"]) == 0
+    got = json.loads((tmp_path / "metrics.json").read_text())
+    for key in (*tasks, "joint", "fid_image"):
+        assert got[key] == pytest.approx(want[key], abs=1e-12), key
+    assert main([*argv, "--seed", "1", "--split", "test"]) == 0
+    test = json.loads((tmp_path / "metrics.json").read_text())
+    assert test != got  # other given data, other seeds

@@ -2,7 +2,7 @@
 
     anydit train CONFIG.yaml [--set key=value ...] [--out DIR]
     anydit sample --checkpoint PATH --generate NAME[,NAME] [--given NAME=VALUE ...] [--drop NAME]
-    anydit eval --checkpoint PATH [--out DIR]
+    anydit eval --checkpoint PATH [--out DIR] [--seed S] [--split test|val]
     anydit demo [--seed S] [--minutes M] [--out DIR]
     anydit serve --checkpoint PATH [--port P] [--host H]
     anydit import sd3|flux SOURCE --out MODEL.safetensors [--config-out RUN.yaml]
@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="one scale, or one per task source: label, text, image, audio, joint",
     )
     p.add_argument("--guidance-interval", type=_interval, metavar="LOW,HIGH")
+    p.add_argument("--seed", type=int, default=0, help="task i samples with seed + i")
+    p.add_argument(
+        "--split", choices=["test", "val"], default="test", help="where the given data come from"
+    )
     _add_common(p)
 
     p = sub.add_parser("quantize", help="a quantized copy of a trained model (int8 / int4)")
@@ -445,20 +449,26 @@ def cmd_sample(args) -> int:
 
 def cmd_eval(args) -> int:
     import anydit
-    from anydit.eval.metrics import EVAL_SAMPLING
+    from anydit.demo import TASK_SAMPLING, demo_sampling
     from anydit.eval.report import run_eval
     from anydit.sampling import settings
 
     path = model_file(args.checkpoint)
     model = anydit.load_model(path)
     out = Path(args.out) if args.out else path.parent
+    # The demo's settings, so a demo run's table is reproduced; a shared setting given here
+    # replaces the per-task ones.
     config = settings(
-        EVAL_SAMPLING,
+        demo_sampling(),
         steps=args.steps,
         guidance=args.guidance,
         guidance_interval=args.guidance_interval,
     )
-    run_eval(model, out, args.n_per_class, config)
+    shared = (args.steps, args.guidance, args.guidance_interval)
+    per_task = TASK_SAMPLING if all(v is None for v in shared) else {}
+    run_eval(
+        model, out, args.n_per_class, config, seed=args.seed, per_task=per_task, split=args.split
+    )
     print(f"metrics: {out / 'metrics.json'}")
     return 0
 
