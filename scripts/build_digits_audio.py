@@ -18,8 +18,10 @@ Pipeline per recording:
 Voices: the 16 of ``VOICES`` (the first asset) and the 24 of ``EXTRA_VOICES`` (train only),
 each recorded with the same 5 (speed, pitch) settings. Split (column ``split``: 0 train, 1 test,
 2 val) by whole voices, as ``anydit.data.digits.audio_split`` assigns them: 3 test voices and 2
-val voices of ``VOICES``, never heard in training; the extra voices use accents and variants
-that no test or val voice uses, so those stay unheard.
+val voices of ``VOICES``, never heard in training. The extra voices pair training accents with
+variants no test or val voice uses; other variants of a test voice's accent are in training
+(``en-gb-x-rp+m1``, ``en-us+f1``): the voice is held out, not the accent. This espeak-ng ignores
+the variant of ``en-gb``, so ``en-gb+{f1,m2,m3,m4,m6}`` repeat ``en-gb`` (35 distinct voices).
 
 Usage: ``python scripts/build_digits_audio.py --out src/anydit/data/assets/digits_audio.npz``
 """

@@ -106,7 +106,6 @@ def main() -> None:
         guidance_interval=setting.interval,
     )
     accuracy = float((out["label"] == labels).float().mean())
-    # The same network read as a plain classifier: the argmax of p(label | image) at t = 0.
     report = {
         "steps": result.step,
         "train_seconds": train_seconds,

@@ -11,6 +11,7 @@ import torch
 import anydit
 from anydit.cli import main
 from anydit.data.digits import load_digit_audio, load_digit_images
+from anydit.run_config import load_config
 
 CONFIG = """
 data: {source: digits}
@@ -348,22 +349,23 @@ def test_crash_and_resume_continue_exactly(tmp_path):
     assert all(torch.equal(raw_a[k], raw_b[k]) for k in raw_a)
 
 
-def test_eval_defaults_to_the_demos_settings(run_dir, tmp_path):
-    """Without sampler flags, ``anydit eval`` reproduces what the demo printed for a model."""
-    from anydit.cli import model_file
-    from anydit.demo import TASK_SAMPLING, demo_sampling
-    from anydit.eval.metrics import evaluate_digits
+def test_eval_flags_replace_that_field_of_every_task(run_dir, tmp_path, monkeypatch):
+    """``--guidance`` / ``--steps`` win over the tasks' own settings; ``via`` stays."""
+    import anydit.eval.report as report
 
-    model = anydit.load_model(model_file(str(run_dir)))
-    tasks = ("image_to_audio", "image_to_label")
-    want = evaluate_digits(
-        model, n_per_class=2, config=demo_sampling(), per_task=TASK_SAMPLING, seed=1, split="val"
-    )
-    argv = ["eval", "--checkpoint", str(run_dir), "--out", str(tmp_path), "--n-per-class", "2"]
-    assert main([*argv, "--seed", "1", "--split", "val"]) == 0
-    got = json.loads((tmp_path / "metrics.json").read_text())
-    for key in (*tasks, "joint", "fid_image"):
-        assert got[key] == pytest.approx(want[key], abs=1e-12), key
-    assert main([*argv, "--seed", "1", "--split", "test"]) == 0
-    test = json.loads((tmp_path / "metrics.json").read_text())
-    assert test != got  # other given data, other seeds
+    seen = {}
+
+    def fake(model, out, n_per_class, config, **kw):
+        seen.update(kw, config=config)
+        return {}
+
+    monkeypatch.setattr(report, "run_eval", fake)
+    argv = ["eval", "--checkpoint", str(run_dir), "--out", str(tmp_path)]
+    assert main([*argv, "--guidance", "3", "--steps", "5"]) == 0
+    tasks = seen["per_task"]
+    assert all(t.guidance is None and t.steps is None for t in tasks.values())
+    assert tasks["image_to_audio"].via == ("label",) and seen["config"].steps == 5
+    assert tasks["label_to_image"].solver == "heun"  # not named on the command line: kept
+    assert seen["seed"] == load_config(run_dir / "config.yaml").train.seed
+    assert main([*argv, "--seed", "9"]) == 0 and seen["seed"] == 9
+    assert seen["per_task"]["image_to_label"].steps == 1  # the demo's own

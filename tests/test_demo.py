@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
+import anydit.demo as demo
+from anydit.cli import main
 from anydit.demo import DEMO_STEPS, demo_config, run_demo
 from anydit.eval.metrics import TASKS
 
@@ -23,9 +26,16 @@ TINY = [
 ]
 
 
-def _run(out: Path, seed: int) -> dict:
-    metrics = run_demo(out, overrides=TINY, progress=False, eval_per_class=2, seed=seed)
+def _numbers(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k in TASKS or k.endswith("_ratio")}
+
+
+def _run(out: Path, seed: int | None, overrides=TINY) -> dict:
+    return run_demo(out, overrides=overrides, progress=False, eval_per_class=2, seed=seed)
+
+
+def _weights(out: Path) -> dict:
+    return load_file(str(out / "model.safetensors"))
 
 
 def test_the_recipe_is_fixed_and_seeded() -> None:
@@ -37,26 +47,41 @@ def test_the_recipe_is_fixed_and_seeded() -> None:
     assert demo_config(["train.steps=7"], seed=3).train.steps == 7
 
 
-def test_a_tiny_demo_end_to_end(tmp_path: Path) -> None:
-    a = _run(tmp_path / "a", seed=1)
+def test_a_tiny_demo_end_to_end(tmp_path: Path, capsys) -> None:
+    a = _numbers(_run(tmp_path / "a", seed=1))
     assert set(TASKS) <= set(a) and all(0.0 <= a[t] <= 1.0 for t in TASKS)
     record = json.loads((tmp_path / "a" / "demo.json").read_text())
     assert record["seed"] == 1 and record["train_steps"] == 3
     assert 0 < record["train_seconds"] < record["wall_seconds"]
     assert (tmp_path / "a" / "gallery" / "index.html").is_file()
-    assert (tmp_path / "a" / "metrics.json").is_file()
-    # the same seed in another folder: the same numbers; another seed: other samples
-    assert _run(tmp_path / "b", seed=1) == a
-    other = run_demo(tmp_path / "c", overrides=TINY, progress=False, eval_per_class=2, seed=2)
-    assert json.loads((tmp_path / "c" / "demo.json").read_text())["seed"] == 2
-    assert {k: other[k] for k in a} != a
-    # running again in a finished folder resumes it: its seed, no more training, same numbers
-    assert _run(tmp_path / "a", seed=4) == a
-    assert json.loads((tmp_path / "a" / "demo.json").read_text())["seed"] == 1
+    # the same seed in another folder: the same weights and numbers
+    assert _numbers(_run(tmp_path / "b", seed=1)) == a
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all((wa[k] == wb[k]).all() for k in wa)
+    # another seed: other training (weights) and other numbers
+    c = _numbers(_run(tmp_path / "c", seed=2))
+    wc = _weights(tmp_path / "c")
+    assert any(not (wa[k] == wc[k]).all() for k in wa) and c != a
+    # a finished folder resumes with its own seed: no more training, the same numbers
+    assert _numbers(_run(tmp_path / "a", seed=None)) == a
+    with pytest.raises(ValueError, match="holds a demo with seed 1, not 4"):
+        _run(tmp_path / "a", seed=4)
+    # `anydit eval` on the folder reproduces the demo's table (its seed, its settings)
+    want = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    out = tmp_path / "eval"
+    argv = ["eval", "--checkpoint", str(tmp_path / "a"), "--out", str(out), "--n-per-class", "2"]
+    assert main(argv) == 0
+    assert json.loads((out / "metrics.json").read_text()) == want
+    assert main([*argv, "--split", "val"]) == 0
+    assert json.loads((out / "metrics.json").read_text()) == want  # val never overwrites test
+    val = json.loads((out / "metrics_val.json").read_text())
+    assert val["split"] == "val" and val["seed"] == 1 and val != want
 
 
-@pytest.mark.parametrize("minutes", [0.01])
-def test_minutes_fits_the_steps_to_a_budget(tmp_path: Path, minutes: float) -> None:
+def test_minutes_fits_the_steps_to_a_budget(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(demo, "time_per_step", lambda cfg: 0.4)  # as if measured
+    monkeypatch.setattr(demo, "EVAL_RESERVE_S", 0.0)
     overrides = [o for o in TINY if not o.startswith("train.steps")]
-    run_demo(tmp_path, minutes=minutes, overrides=overrides, progress=False, eval_per_class=2)
-    assert json.loads((tmp_path / "demo.json").read_text())["train_steps"] == 50  # MIN_STEPS
+    run_demo(tmp_path, minutes=0.5, overrides=overrides, progress=False, eval_per_class=2)
+    steps = json.loads((tmp_path / "demo.json").read_text())["train_steps"]
+    assert 65 <= steps <= 75  # (30 s - the seconds already spent) / 0.4 s, not DEMO_STEPS

@@ -220,11 +220,33 @@ def test_per_task_settings_reach_the_sampler_and_are_checked(monkeypatch) -> Non
     assert kw_val["seed"] == 1000 + TASKS.index("image_to_label")
     assert not torch.equal(t_val["image"], t_label["image"])
     for bad, match in [
-        ({"joint": TaskSampling(via=("text",))}, "cannot sample via"),
-        ({"image_to_label": TaskSampling(via=("image",))}, "cannot sample via"),
+        ({"joint": TaskSampling(via=("text",))}, "cannot be sampled along"),
+        ({"image_to_label": TaskSampling(via=("image",))}, "cannot be sampled along"),
         ({"image_to_lable": TaskSampling()}, "unknown tasks"),
     ]:
         with pytest.raises(ValueError, match=match):
             evaluate_digits(model, n_per_class=1, tasks=("image_to_label",), per_task=bad)
     with pytest.raises(ValueError, match="split must be"):
         evaluate_digits(model, n_per_class=1, tasks=("image_to_label",), split="train")
+
+
+def test_per_task_settings_are_checked_before_anything_runs(monkeypatch) -> None:
+    import anydit.eval.metrics as metrics
+    from anydit.eval.metrics import TaskSampling, override_tasks
+
+    monkeypatch.setattr(metrics, "_Run", None)  # nothing may start before the checks
+    model = anydit.MMDiT(digits_modalities(), anydit.preset("debug"))
+    for per_task, match in [
+        ({"image_to_label": TaskSampling(via="text")}, r"via: expected a tuple"),
+        ({"image_to_label": TaskSampling(steps=0)}, r"per_task\['image_to_label'\].*steps"),
+        ({"label_to_image": TaskSampling(solver="rk9")}, r"per_task\['label_to_image'\]"),
+        ({"joint": TaskSampling(via=("text",))}, r"joint samples every modality"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            evaluate_digits(model, n_per_class=1, per_task=per_task)
+    # joint may have its own steps or guidance (no `via`): accepted, reaches the sampler
+    with pytest.raises(TypeError):  # _Run is None: the checks passed, the run would start
+        evaluate_digits(model, n_per_class=1, per_task={"joint": TaskSampling(steps=4)})
+    tasks = {"a": TaskSampling(guidance=2.0, steps=3, via=("label",), solver="heun")}
+    out = override_tasks(tasks, guidance=1.0, steps=None, interval=None)
+    assert out["a"] == TaskSampling(steps=3, via=("label",), solver="heun")

@@ -159,7 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="one scale, or one per task source: label, text, image, audio, joint",
     )
     p.add_argument("--guidance-interval", type=_interval, metavar="LOW,HIGH")
-    p.add_argument("--seed", type=int, default=0, help="task i samples with seed + i")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="task i samples with seed + i (default: the run's train.seed, else 0)",
+    )
     p.add_argument(
         "--split", choices=["test", "val"], default="test", help="where the given data come from"
     )
@@ -209,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train on the built-in digits, evaluate, write a gallery")
     p.add_argument(
-        "--seed", type=int, default=0, help="training, data pairing and sampling seed (0)"
+        "--seed",
+        type=int,
+        default=None,
+        help="training, data pairing and sampling seed (default 0; a resumed demo keeps its own)",
     )
     p.add_argument(
         "--minutes",
@@ -450,26 +458,30 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     import anydit
     from anydit.demo import TASK_SAMPLING, demo_sampling
+    from anydit.eval.metrics import override_tasks
     from anydit.eval.report import run_eval
+    from anydit.run_config import load_config
     from anydit.sampling import settings
 
     path = model_file(args.checkpoint)
     model = anydit.load_model(path)
     out = Path(args.out) if args.out else path.parent
-    # The demo's settings, so a demo run's table is reproduced; a shared setting given here
-    # replaces the per-task ones.
+    seed = args.seed
+    if seed is None:  # a run folder's own seed, so a demo's table is reproduced
+        saved = path.parent / "config.yaml"
+        seed = load_config(saved).train.seed if saved.is_file() else 0
+    # The demo's settings; a setting given here replaces that field of every task's own.
     config = settings(
         demo_sampling(),
         steps=args.steps,
         guidance=args.guidance,
         guidance_interval=args.guidance_interval,
     )
-    shared = (args.steps, args.guidance, args.guidance_interval)
-    per_task = TASK_SAMPLING if all(v is None for v in shared) else {}
-    run_eval(
-        model, out, args.n_per_class, config, seed=args.seed, per_task=per_task, split=args.split
+    per_task = override_tasks(
+        TASK_SAMPLING, steps=args.steps, guidance=args.guidance, interval=args.guidance_interval
     )
-    print(f"metrics: {out / 'metrics.json'}")
+    run_eval(model, out, args.n_per_class, config, seed=seed, per_task=per_task, split=args.split)
+    print(f"metrics: {out / ('metrics.json' if args.split == 'test' else 'metrics_val.json')}")
     return 0
 
 

@@ -5,10 +5,13 @@
   its images drawn with ``np.random.default_rng(0)`` puts the first 36 in test and the next 10
   in val; so test holds 360 images (36 per digit), val 100 and train the other 1,337.
 * Audio: ``assets/digits_audio.npz`` (see ``scripts/build_digits_audio.py``), log-mels (32
-  frames x 32 mel bands) of espeak-ng speaking the digit name: 16 voices x 5 speed/pitch
-  settings x 10 digits. The split holds out whole voices (``TEST_VOICES``, ``VAL_VOICES``): a
-  model is tested on voices it never heard, at every setting, and sampler settings are chosen
-  on two other unheard voices. The asset's own ``split`` column (held-out settings) is unused.
+  frames x 32 mel bands) of espeak-ng speaking the digit name: 40 voice names x 5 speed/pitch
+  settings x 10 digits (35 distinct voices: this espeak-ng ignores the variant of ``en-gb``,
+  so ``en-gb`` and ``en-gb+{f1,m2,m3,m4,m6}`` are the same recordings). The split holds out
+  whole voices (``TEST_VOICES``, ``VAL_VOICES``): a model is tested on voices it never heard,
+  at every setting, and sampler settings are chosen on two other unheard voices. Other
+  variants of a test voice's accent do train (``en-gb-x-rp+m1``, ``en-us+f1``): what is held
+  out is the voice, not the accent. The asset's ``split`` column stores the same assignment.
 * Splits: ``train`` for training and the judges, ``val`` for choosing sampler settings,
   ``test`` for the reported numbers.
 * Pairing (as in audio-visual MNIST): each image gets one recording of the same digit from the
@@ -47,8 +50,8 @@ SPLITS = ("train", "val", "test")
 N_TEST_PER_DIGIT = 36
 N_VAL_PER_DIGIT = 10
 # Whole voices held out of training: one of each kind (a plain accent, a female variant, the
-# Klatt synthesiser) for test, two others (an accent, a female variant) for val; the other 11
-# voices train.
+# Klatt synthesiser) for test, two others (an accent, a female variant) for val; the other 35
+# voice names (30 distinct voices) train.
 TEST_VOICES = ("en-gb-x-rp", "en-us+f2", "en-029+klatt")
 VAL_VOICES = ("en-gb-x-gbcwmd", "en-us-nyc+f5")
 SPLIT_SEED = 0
@@ -170,7 +173,7 @@ def audio_split(voices: np.ndarray) -> np.ndarray:
 
 def load_digit_audio(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-mels ``(N, 32, 32)`` float32 (frames, mels) in ``[-1, 1]`` and labels ``(N,)`` int64
-    of a split (whole voices: 550 train, 100 val, 150 test recordings)."""
+    of a split (whole voices: 1,750 train, 100 val, 150 test recordings)."""
     data = _audio_npz()
     keep = audio_split(data["voice"]) == _check_split(split)
     mel = torch.from_numpy(data["mel"][keep].astype(np.float32))

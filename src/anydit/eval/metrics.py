@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ __all__ = [
     "TASKS",
     "TaskSampling",
     "evaluate_digits",
+    "override_tasks",
     "format_table",
     "frechet_distance",
     "parse_digit",
@@ -328,6 +329,43 @@ def _audio_statistics(run: _Run, audio: Tensor) -> dict[str, float]:
     return {"fid_audio": frechet_distance(features(audio), features(run.real_audio))}
 
 
+def _check_setting(name: str, setting: TaskSampling, config: SampleConfig) -> None:
+    """Refuse a task's settings before anything runs, naming the task."""
+    where = f"evaluate_digits: per_task[{name!r}]"
+    if not isinstance(setting, TaskSampling):
+        raise ValueError(f"{where}: expected a TaskSampling, got {type(setting).__name__}")
+    via = setting.via
+    if not isinstance(via, tuple) or not all(isinstance(v, str) for v in via):
+        raise ValueError(f"{where}.via: expected a tuple of modality names, got {via!r}")
+    ends = name.split("_to_") if name != "joint" else list(MODALITIES)
+    bad = [v for v in via if v not in MODALITIES or v in ends]
+    if bad:
+        what = "joint samples every modality already" if name == "joint" else "not in the task"
+        raise ValueError(
+            f"{where}.via: {bad} cannot be sampled along ({what}; choose from "
+            f"{[m for m in MODALITIES if m not in ends]})"
+        )
+    try:
+        sampling_settings(
+            config,
+            steps=setting.steps,
+            guidance_interval=setting.interval,
+            temperature=setting.temperature,
+            solver=setting.solver,
+            guidance=setting.guidance,
+        )
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def override_tasks(per_task: dict[str, TaskSampling], **shared) -> dict[str, TaskSampling]:
+    """``per_task`` with the fields named in ``shared`` (``guidance``, ``steps``, ``interval``,
+    ``temperature``, ``solver``) cleared wherever ``shared`` gives a value, so a setting given
+    for every task (``--guidance``, ``--steps`` ...) wins over a task's own; ``via`` stays."""
+    given = {k: None for k, v in shared.items() if v is not None}
+    return {name: replace(s, **given) for name, s in per_task.items()}
+
+
 EVAL_SAMPLING = SampleConfig(unmasking="confidence")  # captions come out spelled right
 SOURCES = ("label", "text", "image", "audio", "joint")
 VAL_SEED_OFFSET = 1000  # val draws seeds seed + 1000 + task index
@@ -378,9 +416,7 @@ def evaluate_digits(
     if split not in ("val", "test"):
         raise ValueError(f"evaluate_digits: split must be 'val' or 'test', got {split!r}")
     for name, setting in per_task.items():
-        bad = [v for v in setting.via if v not in MODALITIES or v in name.split("_to_")]
-        if name == "joint" or bad:
-            raise ValueError(f"evaluate_digits: task {name!r} cannot sample via {setting.via}")
+        _check_setting(name, setting, config)
     if not isinstance(n_per_class, int) or n_per_class < 1:
         raise ValueError(
             f"evaluate_digits: n_per_class must be an integer >= 1, got {n_per_class!r}"

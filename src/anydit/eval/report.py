@@ -40,7 +40,10 @@ def run_eval(
     finite = {
         k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in metrics.items()
     }
-    (out / "metrics.json").write_text(json.dumps(finite, indent=2))  # strict JSON: NaN -> null
+    # strict JSON (NaN -> null); val numbers never overwrite the reported test ones
+    name = "metrics.json" if split == "test" else f"metrics_{split}.json"
+    record = {"split": split, "seed": seed, **finite}
+    (out / name).write_text(json.dumps(record, indent=2))
     print(format_table(metrics))
     if gallery:
         from anydit.eval.gallery import write_gallery
