@@ -19,41 +19,31 @@ import anydit
 from anydit.data.digits import TEST_VOICES, _audio_npz, audio_split
 from anydit.demo import TASK_SAMPLING, demo_sampling
 from anydit.eval.judges import get_judges
-from anydit.eval.metrics import TASKS, TaskSampling, parse_digit
+from anydit.eval.metrics import conditional_task
 from anydit.run_config import load_config
 
 
 def by_voice(model, seed: int) -> dict[str, dict[str, float]]:
     data = _audio_npz()
     split = audio_split(data["voice"])
-    judge_image, _ = get_judges()
-    config = demo_sampling()
+    judges = get_judges()
     rows = {}
     for voice in TEST_VOICES:
         keep = (split == "test") & (data["voice"] == voice)
         mel = torch.from_numpy(data["mel"][keep].astype(np.float32)).repeat(4, 1, 1)
         labels = torch.from_numpy(data["label"][keep].astype(np.int64)).repeat(4)
-        row = {}
-        for task, target in (("audio_to_image", "image"), ("audio_to_label", "label"),
-                             ("audio_to_text", "text")):  # fmt: skip
-            s = TASK_SAMPLING.get(task, TaskSampling())
-            roles = {target: "generate", **{v: "generate" for v in s.via}, "audio": mel}
-            out = anydit.sample(
-                model, roles, n=len(labels), seed=seed + TASKS.index(task), config=config,
-                guidance=config.guidance["audio"] if s.guidance is None else s.guidance,
-                steps=s.steps, guidance_interval=s.interval, temperature=s.temperature,
-                solver=s.solver,
-            )  # fmt: skip
-            x = out[target]
-            if target == "image":
-                pred = torch.as_tensor(judge_image.predict(x))
-            elif target == "label":
-                pred = x
-            else:
-                texts = model.modalities["text"].decode(x)
-                pred = torch.tensor([-1 if (d := parse_digit(t)) is None else d for t in texts])
-            row[task] = float((pred == labels).float().mean())
-        rows[voice] = row
+        rows[voice] = {
+            task: float(
+                np.mean(
+                    conditional_task(
+                        model, task, {"audio": mel}, labels, demo_sampling(), TASK_SAMPLING,
+                        seed, judges,
+                    )["predicted"]
+                    == labels.numpy()
+                )
+            )
+            for task in ("audio_to_image", "audio_to_label", "audio_to_text")
+        }  # fmt: skip
     return rows
 
 

@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -32,10 +33,9 @@ from anydit.demo import (
     demo_sampling,
     time_per_step,
 )
-from anydit.eval.metrics import TASKS, TaskSampling, _real_per_class
+from anydit.eval.metrics import _real_per_class, conditional_task
 from anydit.model import load_model
 from anydit.run_config import config_from_tree
-from anydit.sampling import sample
 from anydit.train.loop import train
 
 
@@ -92,20 +92,12 @@ def main() -> None:
     labels = torch.arange(10).repeat_interleave(20)  # as evaluate_digits: 20 per digit
     images, image_labels = load_digit_images("test")
     given = _real_per_class(images, image_labels, labels)  # (200, 1, 8, 8)
-    config = demo_sampling()
-    setting = TASK_SAMPLING.get("image_to_label", TaskSampling())
-    w = 1.0  # unguided: the specialist never sees the image dropped, so it has no unconditional
-    out = sample(
-        model,
-        {"image": given, "label": "generate"},
-        n=len(labels),
-        seed=args.seed + TASKS.index("image_to_label"),
-        config=config,
-        guidance=w,
-        steps=setting.steps,
-        guidance_interval=setting.interval,
+    # unguided: the specialist never sees the image dropped, so it has no unconditional
+    own = {"image_to_label": replace(TASK_SAMPLING["image_to_label"], guidance=1.0)}
+    judged = conditional_task(
+        model, "image_to_label", {"image": given}, labels, demo_sampling(), own, args.seed
     )
-    accuracy = float((out["label"] == labels).float().mean())
+    accuracy = float((judged["predicted"] == labels.numpy()).mean())
     report = {
         "steps": result.step,
         "train_seconds": train_seconds,

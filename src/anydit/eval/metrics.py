@@ -50,12 +50,14 @@ __all__ = [
     "BARS",
     "TASKS",
     "TaskSampling",
+    "conditional_task",
     "evaluate_digits",
     "override_tasks",
     "format_table",
     "frechet_distance",
     "parse_digit",
     "passes",
+    "sample_task",
 ]
 
 MODALITIES = ("image", "label", "text", "audio")
@@ -198,6 +200,75 @@ def _share(a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> float:
     return float((np.asarray(a) == np.asarray(b)).mean())
 
 
+def sample_task(
+    model,
+    name: str,
+    task: dict,
+    n: int,
+    source: str,
+    config: SampleConfig,
+    per_task: dict[str, TaskSampling],
+    seed: int,
+) -> dict[str, Tensor]:
+    """One task's samples with seed ``seed + TASKS.index(name)``. Guidance: the task's own
+    weight if it has one, else the weight for ``source`` (what is given, or "joint") when
+    ``config.guidance`` is a dict, else the one float."""
+    setting = per_task.get(name, TaskSampling())
+    w = config.guidance
+    w = w.get(source, 1.0) if isinstance(w, dict) else w
+    w = w if setting.guidance is None else setting.guidance
+    out = sample(
+        model,
+        task,
+        n=n,
+        seed=seed + TASKS.index(name),
+        config=config,
+        guidance=w,
+        steps=setting.steps,
+        guidance_interval=setting.interval,
+        temperature=setting.temperature,
+        solver=setting.solver,
+    )
+    return {k: v.detach().cpu() for k, v in out.items()}
+
+
+def conditional_task(
+    model,
+    name: str,
+    given: dict,
+    labels: Tensor,
+    config: SampleConfig,
+    per_task: dict[str, TaskSampling],
+    seed: int,
+    judges=None,
+) -> dict:
+    """Task ``name`` (``SOURCE_to_TARGET``): sample the target given ``{source: value}`` (and
+    any ``via`` modalities, then discarded) for N items whose digits are ``labels`` (N,), and
+    read the digit of each output (image and speech by the judges, labels directly, captions
+    by ``parse_digit``). Returns ``labels``, ``given``, ``generated`` and ``predicted`` (N,)."""
+    (source,) = given
+    target = name.split("_to_")[1]
+    via = per_task.get(name, TaskSampling()).via
+    task = {target: "generate", **{v: "generate" for v in via}, **given}
+    x = sample_task(model, name, task, len(labels), source, config, per_task, seed)[target]
+    judge_image, judge_audio = judges or get_judges()
+    if target == "image":
+        pred = judge_image.predict(x)
+    elif target == "audio":
+        pred = judge_audio.predict(x)
+    elif target == "label":
+        pred = x.numpy()
+    else:
+        texts = model.modalities["text"].decode(x)
+        pred = np.array([-1 if (d := parse_digit(s)) is None else d for s in texts])
+    return {
+        "labels": labels,
+        "given": given,
+        "generated": {target: x},
+        "predicted": np.asarray(pred, dtype=np.int64),
+    }
+
+
 class _Run:
     """Shared state of one evaluation: sampler settings, judges, real data, the given labels."""
 
@@ -221,49 +292,15 @@ class _Run:
         self.given_audio = _real_per_class(audio, audio_labels, self.labels)  # (N, 32, 32)
 
     def sample(self, name: str, task: dict, n: int, source: str) -> dict[str, Tensor]:
-        """One task's samples. Guidance: the task's own weight if it has one, else the weight
-        for ``source`` (what is given, or "joint") when ``guidance`` is a dict, else the one
-        float."""
-        setting = self.per_task.get(name, TaskSampling())
-        w = self.config.guidance
-        w = w.get(source, 1.0) if isinstance(w, dict) else w
-        w = w if setting.guidance is None else setting.guidance
-        out = sample(
-            self.model,
-            task,
-            n=n,
-            seed=self.seed + TASKS.index(name),
-            config=self.config,
-            guidance=w,
-            steps=setting.steps,
-            guidance_interval=setting.interval,
-            temperature=setting.temperature,
-            solver=setting.solver,
-        )
-        return {k: v.detach().cpu() for k, v in out.items()}
+        """One task's samples (see ``sample_task``)."""
+        return sample_task(self.model, name, task, n, source, self.config, self.per_task, self.seed)
 
-    def conditional(self, name: str, given: dict, target: str) -> dict:
-        """Sample ``target`` given ``given`` (and any ``via`` modalities, then discarded);
-        judge it against ``self.labels``."""
-        (source,) = given
-        via = self.per_task.get(name, TaskSampling()).via
-        task = {target: "generate", **{v: "generate" for v in via}, **given}
-        x = self.sample(name, task, len(self.labels), source)[target]
-        if target == "image":
-            pred = self.judge_image.predict(x)
-        elif target == "audio":
-            pred = self.judge_audio.predict(x)
-        elif target == "label":
-            pred = x.numpy()
-        else:
-            texts = self.model.modalities["text"].decode(x)
-            pred = np.array([-1 if (d := parse_digit(s)) is None else d for s in texts])
-        return {
-            "labels": self.labels,
-            "given": given,
-            "generated": {target: x},
-            "predicted": np.asarray(pred, dtype=np.int64),
-        }
+    def conditional(self, name: str, given: dict) -> dict:
+        """Sample ``target`` given ``given``; judge it against ``self.labels``."""
+        judges = (self.judge_image, self.judge_audio)
+        return conditional_task(
+            self.model, name, given, self.labels, self.config, self.per_task, self.seed, judges
+        )
 
     def joint(self) -> dict:
         """Image, audio and label sampled together (text dropped)."""
@@ -282,14 +319,14 @@ class _Run:
 def _run_task(run: _Run, name: str) -> dict:
     if name == "joint":
         return run.joint()
-    source, target = name.split("_to_")
+    source = name.split("_to_")[0]
     value = {
         "label": run.labels,
         "text": _captions(run.labels),
         "image": run.given_images,
         "audio": run.given_audio,
     }[source]
-    return run.conditional(name, {source: value}, target)
+    return run.conditional(name, {source: value})
 
 
 def _task_metrics(name: str, result: dict) -> dict[str, float]:
