@@ -115,7 +115,7 @@ def main() -> None:
     blocks = len(model.blocks) + len(model.single_blocks)
     for share in (0.25, 0.5):
         k = max(1, round(share * blocks))
-        batches = random_batches(dataset, model.modalities, 128)
+        batches = random_batches(dataset, model.modalities, 64)  # as `anydit prune`
         t = time.perf_counter()
         pruned, removed, _, losses = prune(
             model, k, batches, minutes=args.minutes, log=lambda *_: None
@@ -125,6 +125,7 @@ def main() -> None:
         notes[name] = {
             "removed": removed,
             "distill_steps": len(losses),
+            "distill_loss": [losses[0], losses[-1]],
             "seconds_to_make": time.perf_counter() - t,
         }
         unrecovered = anydit.save_model(

@@ -173,6 +173,11 @@ def test_cli_quantize_and_prune_a_run(tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "p")]) == 0
     report = json.loads((tmp_path / "p" / "prune.json").read_text())
     assert len(report["removed"]) == 1 and report["distill_steps"] == 3
+    assert (report["lr"], report["layer_weight"]) == (1e-3, 0.1)
+    assert main([*args, "--layer-weight", "0", "--lr", "1e-4", "--out", str(tmp_path / "p0")]) == 0
+    plain = json.loads((tmp_path / "p0" / "prune.json").read_text())
+    assert (plain["lr"], plain["layer_weight"]) == (1e-4, 0.0)
+    assert plain["distill_loss"][0] < report["distill_loss"][0]  # no hidden-state term
     assert anydit.load_model(tmp_path / "p" / "model.safetensors").cfg.depth == 2
     assert (
         main(["eval", "--checkpoint", str(tmp_path / "p"), "--n-per-class", "1", "--steps", "1"])

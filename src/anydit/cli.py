@@ -188,7 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=3.0, help="distillation wall time")
     p.add_argument("--steps", type=int, help="distillation steps (instead of --minutes)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, help="peak lr, decayed to 0 (default 1e-3)")
+    p.add_argument(
+        "--layer-weight",
+        type=float,
+        help="weight of the layer-wise (hidden-state) loss against the outputs' "
+        "(default 0.1; 0: outputs only)",
+    )
     _add_common(p)
 
     p = sub.add_parser("distill", help="a few-step model (a flow map) from a trained model")
@@ -523,12 +529,21 @@ def cmd_prune(args) -> int:
 
     import anydit
     from anydit.compress import prune
+    from anydit.compress.prune import LAYER_WEIGHT, LR
 
+    lr = LR if args.lr is None else args.lr
+    layer_weight = LAYER_WEIGHT if args.layer_weight is None else args.layer_weight
     model = anydit.load_model(model_file(args.checkpoint))
     cfg, batches = _run_data(args, model)
     steps, minutes = (args.steps, None) if args.steps else (None, args.minutes)
     pruned, removed, scores, losses = prune(
-        model, args.remove, batches, steps=steps, minutes=minutes, lr=args.lr
+        model,
+        args.remove,
+        batches,
+        steps=steps,
+        minutes=minutes,
+        lr=lr,
+        layer_weight=layer_weight,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -537,6 +552,7 @@ def cmd_prune(args) -> int:
     tree["model"] = json.loads(json.dumps(pruned.cfg.__dict__, default=list))
     (out / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
     report = {"removed": removed, "importance": scores, "distill_steps": len(losses)}
+    report |= {"lr": lr, "layer_weight": layer_weight}
     report["distill_loss"] = [losses[0], losses[-1]] if losses else []
     (out / "prune.json").write_text(json.dumps(report, indent=2))
     print(f"removed blocks {removed}; {len(losses)} distillation steps; model: {out}")
