@@ -51,3 +51,31 @@ def test_the_wall_time_decay_is_a_cosine_from_one_to_zero():
     assert cosine_factor(0.25) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
     assert cosine_factor(2.0) == pytest.approx(0.0, abs=1e-12)  # past the budget: 0, not back up
     assert cosine_factor(-1.0) == 1.0
+
+
+def test_a_minutes_budget_decays_the_lr_over_the_wall_time(pair, monkeypatch):
+    """With only ``minutes``, each step's lr follows ``cosine_factor`` of the elapsed share of
+    the budget; with ``steps``, the step-based schedule runs and the wall clock is not asked."""
+    import anydit.train.distill as distill_module
+
+    teacher, student, _ = pair
+    seen: list[float] = []
+
+    def record(done: float) -> float:
+        seen.append(done)
+        return cosine_factor(done)
+
+    monkeypatch.setattr(distill_module, "cosine_factor", record)
+
+    def batches():
+        while True:
+            yield random_batch(teacher, 4), None
+
+    student = copy.deepcopy(student)
+    losses = distill_module.distill(student, teacher, batches(), minutes=0.01, log=None)
+    assert len(seen) == len(losses) >= 2
+    assert all(0 < a < b for a, b in zip(seen, seen[1:], strict=False))  # the clock moves on
+    assert seen[-1] > 0.5  # measured up to the end of the budget
+    seen.clear()
+    distill_module.distill(student, teacher, batches(), steps=2, log=None)
+    assert seen == []
