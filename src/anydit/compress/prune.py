@@ -137,6 +137,11 @@ def prune(
     scores, the distillation losses)."""
     from anydit.train.distill import distill
 
+    if not lr > 0 or not layer_weight >= 0:
+        raise ValueError(
+            f"prune: expected lr > 0 and layer_weight >= 0, got lr {lr!r}, "
+            f"layer_weight {layer_weight!r}"
+        )
     n = len(_all_blocks(model))
     if not isinstance(k, int) or k < 0 or k >= n:
         raise ValueError(f"prune: expected 0 <= remove < {n} (the model's blocks), got {k!r}")
