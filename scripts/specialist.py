@@ -1,6 +1,7 @@
 """The image -> label specialist the demo is compared with: the demo's network (same width,
-depth, heads, recipe) with only the image and label streams, trained only on image -> label
-(image always given, label always generated) for the same wall time as a demo's training,
+depth, heads, recipe, two training processes) with only the image and label streams, trained
+only on image -> label (image always given, label always generated) for the same wall time as a
+demo's training,
 then judged like the demo's image -> label (the same 200 test images, steps and seed; unguided,
 as it never learns the label without the image).
 
@@ -26,6 +27,7 @@ import torch
 
 from anydit.data.digits import digits_modalities, load_digit_images
 from anydit.demo import (
+    DEMO_PROCESSES,
     DEMO_TREE,
     MODALITY_TREE,
     TASK_SAMPLING,
@@ -36,6 +38,7 @@ from anydit.demo import (
 from anydit.eval.metrics import _real_per_class, conditional_task
 from anydit.model import load_model
 from anydit.run_config import config_from_tree
+from anydit.train.distributed import run_local
 from anydit.train.loop import train
 
 
@@ -72,7 +75,8 @@ def main() -> None:
     args = parser.parse_args()
     cfg = specialist_config(args.steps or 1, args.seed)
     if args.steps is None and args.demo_steps is not None:
-        per_step, demo_step = time_per_step(cfg, 12), time_per_step(demo_config(), 12)
+        per_step = time_per_step(cfg, DEMO_PROCESSES, 12)
+        demo_step = time_per_step(demo_config(), DEMO_PROCESSES, 12)
         cfg.train.steps = max(1, round(args.demo_steps * demo_step / per_step))
         print(
             f"{per_step:.3f} s per step (demo {demo_step:.3f}): {cfg.train.steps} steps take "
@@ -81,13 +85,13 @@ def main() -> None:
     elif args.steps is None:
         if args.seconds is None:
             parser.error("give --seconds, --demo-steps or --steps")
-        per_step = time_per_step(cfg)
+        per_step = time_per_step(cfg, DEMO_PROCESSES)
         cfg.train.steps = max(1, int(args.seconds / per_step))
         print(f"{per_step:.3f} s per step: {cfg.train.steps} steps in {args.seconds:.0f} s")
     start = time.perf_counter()
-    result = train(cfg, args.out, resume=False, progress=False)
+    run_local(train, (cfg, args.out, False, False), DEMO_PROCESSES)  # as the demo trains
     train_seconds = time.perf_counter() - start
-    model = load_model(result.model_path)
+    model = load_model(args.out / "model.safetensors")
 
     labels = torch.arange(10).repeat_interleave(20)  # as evaluate_digits: 20 per digit
     images, image_labels = load_digit_images("test")
@@ -99,7 +103,8 @@ def main() -> None:
     )
     accuracy = float((judged["predicted"] == labels.numpy()).mean())
     report = {
-        "steps": result.step,
+        "steps": cfg.train.steps,
+        "processes": DEMO_PROCESSES,
         "train_seconds": train_seconds,
         "image_to_label": accuracy,
         "seed": args.seed,

@@ -79,9 +79,22 @@ def test_a_tiny_demo_end_to_end(tmp_path: Path, capsys) -> None:
 
 
 def test_minutes_fits_the_steps_to_a_budget(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(demo, "time_per_step", lambda cfg: 0.4)  # as if measured
+    monkeypatch.setattr(demo, "time_per_step", lambda cfg, processes=1: 0.4)  # as if measured
     monkeypatch.setattr(demo, "EVAL_RESERVE_S", 0.0)
     overrides = [o for o in TINY if not o.startswith("train.steps")]
     run_demo(tmp_path, minutes=0.5, overrides=overrides, progress=False, eval_per_class=2)
     steps = json.loads((tmp_path / "demo.json").read_text())["train_steps"]
     assert 65 <= steps <= 75  # (30 s - the seconds already spent) / 0.4 s, not DEMO_STEPS
+
+
+def test_two_processes_train_the_model_one_process_trains(tmp_path: Path) -> None:
+    """The recipe's data-parallel training (two local processes, gloo) computes what one
+    process computes for the same global batch: the same weights up to rounding."""
+    one = run_demo(tmp_path / "one", overrides=TINY, progress=False, eval_per_class=2, processes=1)
+    two = run_demo(tmp_path / "two", overrides=TINY, progress=False, eval_per_class=2, processes=2)
+    w1, w2 = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert set(w1) == set(w2)
+    # rounding of the all-reduced gradients: ~1e-5; a wrong split or no all-reduce: ~lr = 1e-3
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+    assert json.loads((tmp_path / "two" / "demo.json").read_text())["processes"] == 2
+    assert one["train_steps"] == two["train_steps"] == 3

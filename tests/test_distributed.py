@@ -64,6 +64,7 @@ def runs(tmp_path_factory):
         ("single", 1, []),
         ("ddp", 2, []),
         ("fsdp", 2, ["--set", "train.parallel=fsdp"]),
+        ("local", 1, ["--processes", "2"]),  # anydit starts the two processes itself
     ]:
         out[name] = root / name
         _run(["train", str(cfg), "--out", str(out[name]), "--no-progress", *extra], nproc)
@@ -71,7 +72,7 @@ def runs(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "local"])
 def test_data_parallel_follows_single_process(runs, mode):
     single, multi = _losses(runs["single"]), _losses(runs[mode])
     assert len(single) == len(multi) == 4

@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resume even though the config differs from the checkpoint's (new values apply)",
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="train data parallel on this many local processes (gloo, the cores shared out), "
+        "as torchrun --nproc_per_node would; the same run as one process, up to rounding",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_common(p)
 
@@ -233,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="local training processes, data parallel (default 2: the recipe's; 1 trains in "
+        "this process: the same model up to rounding, slower on two or more cores)",
+    )
+    p.add_argument(
         "--guidance",
         type=_guidance,
         default=None,
@@ -283,14 +297,15 @@ def cmd_train(args) -> int:
     from anydit.train.loop import train
 
     cfg = load_config(args.config, args.set)
+    run = (cfg, args.out, not args.no_resume, not args.no_progress, None, args.allow_changes)
+    if args.processes != 1:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("--processes: already running under torchrun; give one or the other")
+        distributed.run_local(train, run, args.processes)
+        print(f"trained {cfg.train.steps} steps; model: {Path(args.out) / 'model.safetensors'}")
+        return 0
     try:
-        result = train(
-            cfg,
-            args.out,
-            resume=not args.no_resume,
-            progress=not args.no_progress,
-            allow_changes=args.allow_changes,
-        )
+        result = train(*run)
     finally:
         distributed.teardown()
     if int(os.environ.get("RANK", "0")) == 0:
@@ -503,6 +518,7 @@ def cmd_demo(args) -> int:
         progress=not args.no_progress,
         guidance=args.guidance,
         guidance_interval=args.guidance_interval,
+        **({} if args.processes is None else {"processes": args.processes}),
     )
     return 0
 

@@ -63,6 +63,47 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _local_process(rank: int, world: int, port: int, threads: int, fn, args: tuple) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(threads)
+    try:
+        fn(*args)
+    finally:
+        teardown()
+
+
+def run_local(fn, args: tuple, world: int, threads: int | None = None) -> None:
+    """Run ``fn(*args)`` in ``world`` new processes on this machine joined as one job (gloo),
+    as ``torchrun --nproc_per_node=world`` would, with ``threads`` torch threads each (default:
+    this machine's cores shared out). ``fn`` must be importable (a module-level function); an
+    error in any process is raised here. With ``world == 1``, ``fn`` runs in this process."""
+    if world < 1:
+        raise ValueError(f"processes: expected a number >= 1, got {world}")
+    if world == 1:
+        fn(*args)
+        return
+    if dist.is_initialized():
+        raise RuntimeError("run_local: this process is already part of a distributed job")
+    threads = threads or max(1, (os.cpu_count() or 1) // world)
+    torch.multiprocessing.spawn(
+        _local_process, args=(world, _free_port(), threads, fn, args), nprocs=world, join=True
+    )
+
+
 def blocks_of(model: nn.Module) -> list[nn.Module]:
     """The FSDP wrap units: every transformer block."""
     return [*model.blocks, *model.single_blocks]
