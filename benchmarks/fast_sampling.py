@@ -6,8 +6,9 @@
 runs/demo-flowmap``); without it the jump rows are left out. Rows: Euler 32 (the reference),
 Euler 16 (the demo's own), midpoint 4, each feature cache at three settings on Euler 32
 (``first_block`` thresholds, ``taylor`` interval / order), and the flow map's jump sampler at
-1, 2 and 4 steps. Every task of a row uses the row's solver and steps (``override_tasks``) and
-the demo's other per-task settings (guidance and its interval, labels sampled along).
+1, 2 and 4 steps (and at 1 and 2 with the label revealed first: ``discrete_first``). Every task
+of a row uses the row's solver and steps (``override_tasks``) and the demo's other per-task
+settings (guidance and its interval, labels sampled along).
 
 For each row and task (label -> image, audio -> image, label -> audio, image -> label, joint):
 the judges' accuracy on the test split (``evaluate_digits``, 200 samples, the demo's seeds),
@@ -42,6 +43,11 @@ ROWS = (
     ),
     *((f"flow map, {k} jump{'s' * (k > 1)}", "flow_map", {"solver": "jump", "steps": k})
       for k in (1, 2, 4)),
+    # labels (sampled with joint, audio -> image, label -> audio's none) revealed by one call
+    # before the continuous streams jump: one more evaluation where a label is generated
+    *((f"flow map, {k} jump{'s' * (k > 1)}, label first", "flow_map",
+       {"solver": "jump", "steps": k, "discrete_first": True})
+      for k in (1, 2)),
 )  # fmt: skip
 
 

@@ -115,3 +115,36 @@ def test_the_jump_rule_targets_the_next_grid_time(model):
         anydit.sample(model, task, n=1, steps=2, solver="jump")
     with pytest.raises(ValueError, match="targets need a model built with flow_map"):
         model({k: v for k, v in seen[0][0].items()}, seen[0][0], seen[0][1])
+
+
+def test_discrete_first_reveals_the_label_before_anything_jumps(model):
+    student = extend(model, [], flow_map=True)
+    seen, forward = [], student.forward
+    student.forward = lambda tokens, times, targets=None: (
+        seen.append((tokens, times, targets)) or forward(tokens, times, targets)
+    )
+    task = {"image": "generate", "label": "generate"}
+    out = anydit.sample(student, task, n=3, steps=1, solver="jump", discrete_first=True, seed=1)
+    assert len(seen) == 2  # one call reveals the label, one jump moves the image
+    (tok0, t0, s0), (tok1, t1, s1) = seen
+    mask = student.modalities["label"].mask_id
+    assert (tok0["label"] == mask).all() and (tok1["label"] != mask).all()
+    assert (t0["image"] == 0).all() and torch.equal(s0["image"], t0["image"])  # holds: no jump
+    assert (t1["label"] == 1).all() and (t1["image"] == 0).all() and (s1["image"] == 1).all()
+    assert torch.equal(tok1["label"][:, 0], out["label"])  # the image jumped to that label
+    anydit.sample(student, task, n=3, steps=1, solver="jump", seed=1)
+    assert len(seen) == 3  # without it: one call for both
+
+
+def test_a_holding_stream_gets_no_jump(model):
+    """Asynchronous steps: a stream that holds on a step is asked for no jump on it."""
+    student = extend(model, [], flow_map=True)
+    seen, forward = [], student.forward
+    student.forward = lambda tokens, times, targets=None: (
+        seen.append((times, targets)) or forward(tokens, times, targets)
+    )
+    task = {"image": anydit.Generate(steps=2), "audio": anydit.Generate(steps=4), "label": 3}
+    anydit.sample(student, task, n=1, steps=4, solver="jump")
+    moves = [bool((s["image"] > t["image"]).any()) for t, s in seen]
+    assert len(seen) == 4 and moves == [False, True, False, True]  # its grid: 0, 0, a, a, 1
+    assert all(bool((s["audio"] > t["audio"]).all()) for t, s in seen)  # moves every step

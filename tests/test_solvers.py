@@ -78,6 +78,23 @@ def test_joint_grids_asynchronous_step_counts():
         assert int((g.diff() > 0).sum()) == steps  # moves exactly its own number of times
 
 
+def test_joint_grids_first_group_runs_before_the_rest():
+    grids = joint_grids({"img": 2, "label": 1, "snd": 4}, {"img": 1.0, "label": 1.0, "snd": 1.0},
+                        first={"label"})  # fmt: skip
+    assert grids["label"].tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # one step, then holds
+    assert grids["img"].tolist() == [0.0, 0.0, 0.0, 0.5, 0.5, 1.0]  # waits, then its 2 steps
+    assert grids["snd"].tolist() == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0]
+    same = joint_grids({"img": 2, "label": 1}, {"img": 1.0, "label": 1.0})
+    assert joint_grids({"img": 2, "label": 1}, {"img": 1.0, "label": 1.0}, first=()).keys() == (
+        same.keys()
+    )
+    for k in same:  # nothing first, or everything first: the ordinary grids
+        alone = joint_grids(
+            {"img": 2, "label": 1}, {"img": 1.0, "label": 1.0}, first={"img", "label"}
+        )
+        assert torch.equal(alone[k], same[k])
+
+
 def test_asynchronous_solver_evaluations():
     calls = []
 

@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-threshold", type=float, help="first_block: relative change to skip")
     p.add_argument("--cache-interval", type=int, help="taylor: run every block every N calls")
     p.add_argument("--cache-order", type=int, help="taylor: forecast order (1 or 2)")
+    p.add_argument(
+        "--discrete-first",
+        action="store_true",
+        default=None,
+        help="reveal generated labels and text before the other streams move (few-step joint)",
+    )
     p.add_argument("--temperature", type=float, help="softmax temperature of discrete unmasking")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["fp32", "bf16"])
@@ -465,6 +471,7 @@ def cmd_sample(args) -> int:
         cache_threshold=args.cache_threshold,
         cache_interval=args.cache_interval,
         cache_order=args.cache_order,
+        discrete_first=args.discrete_first,
     )
     if args.n < 1:
         raise ValueError(f"-n: expected an integer >= 1, got {args.n}")

@@ -402,6 +402,7 @@ class SampleConfig:
     cache_threshold: float = 0.05  # first_block: skip while block 1 moved less than this
     cache_interval: int = 3  # taylor: run every block every N-th evaluation, forecast between
     cache_order: int = 1  # taylor: order of the forecast (1 or 2)
+    discrete_first: bool = False  # reveal generated labels/text fully before the rest moves
 
     def __post_init__(self) -> None:
         steps = _index(self.steps)
@@ -459,6 +460,12 @@ class SampleConfig:
             self.unmasking,
         )
         _check(self.precision in ("fp32", "bf16"), "sample.precision", "fp32|bf16", self.precision)
+        _check(
+            isinstance(self.discrete_first, bool),
+            "sample.discrete_first",
+            "true or false",
+            self.discrete_first,
+        )
         caches = ("", "first_block", "taylor")
         _check(self.cache in caches, "sample.cache", "'', 'first_block' or 'taylor'", self.cache)
         _check(

@@ -60,12 +60,16 @@ def guidance_branches(
 def next_steps(
     t: dict[str, Tensor], grids: dict[str, Tensor], moving: list[str]
 ) -> dict[str, float]:
-    """How far each generated continuous stream's grid moves after the current time."""
-    out = {}
-    for k in moving:
-        later = grids[k][grids[k] > t[k] + 1e-12]
-        out[k] = float(later[0] - t[k]) if len(later) else 0.0
-    return out
+    """How far each generated continuous stream moves on the step that starts at times ``t``
+    (a grid row: every stream's time matches it), 0 for a stream that holds on that step."""
+    names = list(grids)
+    rows = torch.stack([grids[k] for k in names], 1)  # (K + 1, streams)
+    now = torch.tensor([float(t[k]) for k in names], dtype=rows.dtype)
+    match = ((rows[:-1] - now).abs() < 1e-9).all(1).nonzero()
+    if len(match) == 0:
+        raise ValueError(f"sample: times {now.tolist()} are not on the sampling grid")
+    i = int(match[0])
+    return {k: float(grids[k][i + 1] - grids[k][i]) for k in moving}
 
 
 def jump_targets(
@@ -181,6 +185,7 @@ def sample(
     grids = joint_grids(
         {k: roles[k].steps or cfg.steps for k in generated},
         {k: mods[k].cfg.shift if cfg.shift is None else cfg.shift for k in generated},
+        first={k for k in generated if mods[k].discrete} if cfg.discrete_first else (),
     )
     grids = {k: g.to(device) for k, g in grids.items()}
     branches = guidance_branches(roles, cfg.guidance)
