@@ -243,6 +243,7 @@ class ModelConfig:
     lora_streams: tuple[str, ...] = ()  # modality names and/or "shared"
     flow_map: bool = False  # a second time input per stream: the target time s of a jump, so
     # the model predicts the average velocity from t to s (few-step sampling; anydit distill)
+    mup_base_width: int = 0  # > 0: μP against this width (learning rates found there transfer)
 
     def __post_init__(self) -> None:
         self.rope_axes = tuple(self.rope_axes)
@@ -263,6 +264,20 @@ class ModelConfig:
             self.head_dim,
         )
         _check(self.time_dim % 2 == 0, "model.time_dim", "an even integer", self.time_dim)
+        if self.mup_base_width:
+            _check(
+                self.mup_base_width >= self.head_dim and self.mup_base_width % self.head_dim == 0,
+                "model.mup_base_width",
+                f"0 (off) or a multiple of head_dim = {self.head_dim} (heads grow with width)",
+                self.mup_base_width,
+            )
+            _check(
+                self.heads * self.head_dim == self.width,
+                "model.mup_base_width",
+                f"heads x head_dim = width (μP grows heads with width; here {self.heads} x "
+                f"{self.head_dim} != {self.width})",
+                self.mup_base_width,
+            )
         _check(
             self.mlp_ratio > 0 and int(self.width * self.mlp_ratio) >= 1,
             "model.mlp_ratio",
@@ -339,6 +354,14 @@ def check_architecture(modalities: list[ModalityConfig], model: ModelConfig) -> 
             "model.conditioning 'sum'",
             f"every stream at model.width = {model.width} (they add one vector)",
             widths,
+        )
+    if model.mup_base_width:
+        own = {m.name: m.width for m in modalities if m.width and not m.pooled}
+        _check(
+            not own,
+            "model.mup_base_width",
+            "every stream at model.width (μP scales one width; these set their own)",
+            own,
         )
     unknown = sorted(set(model.lora_streams) - set(names) - {"shared"})
     _check(not unknown, "model.lora_streams", f"names among {sorted(names)} or 'shared'", unknown)

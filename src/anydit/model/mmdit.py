@@ -21,6 +21,7 @@ from anydit.modalities import Modality, build_modalities, outputs_of
 from anydit.model.block import DualStreamBlock, SingleStreamBlock, modulate, run_block
 from anydit.model.embeddings import PositionTable, TimeEmbedder, TimeSummary
 from anydit.model.lora import add_lora
+from anydit.model.mup import apply_mup, base_config, width_multiplier
 from anydit.model.rotary import rotary_angles, rotary_table
 
 _STREAM_DICTS = (
@@ -39,15 +40,17 @@ _STREAM_DICTS = (
 class FinalLayer(nn.Module):
     """adaLN (shift, scale) then a zero-initialised projection to the stream's outputs."""
 
-    def __init__(self, width: int, out_dim: int):
+    def __init__(self, width: int, out_dim: int, out_scale: float = 1.0):
         super().__init__()
         self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.proj = nn.Linear(width, out_dim)
+        self.out_scale = out_scale  # μP's output multiplier (base width / width)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift, scale = self.modulation(c).chunk(2, dim=-1)
-        return self.proj(modulate(self.norm(x), shift, scale))
+        out = self.proj(modulate(self.norm(x), shift, scale))
+        return out if self.out_scale == 1.0 else out * self.out_scale
 
 
 class MMDiT(nn.Module):
@@ -145,8 +148,9 @@ class MMDiT(nn.Module):
                 for _ in range(cfg.single_depth)
             ]
         )
+        out_scale = 1.0 / width_multiplier(cfg)
         self.final = nn.ModuleDict(
-            {n: FinalLayer(widths[n], self.modalities[n].token_dim) for n in outputs}
+            {n: FinalLayer(widths[n], self.modalities[n].token_dim, out_scale) for n in outputs}
         )
         positions = [
             m.positions() if m.cfg.rope else torch.zeros(m.num_tokens, 3)
@@ -159,6 +163,11 @@ class MMDiT(nn.Module):
         self.register_buffer("rope", rotary_table(angles), persistent=False)  # (N, e/2, 2)
         self.positionless = bool((angles == 0).all())  # no rotation anywhere: skip it (SD3)
         self.initialize_weights()
+        self.lr_scales: dict[str, float] = {}  # per parameter name; empty: all 1 (no μP)
+        if cfg.mup_base_width and cfg.mup_base_width != cfg.width:
+            with torch.random.fork_rng():  # this model's own draws stay those without μP
+                base = MMDiT(modalities, base_config(cfg))
+            self.lr_scales = apply_mup(self, base, width_multiplier(cfg))
         if cfg.lora_rank:
             add_lora(self, self.stream_of, cfg.lora_streams, cfg.lora_rank, cfg.lora_alpha)
 

@@ -28,6 +28,7 @@ from anydit.data.sources import epoch_batches, make_collate, open_training_data
 from anydit.errors import DataError
 from anydit.model import MMDiT
 from anydit.model.extend import init_from_file
+from anydit.model.mup import lr_groups
 from anydit.storage import check_writable
 from anydit.train import distributed as D
 from anydit.train import folder
@@ -120,9 +121,8 @@ def _run(
     net = D.parallelize(model, info, tc.parallel, tc.compile)
     if ema is not None and info.enabled and tc.parallel == "fsdp":
         D.shard(ema)  # EMA shards live beside the model's shards
-    optimizer = make_optimizer(
-        [p for p in net.parameters() if p.requires_grad], tc.lr, tc.weight_decay
-    )
+    trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    optimizer = make_optimizer(lr_groups(trainable, model.lr_scales, tc.lr), tc.lr, tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc))
     gen = torch.Generator(info.device).manual_seed(tc.seed + 1)  # shared by all processes
 
@@ -261,10 +261,11 @@ def _check_same_run(ckpt: Path, config: dict, allow_changes: bool) -> None:
 
 def _apply_new_optimiser_settings(optimizer, scheduler, tc) -> None:
     """After a resume with ``allow_changes``: the new lr, weight decay and schedule apply."""
-    scheduler.base_lrs = [tc.lr] * len(optimizer.param_groups)
+    ratio = [g["initial_lr"] / scheduler.base_lrs[0] for g in optimizer.param_groups]  # μP
+    scheduler.base_lrs = [tc.lr * r for r in ratio]
     scheduler.lr_lambdas = [lr_lambda(tc)] * len(optimizer.param_groups)
-    for group, lr in zip(optimizer.param_groups, scheduler.get_lr(), strict=True):
-        group["initial_lr"], group["lr"], group["weight_decay"] = tc.lr, lr, tc.weight_decay
+    for group, lr, r in zip(optimizer.param_groups, scheduler.get_lr(), ratio, strict=True):
+        group["initial_lr"], group["lr"], group["weight_decay"] = tc.lr * r, lr, tc.weight_decay
 
 
 def _write_config(config: dict, out_dir: Path, step: int) -> None:
