@@ -104,3 +104,17 @@ def test_fsdp_checkpoint_resumes_in_one_process_and_back(runs, tmp_path):
         assert steps == [3, 4], src  # resumed, not started over
         got = _weights(run / "model.safetensors")
         assert max((reference[k] - got[k]).abs().max().item() for k in got) < 1e-4, src
+
+
+def test_local_processes_report_bad_input_as_one_message(tmp_path, capsys):
+    """`anydit train --processes 2` with a batch two processes cannot share: the workers'
+    error comes back as anydit's one-line message, not as a worker traceback."""
+    from anydit.cli import main
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(CONFIG)
+    argv = ["train", str(cfg), "--out", str(tmp_path / "run"), "--processes", "2", "--no-progress"]
+    assert main([*argv, "--set", "train.batch_size=6"]) == 2  # 6 / (2 processes x 2 micro)
+    err = capsys.readouterr().err
+    assert "error: train.batch_size = 6 must divide evenly into 2 processes x 2" in err
+    assert "Traceback" not in err

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from anydit.errors import EXPECTED_ERRORS
 
 
 @dataclass
@@ -71,7 +74,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _local_process(rank: int, world: int, port: int, threads: int, fn, args: tuple) -> None:
+def _local_process(
+    rank: int, world: int, port: int, threads: int, fn, args: tuple, report: str
+) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -82,6 +87,10 @@ def _local_process(rank: int, world: int, port: int, threads: int, fn, args: tup
     torch.set_num_threads(threads)
     try:
         fn(*args)
+    except EXPECTED_ERRORS as e:  # bad input: the parent raises it again, as one message
+        with open(f"{report}.{rank}", "w") as f:
+            f.write(f"{type(e).__name__}\n{e.args[0] if e.args else e}")
+        raise
     finally:
         teardown()
 
@@ -90,7 +99,9 @@ def run_local(fn, args: tuple, world: int, threads: int | None = None) -> None:
     """Run ``fn(*args)`` in ``world`` new processes on this machine joined as one job (gloo),
     as ``torchrun --nproc_per_node=world`` would, with ``threads`` torch threads each (default:
     this machine's cores shared out). ``fn`` must be importable (a module-level function); an
-    error in any process is raised here. With ``world == 1``, ``fn`` runs in this process."""
+    error in any process is raised here (bad input as its own type and message, anything else
+    as torch's ``ProcessRaisedException`` with the process's traceback). With ``world == 1``,
+    ``fn`` runs in this process."""
     if world < 1:
         raise ValueError(f"processes: expected a number >= 1, got {world}")
     if world == 1:
@@ -99,9 +110,23 @@ def run_local(fn, args: tuple, world: int, threads: int | None = None) -> None:
     if dist.is_initialized():
         raise RuntimeError("run_local: this process is already part of a distributed job")
     threads = threads or max(1, (os.cpu_count() or 1) // world)
-    torch.multiprocessing.spawn(
-        _local_process, args=(world, _free_port(), threads, fn, args), nprocs=world, join=True
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "error")
+        try:
+            torch.multiprocessing.spawn(
+                _local_process,
+                args=(world, _free_port(), threads, fn, args, report),
+                nprocs=world,
+                join=True,
+            )
+        except torch.multiprocessing.ProcessRaisedException:
+            for rank in range(world):  # the lowest rank's bad-input error, as its own type
+                if os.path.isfile(f"{report}.{rank}"):
+                    with open(f"{report}.{rank}") as f:
+                        kind, message = f.read().split("\n", 1)
+                    types = {t.__name__: t for t in EXPECTED_ERRORS}
+                    raise types.get(kind, ValueError)(message) from None
+            raise
 
 
 def blocks_of(model: nn.Module) -> list[nn.Module]:
