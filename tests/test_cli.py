@@ -100,6 +100,12 @@ ROLE_CASES = [  # CLI flags, generated modalities, the same task and settings in
         {"label": 3},
         {"shift": 3.0},
     ),
+    (
+        ["--generate", "image,label", "--discrete-first"],
+        {"image", "label"},
+        {},
+        {"discrete_first": True},
+    ),
 ]
 
 
