@@ -6,11 +6,13 @@ One random SD3 transformer (diffusers' ``SD3Transformer2DModel``: 256 image toke
 latents, 77 text tokens, width 384) and the same weights imported into anydit. Each
 implementation samples 28 Euler steps of the flow (uniform grid, batch 2) without a cache and
 with each of its caches at several settings: diffusers' ``FirstBlockCache`` and
-``TaylorSeerCache`` hooks (``diffusers.hooks``), anydit's ``first_block`` and ``taylor``
-(``SampleConfig.cache``). Error: relative L2 distance of the final latents to the same
-implementation's uncached output. Speed-up: its uncached time / its cached time, median of
-``--repeats`` runs, each in this one process (so both see the same machine). The summary: at
-each error level, the best speed-up each implementation reaches without exceeding it.
+``TaylorSeerCache`` hooks (``diffusers.hooks``), anydit's ``first_block``, ``taylor`` and
+``region`` (``SampleConfig.cache``) and ``kv_reuse`` (the given text tokens' keys and values
+computed once: an approximation on SD3, whose text tokens read the image ones). Error:
+relative L2 distance of the final latents to the same implementation's uncached output.
+Speed-up: its uncached time / its cached time, median of ``--repeats`` runs, each in this one
+process (so both see the same machine). The summary: at each error level, the best speed-up
+each implementation reaches without exceeding it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 
 FIRST_BLOCK = (0.02, 0.05, 0.1, 0.2, 0.4)
 TAYLOR = ((2, 1), (3, 1), (4, 1), (3, 2), (5, 2))  # (interval, order)
+REGION = ((0.75, 2), (0.5, 4), (0.5, 8))  # (ratio, dense interval)
 LEVELS = (0.0003, 0.001, 0.003, 0.01, 0.03)
 
 
@@ -117,6 +120,15 @@ def main() -> None:
         (f"taylor {i} order {o}", {"cache": "taylor", "cache_interval": i, "cache_order": o})
         for i, o in TAYLOR
     ]
+    ours_settings += [("kv reuse (the text)", {"kv_reuse": True})]
+    for reuse in (False, True):
+        ours_settings += [
+            (
+                f"region {r} every {i}" + (", kv reuse" if reuse else ""),
+                {"cache": "region", "cache_ratio": r, "cache_interval": i, "kv_reuse": reuse},
+            )
+            for r, i in REGION
+        ]
     for name, kw in ours_settings:
         out, s = timed(lambda kw=kw: our_run(**kw), args.repeats)
         record("anydit", name, out, s, ref, base)

@@ -3,10 +3,15 @@
     python benchmarks/fast_sampling.py --checkpoint runs/demo --flow-map runs/demo-flowmap
 
 ``--flow-map``: the same model distilled into a flow map (``anydit distill runs/demo --out
-runs/demo-flowmap``); without it the jump rows are left out. Rows: Euler 32 (the reference),
-Euler 16 (the demo's own), midpoint 4, each feature cache at three settings on Euler 32
-(``first_block`` thresholds, ``taylor`` interval / order), and the flow map's jump sampler at
-1, 2 and 4 steps (and at 1 and 2 with the label revealed first: ``discrete_first``). Every task
+runs/demo-flowmap``); without it the jump rows are left out. ``--isolated``: a demo run of the
+same seed trained with ``model.isolate_given`` (``anydit demo --set model.isolate_given=true``),
+for the rows that measure what the option costs and what ``kv_reuse`` saves on it. Rows: Euler
+32 (the reference), Euler 16 (the demo's own), midpoint 4, each feature cache at three settings
+on Euler 32 (``first_block`` thresholds, ``taylor`` interval / order, ``region`` ratio / dense
+interval), ``kv_reuse`` on the plain model (an approximation there) and on the isolating one,
+and the flow map's jump sampler at 1, 2 and 4 steps (and at 1 and 2 with the label revealed
+first: ``discrete_first``). ``--rows a,b``: only rows whose name contains a or b (the JSON
+then keeps the other rows of an existing ``--out``). Every task
 of a row uses the row's solver and steps (``override_tasks``) and the demo's other per-task
 settings (guidance and its interval, labels sampled along).
 
@@ -41,6 +46,18 @@ ROWS = (
                                                      "cache_order": o})
         for i, o in ((2, 1), (3, 1), (4, 2))
     ),
+    *(
+        (f"region {r}, dense every {i}", "teacher", {"solver": "euler", "steps": 32,
+                                                     "cache": "region", "cache_ratio": r,
+                                                     "cache_interval": i})
+        for r, i in ((0.5, 4), (0.5, 8), (0.25, 8))
+    ),
+    ("kv reuse", "teacher", {"solver": "euler", "steps": 32, "kv_reuse": True}),
+    ("isolate_given model", "isolated", {"solver": "euler", "steps": 32}),
+    ("isolate_given model, kv reuse", "isolated", {"solver": "euler", "steps": 32,
+                                                   "kv_reuse": True}),
+    ("isolate_given model, midpoint 4, kv reuse", "isolated", {"solver": "midpoint", "steps": 4,
+                                                               "kv_reuse": True}),
     *((f"flow map, {k} jump{'s' * (k > 1)}", "flow_map", {"solver": "jump", "steps": k})
       for k in (1, 2, 4)),
     # labels (sampled with joint, audio -> image, label -> audio's none) revealed by one call
@@ -55,6 +72,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True, help="a demo run folder")
     ap.add_argument("--flow-map", help="the same model distilled into a flow map (a run folder)")
+    ap.add_argument("--isolated", help="a demo run trained with model.isolate_given (same seed)")
+    ap.add_argument("--rows", help="only the rows whose name contains one of these (a,b,...)")
     ap.add_argument("--per-class", type=int, default=20, help="evaluation samples per digit")
     ap.add_argument("--out", default="benchmarks/fast_sampling.json")
     args = ap.parse_args()
@@ -70,6 +89,9 @@ def main() -> None:
     models = {"teacher": anydit.load_model(Path(args.checkpoint) / "model.safetensors")}
     if args.flow_map:
         models["flow_map"] = anydit.load_model(Path(args.flow_map) / "model.safetensors")
+    if args.isolated:
+        models["isolated"] = anydit.load_model(Path(args.isolated) / "model.safetensors")
+    wanted = args.rows.split(",") if args.rows else None
     seed = 0
     saved = Path(args.checkpoint) / "demo.json"
     if saved.is_file():
@@ -83,7 +105,7 @@ def main() -> None:
 
     rows = {}
     for name, which, row in ROWS:
-        if which not in models:
+        if which not in models or (wanted and not any(w in name for w in wanted)):
             continue
         model = models[which]
         t = time.perf_counter()
@@ -104,6 +126,8 @@ def main() -> None:
         }
         print(name, json.dumps({k: v for k, v in rows[name].items() if k != "settings"}),
               flush=True)  # fmt: skip
+    if wanted and Path(args.out).is_file():  # a partial run updates the rows it ran
+        rows = {**json.loads(Path(args.out).read_text()), **rows}
     Path(args.out).write_text(json.dumps(rows, indent=2))
 
     ref = rows["Euler 32"]

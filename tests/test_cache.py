@@ -76,7 +76,7 @@ def test_taylor_cache_runs_every_interval(model):
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({"cache": "magic"}, "sample.cache: expected '', 'first_block' or 'taylor'"),
+        ({"cache": "magic"}, "sample.cache: expected '', 'first_block', 'taylor' or 'region'"),
         (
             {"cache": "first_block", "cache_threshold": 2.0},
             "sample.cache_threshold: expected a number in",

@@ -106,6 +106,31 @@ ROLE_CASES = [  # CLI flags, generated modalities, the same task and settings in
         {},
         {"discrete_first": True},
     ),
+    (
+        [
+            "--generate",
+            "image",
+            "--given",
+            "label=3",
+            "--solver",
+            "midpoint",
+            "--cache",
+            "region",
+            "--cache-ratio",
+            "0.25",
+            "--cache-interval",
+            "9",
+        ],
+        {"image"},
+        {"label": 3},
+        {"solver": "midpoint", "cache": "region", "cache_ratio": 0.25, "cache_interval": 9},
+    ),
+    (
+        ["--generate", "image", "--given", "audio=NPY", "--kv-reuse"],
+        {"image"},
+        {"audio": "NPY"},
+        {"kv_reuse": True},
+    ),
 ]
 
 

@@ -189,3 +189,9 @@ def test_cli_quantize_and_prune_a_run(tmp_path, capsys):
     bad = ["prune", str(tmp_path / "run"), "--remove", "3", "--steps", "1"]
     assert main([*bad, "--out", str(tmp_path / "p2")]) == 2
     assert "expected 0 <= remove < 3" in capsys.readouterr().err
+    chosen = ["prune", str(tmp_path / "run"), "--blocks", "0", "--steps", "2", "--processes", "2"]
+    assert main([*chosen, "--batch-size", "8", "--out", str(tmp_path / "p4")]) == 0
+    report = json.loads((tmp_path / "p4" / "prune.json").read_text())
+    assert report["removed"] == [0] and report["processes"] == 2 and report["distill_steps"] == 2
+    assert main([*chosen[:3], "5", "--out", str(tmp_path / "p5")]) == 2
+    assert "cannot remove [5]" in capsys.readouterr().err

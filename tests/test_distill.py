@@ -79,3 +79,37 @@ def test_a_minutes_budget_decays_the_lr_over_the_wall_time(pair, monkeypatch):
     seen.clear()
     distill_module.distill(student, teacher, batches(), steps=2, log=None)
     assert seen == []
+
+
+class _SameBatches:
+    """A picklable ``batches(rank, world)``: each process its own fixed random batches."""
+
+    def __init__(self, teacher, size: int):
+        self.batches = [random_batch(teacher, size, seed=s) for s in range(4)]
+
+    def __call__(self, rank: int, world: int):
+        while True:
+            for batch in self.batches:
+                yield {k: v[rank::world] for k, v in batch.items()}, None
+
+
+@pytest.mark.parametrize("budget", [{"steps": 6}, {"minutes": 0.05}])
+def test_two_local_processes_distil_the_parent_s_student(pair, budget):
+    """``distill_local`` on 2 processes: the trained weights come back into the parent's
+    student, the loss on held-out inputs falls, and the teacher (shared with the processes)
+    is left as it was."""
+    from anydit.train.distill import distill_local
+
+    teacher, student, inputs = pair
+    student = copy.deepcopy(student)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    with torch.no_grad():
+        loss_before = float(distill_loss(student, teacher, inputs))
+    losses = distill_local(student, teacher, _SameBatches(teacher, 16), 2, lr=3e-3, log=None,
+                           **budget)  # fmt: skip
+    assert len(losses) >= 2 and (len(losses) == 6 or "steps" not in budget)
+    assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
+    assert all(torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())
+    with torch.no_grad():
+        assert float(distill_loss(student.eval(), teacher, inputs)) < loss_before

@@ -143,7 +143,9 @@ def test_gallery_references_existing_files(
     tmp_path: Path, model: anydit.MMDiT, results: dict
 ) -> None:
     metrics = {k: v for k, v in results.items() if k != "samples"}
-    index = write_gallery(tmp_path, model, results, metrics, wav_per_digit=1, griffin_lim_iters=2)
+    region = anydit.SampleConfig(steps=10, guidance={"label": 2.0})
+    index = write_gallery(tmp_path, model, results, metrics, wav_per_digit=1, griffin_lim_iters=2,
+                          region=region)  # fmt: skip
     assert index == tmp_path / "gallery" / "index.html"
     page = index.read_text()
     refs = re.findall(r'src="([^"]+)"', page)
@@ -156,6 +158,18 @@ def test_gallery_references_existing_files(
     assert len(wavs) >= 20  # label -> audio, joint, and the given recordings (written once)
     assert not any(w.startswith("audio_to_label_given") for w in wavs)  # same as audio_to_image
     assert "<audio controls" in page and "FAIL" in page
+    assert 'id=\'region\'' in page and (index.parent / "region.png").is_file()
+
+
+def test_token_maps_show_computed_tokens_light_over_their_patches() -> None:
+    from anydit.eval.gallery import token_maps
+
+    computed = torch.tensor([[True, False, False, True]])  # a 2 x 2 token grid
+    maps = token_maps(computed, (2, 2), patch=3)
+    assert maps.shape == (1, 1, 6, 6)
+    light, dark = torch.tensor(0.4), torch.tensor(-0.8)
+    assert torch.allclose(maps[0, 0, :3, :3], light) and torch.allclose(maps[0, 0, :3, 3:], dark)
+    assert torch.allclose(maps[0, 0, 3:, 3:], light) and torch.allclose(maps[0, 0, 3:, :3], dark)
 
 
 def test_guidance_per_task_source() -> None:

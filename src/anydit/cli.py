@@ -141,11 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift", type=float, help="time shift of the grids (default: trained)")
     p.add_argument("--unmasking", choices=["random", "confidence"], help="discrete reveal order")
     p.add_argument(
-        "--cache", choices=["first_block", "taylor"], help="reuse the blocks' work across steps"
+        "--cache",
+        choices=["first_block", "taylor", "region"],
+        help="reuse the blocks' work across steps (region: compute a share of the tokens)",
     )
     p.add_argument("--cache-threshold", type=float, help="first_block: relative change to skip")
-    p.add_argument("--cache-interval", type=int, help="taylor: run every block every N calls")
+    p.add_argument(
+        "--cache-interval", type=int, help="taylor, region: run everything every N calls"
+    )
     p.add_argument("--cache-order", type=int, help="taylor: forecast order (1 or 2)")
+    p.add_argument("--cache-ratio", type=float, help="region: share of tokens computed per call")
+    p.add_argument(
+        "--kv-reuse",
+        action="store_true",
+        default=None,
+        help="keep the keys and values of tokens whose time does not move (given; a stream "
+        "between its steps): exact for models trained with model.isolate_given",
+    )
     p.add_argument(
         "--discrete-first",
         action="store_true",
@@ -195,13 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="remove blocks of a trained model, then distill it back")
     p.add_argument("checkpoint", help="a run folder (its config names the data) or a model file")
-    p.add_argument("--remove", type=int, required=True, metavar="K", help="blocks to remove")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--remove", type=int, metavar="K", help="remove the K least important")
+    which.add_argument(
+        "--blocks", metavar="I,J", help="remove these blocks (0-based, dual-stream first)"
+    )
     p.add_argument("--out", required=True, help="folder for the pruned model")
     p.add_argument("--data", help="a run config whose data to distill on (default: the run's)")
     p.add_argument("--minutes", type=float, default=3.0, help="distillation wall time")
     p.add_argument("--steps", type=int, help="distillation steps (instead of --minutes)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="the global batch")
     p.add_argument("--lr", type=float, help="peak lr, decayed to 0 (default 1e-3)")
+    _add_processes(p, "distil")
     p.add_argument(
         "--layer-weight",
         type=float,
@@ -219,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--guidance", type=float, default=1.0, help="the teacher's guidance, distilled in"
     )
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="the global batch")
     p.add_argument("--lr", type=float, default=2e-4)
+    _add_processes(p, "distil")
     _add_common(p)
 
     p = sub.add_parser("serve", help="a web page for every task of a trained model (Gradio)")
@@ -295,6 +313,16 @@ def _interval(text: str) -> tuple[float, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected LOW,HIGH (two times), got {text!r}") from None
     return lo, hi
+
+
+def _add_processes(p, what: str) -> None:
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help=f"{what} data parallel on this many local processes (gloo, the cores shared out; "
+        "each reads batch-size / N samples a step)",
+    )
 
 
 def cmd_train(args) -> int:
@@ -471,6 +499,8 @@ def cmd_sample(args) -> int:
         cache_threshold=args.cache_threshold,
         cache_interval=args.cache_interval,
         cache_order=args.cache_order,
+        cache_ratio=args.cache_ratio,
+        kv_reuse=args.kv_reuse,
         discrete_first=args.discrete_first,
     )
     if args.n < 1:
@@ -561,12 +591,14 @@ def cmd_prune(args) -> int:
     steps, minutes = (args.steps, None) if args.steps else (None, args.minutes)
     pruned, removed, scores, losses = prune(
         model,
-        args.remove,
+        args.remove or 0,
         batches,
         steps=steps,
         minutes=minutes,
         lr=lr,
         layer_weight=layer_weight,
+        processes=args.processes,
+        blocks=None if args.blocks is None else _block_list(args.blocks),
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -575,16 +607,23 @@ def cmd_prune(args) -> int:
     tree["model"] = json.loads(json.dumps(pruned.cfg.__dict__, default=list))
     (out / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
     report = {"removed": removed, "importance": scores, "distill_steps": len(losses)}
-    report |= {"lr": lr, "layer_weight": layer_weight}
+    report |= {"lr": lr, "layer_weight": layer_weight, "processes": args.processes}
     report["distill_loss"] = [losses[0], losses[-1]] if losses else []
     (out / "prune.json").write_text(json.dumps(report, indent=2))
     print(f"removed blocks {removed}; {len(losses)} distillation steps; model: {out}")
     return 0
 
 
+def _block_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--blocks: expected block indices like 1,2, got {text!r}") from None
+
+
 def _run_data(args, model):
     """Batches of the data a run trained on (``--data`` or the run folder's config)."""
-    from anydit.data.sources import open_training_data, random_batches
+    from anydit.data.sources import RandomBatches, open_training_data
     from anydit.run_config import load_config
 
     source = Path(args.data) if args.data else Path(args.checkpoint) / "config.yaml"
@@ -594,7 +633,7 @@ def _run_data(args, model):
         )
     cfg = load_config(source)
     dataset, _ = open_training_data(cfg.data, list(model.modality_configs), log=lambda *_: None)
-    return cfg, random_batches(dataset, model.modalities, args.batch_size)
+    return cfg, RandomBatches(dataset, model.modalities, args.batch_size)
 
 
 def cmd_distill(args) -> int:
@@ -604,7 +643,7 @@ def cmd_distill(args) -> int:
 
     import anydit
     from anydit.model.extend import extend
-    from anydit.train.distill import distill
+    from anydit.train.distill import distill_local
 
     teacher = anydit.load_model(model_file(args.checkpoint))
     if teacher.cfg.flow_map:
@@ -614,7 +653,10 @@ def cmd_distill(args) -> int:
     cfg, batches = _run_data(args, teacher)
     student = extend(teacher, [], flow_map=True)
     steps, minutes = (args.steps, None) if args.steps else (None, args.minutes)
-    losses = distill(student, teacher, batches, steps, minutes, args.lr, guidance=args.guidance)
+    losses = distill_local(
+        student, teacher, batches, args.processes,
+        steps=steps, minutes=minutes, lr=args.lr, guidance=args.guidance,
+    )  # fmt: skip
     out = check_writable(args.out)
     anydit.save_model(student, out / "model.safetensors")
     tree = cfg.to_dict()

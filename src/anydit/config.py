@@ -244,6 +244,9 @@ class ModelConfig:
     flow_map: bool = False  # a second time input per stream: the target time s of a jump, so
     # the model predicts the average velocity from t to s (few-step sampling; anydit distill)
     mup_base_width: int = 0  # > 0: μP against this width (learning rates found there transfer)
+    isolate_given: bool = False  # given tokens (time 1) attend only to given tokens, and their
+    # adaLN input is their own time (+ pooled conditions): their keys and values are the same
+    # at every sampling step, so a sampler computes them once (sample.kv_reuse)
 
     def __post_init__(self) -> None:
         self.rope_axes = tuple(self.rope_axes)
@@ -425,6 +428,10 @@ class SampleConfig:
     cache_threshold: float = 0.05  # first_block: skip while block 1 moved less than this
     cache_interval: int = 3  # taylor: run every block every N-th evaluation, forecast between
     cache_order: int = 1  # taylor: order of the forecast (1 or 2)
+    cache_ratio: float = 0.5  # region: share of each generated stream's tokens computed per
+    # evaluation (the others carried; dense every cache_interval-th evaluation)
+    kv_reuse: bool = False  # tokens whose time does not move (given; a stream holding between
+    # its steps) keep their keys and values: exact on models trained with isolate_given
     discrete_first: bool = False  # reveal generated labels/text fully before the rest moves
 
     def __post_init__(self) -> None:
@@ -489,8 +496,26 @@ class SampleConfig:
             "true or false",
             self.discrete_first,
         )
-        caches = ("", "first_block", "taylor")
-        _check(self.cache in caches, "sample.cache", "'', 'first_block' or 'taylor'", self.cache)
+        caches = ("", "first_block", "taylor", "region")
+        _check(
+            self.cache in caches,
+            "sample.cache",
+            "'', 'first_block', 'taylor' or 'region'",
+            self.cache,
+        )
+        _check(
+            isinstance(self.cache_ratio, int | float) and 0 < self.cache_ratio <= 1,
+            "sample.cache_ratio",
+            "a share in (0, 1] of the tokens computed per evaluation",
+            self.cache_ratio,
+        )
+        _check(isinstance(self.kv_reuse, bool), "sample.kv_reuse", "true or false", self.kv_reuse)
+        _check(
+            not (self.kv_reuse and self.cache in ("first_block", "taylor")),
+            "sample.kv_reuse",
+            f"'region' or no cache beside it (cache is '{self.cache}')",
+            self.kv_reuse,
+        )
         _check(
             isinstance(self.cache_threshold, int | float) and 0 <= self.cache_threshold <= 1,
             "sample.cache_threshold",

@@ -27,7 +27,7 @@ LAYER_WEIGHT = 0.1
 class _Skip(nn.Module):
     """A block that passes its input through."""
 
-    def forward(self, x, c, rope):
+    def forward(self, x, c, rope, attend=None):
         return x
 
 
@@ -130,12 +130,18 @@ def prune(
     lr: float = LR,
     log=print,
     layer_weight: float = LAYER_WEIGHT,
+    processes: int = 1,
+    blocks: list[int] | None = None,
 ):
     """Remove the ``k`` least important blocks, then distill from ``model`` (outputs, and with
     ``layer_weight`` > 0 each kept block's hidden state against the same block in the full
-    model, ``train.distill``). Returns (the pruned model, the blocks removed, the importance
-    scores, the distillation losses)."""
-    from anydit.train.distill import distill
+    model, ``train.distill``). ``batches``: an iterator of (batch, present), or a picklable
+    ``batches(rank, world)`` that opens one (``data.sources.RandomBatches``), needed to distill
+    on ``processes`` > 1 local processes. ``blocks``: remove these (indices over dual-stream
+    then single-stream blocks) instead of the ``k`` least important (``k`` is then their
+    count). Returns (the pruned model, the blocks removed, the importance scores, the
+    distillation losses)."""
+    from anydit.train.distill import distill_local
 
     if not lr > 0 or not layer_weight >= 0:
         raise ValueError(
@@ -143,17 +149,23 @@ def prune(
             f"layer_weight {layer_weight!r}"
         )
     n = len(_all_blocks(model))
+    k = len(set(blocks)) if blocks is not None else k
     if not isinstance(k, int) or k < 0 or k >= n:
         raise ValueError(f"prune: expected 0 <= remove < {n} (the model's blocks), got {k!r}")
+    opener = batches if callable(batches) else None
+    if opener is None and processes != 1:
+        raise ValueError("prune: several processes need batches(rank, world), not an iterator")
+    batches = opener(0, 1) if opener else batches
     scores = block_importance(model, batches)
-    remove = sorted(range(n), key=lambda i: scores[i])[:k]
+    remove = sorted(range(n), key=lambda i: scores[i])[:k] if blocks is None else list(blocks)
     pruned = remove_blocks(model, remove)
     kept = [i for i in range(n) if i not in remove]
     layers = dict(enumerate(kept))  # student block j follows teacher block kept[j]
     log(f"prune: importance {[round(s, 4) for s in scores]}; removing blocks {sorted(remove)}")
     losses = []
     if k and (steps or minutes):
-        losses = distill(
-            pruned, model, batches, steps, minutes, lr, layers, log=log, layer_weight=layer_weight
-        )
+        losses = distill_local(
+            pruned, model, opener or (lambda rank, world: batches), processes,
+            steps=steps, minutes=minutes, lr=lr, layers=layers, log=log, layer_weight=layer_weight,
+        )  # fmt: skip
     return pruned, sorted(remove), scores, losses

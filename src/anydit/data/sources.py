@@ -193,13 +193,31 @@ def epoch_batches(
     return epoch_loader(dataset, mine, collate, workers), len(batches)
 
 
-def random_batches(dataset, modalities, batch_size: int, seed: int = 0):
+class RandomBatches:
+    """``random_batches`` of a dataset, opened per process: ``RandomBatches(dataset, modalities,
+    64)(rank, world)``. It pickles (the dataset and modalities go along), so several local
+    processes (``distributed.run_local``) can each read their own share."""
+
+    def __init__(self, dataset, modalities, batch_size: int, seed: int = 0):
+        self.dataset, self.modalities = dataset, modalities
+        self.batch_size, self.seed = batch_size, seed
+
+    def __call__(self, rank: int = 0, world: int = 1):
+        return random_batches(
+            self.dataset, self.modalities, self.batch_size, self.seed, rank=rank, world=world
+        )
+
+
+def random_batches(
+    dataset, modalities, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1
+):
     """An endless iterator of (batch, present) from ``dataset``: epoch after epoch in the order
-    of ``batch_order`` (indexed datasets) or as streamed."""
+    of ``batch_order`` (indexed datasets) or as streamed. With ``world`` > 1, this rank's share
+    (``batch_size // world`` samples) of each global batch of ``batch_size``."""
     collate = make_collate(modalities)
     epoch = 0
     while True:
-        batches, _ = epoch_batches(dataset, epoch, 0, 0, 1, batch_size, seed, collate, 0)
+        batches, _ = epoch_batches(dataset, epoch, 0, rank, world, batch_size, seed, collate, 0)
         count = 0
         for item in batches:
             count += 1

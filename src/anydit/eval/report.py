@@ -48,6 +48,6 @@ def run_eval(
     if gallery:
         from anydit.eval.gallery import write_gallery
 
-        page = write_gallery(out, model, results, metrics)
+        page = write_gallery(out, model, results, metrics, region=config)
         print(f"gallery: {page}")
     return metrics

@@ -10,6 +10,8 @@ tokens of all modalities. Both are ``joint_block`` with a different grouping.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from einops import pack, rearrange, unpack
@@ -20,8 +22,30 @@ from anydit.model.rotary import apply_rotary
 ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # name -> nn.GELU(approximate=...)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Scaled dot-product attention over (b, h, N, e).
+class Attend(Protocol):
+    """What a block's queries attend to: given the keys (rotated) and values (b, h, N, e) of
+    the tokens being computed, returns the keys and values to attend over (b, h, M, e) and a
+    mask (b, 1, N, M) bool or None. ``MMDiT.run_blocks`` uses one to keep given tokens from
+    reading noisy ones (``isolate_given``); a region cache (``sampling.region``) to add the
+    kept keys and values of tokens it does not recompute."""
+
+    def __call__(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]: ...
+
+
+class Isolate:
+    """``Attend`` for ``isolate_given``: a given token (time 1) reads only given tokens; the
+    others read everything. given (b, N) bool."""
+
+    def __init__(self, given: Tensor):
+        self.mask = (~given[:, :, None] | given[:, None, :]).unsqueeze(1)  # (b, 1, N, N)
+
+    def __call__(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return k, v, self.mask
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Scaled dot-product attention: q (b, h, Nq, e) over k, v (b, h, Nk, e); ``mask`` (b, 1,
+    Nq, Nk) bool, true where a query may attend to a key (None: everywhere).
 
     On a CPU, PyTorch's fused bfloat16 kernel is slow for short sequences (measured with torch
     2.13 on 2 cores, forward + backward at 6k tokens: N = 49 takes 60 ms in bf16 against 21 ms
@@ -30,9 +54,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[-2] < 256:
         with torch.autocast("cpu", enabled=False):
-            o = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+            o = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
         return o.to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 def split_linear(layer: nn.Linear, x: Tensor, sizes: list[int]) -> list[Tensor]:
@@ -194,11 +218,16 @@ class ParallelLayer(nn.Module):
 
 
 def joint_block(
-    layers: list[nn.Module], xs: list[Tensor], mods: list[Tensor], rope: Tensor | None
+    layers: list[nn.Module],
+    xs: list[Tensor],
+    mods: list[Tensor],
+    rope: Tensor | None,
+    attend: Attend | None = None,
 ) -> list[Tensor]:
     """Run ``layers[i]`` on ``xs[i]`` (b, n_i, d) with modulation ``mods[i]`` (b, 1|n_i, k d),
-    attending jointly over all tokens (rotary table ``rope`` (N, e/2, 2); None: no positions,
-    as in SD3). Returns the xs."""
+    attending jointly over all tokens (rotary table ``rope`` (N, e/2, 2), or (b, 1, N, e/2, 2)
+    per row; None: no positions, as in SD3). ``attend``: what the queries attend to instead of
+    these tokens' own keys and values alone (``Attend``). Returns the xs."""
     chunks = [m.chunk(m.shape[-1] // x.shape[-1], dim=-1) for m, x in zip(mods, xs, strict=True)]
     qs, ks, vs, carry = zip(
         *[layer.begin(x, c) for layer, x, c in zip(layers, xs, chunks, strict=True)], strict=True
@@ -207,10 +236,13 @@ def joint_block(
     k, _ = pack(list(ks), "b h * e")
     v, _ = pack(list(vs), "b h * e")
     q, k = _rotate(q, rope), _rotate(k, rope)
-    o = attention(q, k, v)  # (b, h, N, e)
+    mask = None
+    if attend is not None:
+        k, v, mask = attend(k, v)
+    o = attention(q, k, v, mask)  # (b, h, N, e)
     outs = unpack(o, ps, "b h * e")
     sizes = [x.shape[1] for x in xs]
-    ropes = [None] * len(xs) if rope is None else rope.split(sizes)  # each stream's rows
+    ropes = [None] * len(xs) if rope is None else rope.split(sizes, -3)  # each stream's rows
     return [
         layer.finish(x, rearrange(o_i, "b h n e -> b n (h e)"), c, extra, r)
         for layer, x, o_i, c, extra, r in zip(layers, xs, outs, chunks, carry, ropes, strict=True)
@@ -239,12 +271,13 @@ class DualStreamBlock(nn.Module):
         )
 
     def forward(
-        self, x: dict[str, Tensor], c: dict[str, Tensor], rope: Tensor
+        self, x: dict[str, Tensor], c: dict[str, Tensor], rope: Tensor, attend: Attend | None = None
     ) -> dict[str, Tensor]:
         names = list(x)
         layers = [self.streams[n] for n in names]
         mods = [self.streams[n].modulation(c[n]) for n in names]  # (b, 1|n, k d)
-        return dict(zip(names, joint_block(layers, [x[n] for n in names], mods, rope), strict=True))
+        out = joint_block(layers, [x[n] for n in names], mods, rope, attend)
+        return dict(zip(names, out, strict=True))
 
 
 class SingleStreamBlock(nn.Module):
@@ -257,18 +290,18 @@ class SingleStreamBlock(nn.Module):
         self.layer = (ParallelLayer if parallel else StreamLayer)(width, *layer_args)
 
     def forward(
-        self, x: dict[str, Tensor], c: dict[str, Tensor], rope: Tensor
+        self, x: dict[str, Tensor], c: dict[str, Tensor], rope: Tensor, attend: Attend | None = None
     ) -> dict[str, Tensor]:
         names = list(x)
         mods = [self.layer.modulation(c[n]).expand(-1, x[n].shape[1], -1) for n in names]
         xs, ps = pack([x[n] for n in names], "b * d")  # (b, N, d)
         mod, _ = pack(mods, "b * d")  # (b, N, k d)
-        (out,) = joint_block([self.layer], [xs], [mod], rope)
+        (out,) = joint_block([self.layer], [xs], [mod], rope, attend)
         return dict(zip(names, unpack(out, ps, "b * d"), strict=True))
 
 
-def run_block(block: nn.Module, x, c, rope, checkpointing: bool):
+def run_block(block: nn.Module, x, c, rope, checkpointing: bool, attend: Attend | None = None):
     """Call a block, recomputing its activations in backward when ``checkpointing``."""
     if checkpointing and torch.is_grad_enabled():
-        return torch.utils.checkpoint.checkpoint(block, x, c, rope, use_reentrant=False)
-    return block(x, c, rope)
+        return torch.utils.checkpoint.checkpoint(block, x, c, rope, attend, use_reentrant=False)
+    return block(x, c, rope, attend)

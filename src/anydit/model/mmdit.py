@@ -18,7 +18,13 @@ from torch import Tensor, nn
 
 from anydit.config import ModalityConfig, ModelConfig, check_architecture
 from anydit.modalities import Modality, build_modalities, outputs_of
-from anydit.model.block import DualStreamBlock, SingleStreamBlock, modulate, run_block
+from anydit.model.block import (
+    DualStreamBlock,
+    Isolate,
+    SingleStreamBlock,
+    modulate,
+    run_block,
+)
 from anydit.model.embeddings import PositionTable, TimeEmbedder, TimeSummary
 from anydit.model.lora import add_lora
 from anydit.model.mup import apply_mup, base_config, width_multiplier
@@ -257,25 +263,54 @@ class MMDiT(nn.Module):
         x: dict[str, Tensor],
         pooled: dict[str, Tensor],
         targets: dict[str, Tensor] | None = None,
+        given: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Per-stream adaLN inputs (b, 1|n, d): the stream's own time embedding (per token if
         its times are) plus the shared part: with ``conditioning: summary`` a projected
         summary of all modalities' times, with ``sum`` the other streams' time embeddings; plus
         every pooled modality's embedding (scaled by its time: 1 given, 0 dropped) and, with
         ``pooled_cond``, the streams' mean token embeddings x (b, n, d). A flow map adds the
-        embedding of each stream's step ``targets - times`` to its own."""
-        own = {n: self.time_embed[n](times[n]) for n in self.streams}  # (b, d) or (b, n, d)
-        if self.jump_embed is not None:
-            for n in self.streams:
-                step = (targets[n] - times[n]) if targets and n in targets else times[n] * 0
-                own[n] = own[n] + self.jump_embed[n](step)
-        extra = []  # (b, d) parts every stream receives
+        embedding of each stream's step ``targets - times`` to its own. With ``given`` (b, N)
+        (``isolate_given``), given tokens get their own time embedding and the pooled
+        modalities' only: nothing that moves while they are held."""
+        c = self._conditioning(times, x, pooled, targets)
+        if given is None:
+            return c
+        own = {n: self.time_embed[n](times[n]) for n in self.streams}
+        parts = self._pooled_parts(times, pooled)  # (b, d) each: fixed while held
+        held = dict(zip(self.streams, given.split(self.stream_sizes, 1), strict=True))
+        for n in self.streams:
+            e = own[n] if own[n].dim() == 3 else own[n].unsqueeze(1)  # (b, 1|n, d)
+            if self.jump_embed is not None:  # a held token takes no jump
+                e = e + self.jump_embed[n](times[n] * 0).reshape(e.shape[0], -1, e.shape[-1])
+            e = sum((p.unsqueeze(1) for p in parts), e)
+            keep = held[n] if own[n].dim() == 3 else held[n][:, :1]  # (b, 1|n)
+            c[n] = torch.where(keep[..., None], e, c[n])
+        return c
+
+    @property
+    def stream_sizes(self) -> list[int]:
+        """Tokens per stream, in the joint sequence's order."""
+        return [self.modalities[n].num_tokens for n in self.streams]
+
+    def _pooled_parts(self, times: dict[str, Tensor], pooled: dict[str, Tensor]) -> list[Tensor]:
+        """Each pooled modality's embedding (b, d), scaled by its time (1 given, 0 dropped)."""
+        parts = []
         for n in self.pooled_embed:
             dtype = next(self.pooled_embed[n].parameters()).dtype
             value = pooled[n].flatten(1).to(dtype)  # (b, D)
             kind = self.modalities[n].cfg.pooled
             e = self.pooled_embed[n](value[:, 0] if kind == "time" else value)
-            extra.append(e * times[n].reshape(-1, 1).to(e.dtype))
+            parts.append(e * times[n].reshape(-1, 1).to(e.dtype))
+        return parts
+
+    def _conditioning(self, times, x, pooled, targets) -> dict[str, Tensor]:
+        own = {n: self.time_embed[n](times[n]) for n in self.streams}  # (b, d) or (b, n, d)
+        if self.jump_embed is not None:
+            for n in self.streams:
+                step = (targets[n] - times[n]) if targets and n in targets else times[n] * 0
+                own[n] = own[n] + self.jump_embed[n](step)
+        extra = self._pooled_parts(times, pooled)  # (b, d) parts every stream receives
         if self.pool_proj is not None:
             extra.append(sum(self.pool_proj[n](x[n].mean(1)) for n in self.streams))
         c = {}
@@ -318,10 +353,20 @@ class MMDiT(nn.Module):
         for n, table in self.pos_embed.items():
             x[n] = table(x[n])
         pooled = {n: tokens[n] for n in self.pooled_embed}
-        c = self.conditioning(times, x, pooled, targets)
+        given = self.given_tokens(times) if self.cfg.isolate_given else None
+        c = self.conditioning(times, x, pooled, targets, given)
         rope = None if self.positionless else self.rope
-        x = self.run_blocks(x, c, rope)
+        x = self.run_blocks(x, c, rope, given=given)
         return {n: self.final[n](x[n], c[n]) for n in self.outputs}
+
+    def given_tokens(self, times: dict[str, Tensor]) -> Tensor:
+        """(b, N) bool over the joint sequence (streams in order): the tokens at time 1."""
+        parts = []
+        for n in self.streams:
+            t = times[n]
+            t = t[:, None].expand(-1, self.modalities[n].num_tokens) if t.dim() == 1 else t
+            parts.append(t >= 1)
+        return torch.cat(parts, 1)
 
     def run_blocks(
         self,
@@ -330,12 +375,15 @@ class MMDiT(nn.Module):
         rope: Tensor | None,
         start: int = 0,
         stop: int | None = None,
+        given: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Transformer blocks ``start`` to ``stop`` (dual-stream, then single-stream):
-        x (b, n, d) per stream -> x. The hook a sampling cache replaces (``sampling.cache``);
-        the model itself keeps no cache state."""
+        x (b, n, d) per stream -> x. ``given`` (b, N) bool, with ``isolate_given``: the
+        tokens that attend only to each other. The hook a sampling cache replaces
+        (``sampling.cache``); the model itself keeps no cache state."""
+        attend = None if given is None else Isolate(given)
         for block in self.all_blocks[start:stop]:
-            x = run_block(block, x, c, rope, self.cfg.checkpointing and self.training)
+            x = run_block(block, x, c, rope, self.cfg.checkpointing and self.training, attend)
         return x
 
     @property

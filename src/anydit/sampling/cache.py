@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-CACHES = ("", "first_block", "taylor")
+CACHES = ("", "first_block", "taylor", "region")
 Streams = dict[str, Tensor]
 
 
@@ -39,8 +39,9 @@ class BlockCache:
         self.clock = 0.0
         self.stats = {"evaluations": 0, "block_runs": 0, "blocks": 0}
 
-    def attach(self, model, groups: int) -> None:
-        """Replace ``model.run_blocks`` (undone by ``detach``); ``groups`` guidance branches."""
+    def attach(self, model, groups: int, generated=()) -> None:
+        """Replace ``model.run_blocks`` (undone by ``detach``); ``groups`` guidance branches;
+        ``generated``: the streams being generated (read by ``RegionCache``)."""
         self.model, self.groups = model, groups
         self.stats["blocks"] = len(model.all_blocks)
         model.run_blocks = self
@@ -50,18 +51,23 @@ class BlockCache:
             del self.model.run_blocks
         self.model = None
 
-    def tick(self, clock: float) -> None:
-        """The sampler's clock (0 -> 1) at the evaluation about to run."""
+    def tick(self, clock: float, static: dict[str, Tensor] | None = None) -> None:
+        """The sampler's clock (0 -> 1) at the evaluation about to run (and, read by
+        ``RegionCache``, each stream's tokens whose time does not move on it)."""
         self.clock = clock
 
-    def blocks(self, x: Streams, c: Streams, rope, start: int = 0, stop: int | None = None):
+    def blocks(
+        self, x: Streams, c: Streams, rope, start: int = 0, stop: int | None = None, given=None
+    ):
         """Run blocks ``start``-``stop`` for real, counting them per row."""
         rows = next(iter(x.values())).shape[0]
         count = len(self.model.all_blocks[start:stop])
         self.stats["block_runs"] += count * rows
-        return type(self.model).run_blocks(self.model, x, c, rope, start, stop)
+        return type(self.model).run_blocks(self.model, x, c, rope, start, stop, given)
 
-    def __call__(self, x: Streams, c: Streams, rope, start: int = 0, stop: int | None = None):
+    def __call__(
+        self, x: Streams, c: Streams, rope, start: int = 0, stop: int | None = None, given=None
+    ):
         raise NotImplementedError
 
 
@@ -78,10 +84,12 @@ class FirstBlockCache(BlockCache):
         self.first: Streams | None = None  # block 1's residual at the last full run, per row
         self.rest: Streams | None = None  # blocks 2..L's residual then
 
-    def __call__(self, x: Streams, c: Streams, rope, start: int = 0, stop: int | None = None):
+    def __call__(
+        self, x: Streams, c: Streams, rope, start: int = 0, stop: int | None = None, given=None
+    ):
         rows = next(iter(x.values())).shape[0]
         self.stats["evaluations"] += rows
-        x1 = self.blocks(x, c, rope, 0, 1)
+        x1 = self.blocks(x, c, rope, 0, 1, given)
         first = {k: x1[k] - x[k] for k in x}  # (r, n, d)
         run = torch.ones(rows, dtype=torch.bool)
         if self.first is not None and self.threshold > 0:
@@ -92,13 +100,14 @@ class FirstBlockCache(BlockCache):
                 base = sum(float(self.first[k][part].pow(2).sum()) for k in x)
                 run[part] = moved**0.5 >= self.threshold * max(base**0.5, 1e-12)
         if run.all():
-            out = self.blocks(x1, c, rope, 1)
+            out = self.blocks(x1, c, rope, 1, None, given)
             self.first, self.rest = first, {k: out[k] - x1[k] for k in x}
             return out
         out = {k: x1[k] + self.rest[k] for k in x}
         if run.any():
             index = run.nonzero().flatten()
-            fresh = self.blocks(_rows(x1, index), _rows(c, index), rope, 1)
+            part = None if given is None else given[index]
+            fresh = self.blocks(_rows(x1, index), _rows(c, index), rope, 1, None, part)
             for k in x:
                 out[k][index] = fresh[k]
                 self.rest[k][index] = fresh[k] - x1[k][index]
@@ -133,7 +142,9 @@ class TaylorCache(BlockCache):
             out = {k: out[k] + term * coef[level][k] for k in out}
         return out
 
-    def __call__(self, x: Streams, c: Streams, rope, start: int = 0, stop: int | None = None):
+    def __call__(
+        self, x: Streams, c: Streams, rope, start: int = 0, stop: int | None = None, given=None
+    ):
         rows = next(iter(x.values())).shape[0]
         self.stats["evaluations"] += rows
         due = self.count % self.interval == 0 or len(self.history) < self.order + 1
@@ -141,14 +152,26 @@ class TaylorCache(BlockCache):
         if not due:
             residual = self._forecast()
             return {k: x[k] + residual[k].to(x[k].dtype) for k in x}
-        out = self.blocks(x, c, rope)
+        out = self.blocks(x, c, rope, given=given)
         residual = {k: out[k] - x[k] for k in x}
         self.history = [(self.clock, residual), *self.history[: self.order]]
         return out
 
 
-def make_cache(kind: str, threshold: float, interval: int, order: int) -> BlockCache | None:
-    """The cache a ``SampleConfig`` asks for, or None."""
+def make_cache(
+    kind: str,
+    threshold: float,
+    interval: int,
+    order: int,
+    ratio: float = 1.0,
+    reuse: bool = False,
+) -> BlockCache | None:
+    """The cache a ``SampleConfig`` asks for, or None. ``region`` and key-value ``reuse`` are
+    one cache (``sampling.region``)."""
+    if kind == "region" or reuse:
+        from anydit.sampling.region import RegionCache
+
+        return RegionCache(ratio if kind == "region" else 1.0, interval, reuse)
     if kind == "first_block":
         return FirstBlockCache(threshold)
     if kind == "taylor":

@@ -86,6 +86,17 @@ def jump_targets(
     return targets
 
 
+def still_tokens(model, times: dict[str, Tensor], held: set[str]) -> dict[str, Tensor]:
+    """Per stream (b, n) bool: the tokens whose time does not move on this evaluation: at
+    t = 1 (given), or of a ``held`` stream."""
+    out = {}
+    for k in model.streams:
+        n = model.modalities[k].num_tokens
+        t = times[k] if times[k].dim() == 2 else times[k][:, None].expand(-1, n)
+        out[k] = (t >= 1) | (k in held)
+    return out
+
+
 def settings(config: SampleConfig | None = None, **changes: Any) -> SampleConfig:
     """``config`` (default: ``SampleConfig()``) with the changes that are not None, validated."""
     changes = {k: v for k, v in changes.items() if v is not None}
@@ -143,7 +154,9 @@ def sample(
             "confidence" (surest tokens first; more coherent text in few steps).
         progress: called with the share of network evaluations done (0 to 1] after each.
         stats: a dict to fill with what the network ran: ``evaluations`` (samples x calls,
-            guidance branches included) and, with a cache, ``block_runs`` and ``blocks``.
+            guidance branches included) and, with a cache, ``block_runs`` and ``blocks``; with
+            ``region`` or ``kv_reuse``, ``tokens``, ``tokens_computed`` and ``computed`` (per
+            evaluation, {stream: (rows, tokens) bool}, rows = guidance branches x n).
 
     Returns:
         {name: (n, *shape) raw values} for every generated and every given modality.
@@ -213,22 +226,29 @@ def sample(
         else contextlib.nullcontext()
     )
     lo, hi = cfg.guidance_interval
-    evaluations = (len(next(iter(grids.values()))) - 1) * (1 if cfg.solver == "euler" else 2)
+    per_step = 1 if cfg.solver in ("euler", "jump") else 2  # evaluations per step
+    evaluations = (len(next(iter(grids.values()))) - 1) * per_step
     done = [0]
 
     sets = [set()] + [drop for drop, _, _ in branches]
-    cache = make_cache(cfg.cache, cfg.cache_threshold, cfg.cache_interval, cfg.cache_order)
+    cache = make_cache(
+        cfg.cache, cfg.cache_threshold, cfg.cache_interval, cfg.cache_order,
+        cfg.cache_ratio, cfg.kv_reuse,
+    )  # fmt: skip
     continuous = [k for k in generated if not mods[k].discrete]
 
     def velocity_fn(x: dict[str, Tensor], t: dict[str, Tensor]) -> dict[str, Tensor]:
         done[0] += 1
         if progress is not None:
             progress(min(1.0, done[0] / evaluations))
-        if cache is not None:
-            cache.tick(clock_of(t, continuous or generated))
         parts = [inputs(x, t, drop) for drop in sets]
         tokens = {k: torch.cat([p[0][k] for p in parts]) for k in mods}  # (g n, ...)
         times = {k: torch.cat([p[1][k] for p in parts]) for k in mods}
+        if cache is not None:
+            step, inner = divmod(done[0] - 1, per_step)
+            held = {k for k in generated if float(grids[k][step + 1] - grids[k][step]) == 0}
+            held |= set(discrete) if inner else set()  # they update from the first evaluation
+            cache.tick(clock_of(t, continuous or generated), still_tokens(model, times, held))
         with autocast:
             if jump:
                 steps_now = next_steps(t, grids, continuous)
@@ -256,7 +276,7 @@ def sample(
     was_training = model.training
     model.eval()
     if cache is not None:
-        cache.attach(model, len(sets))
+        cache.attach(model, len(sets), generated)
     try:
         x = SOLVERS[cfg.solver](
             velocity_fn, x_init, grids, discrete, gen, cfg.temperature, cfg.unmasking
@@ -267,6 +287,8 @@ def sample(
             cache.detach()
     if stats is not None:
         stats.update(cache.stats if cache is not None else {})
+        if hasattr(cache, "trace"):  # region / kv reuse: per evaluation, the tokens computed
+            stats["computed"] = cache.trace
         stats["evaluations"] = done[0] * n * len(sets)
     samples = {}
     for k, r in roles.items():

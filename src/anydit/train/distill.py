@@ -13,9 +13,14 @@ the pruned demo model 2-6 points further from its teacher (docs/compress.md).
 
 from __future__ import annotations
 
+import copy
+import json
 import math
+import os
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +29,7 @@ from torch import Tensor
 from anydit.config import FlowConfig
 from anydit.flow.flowmap import JUMPS, jump_targets, plan_jumps, teacher_jump
 from anydit.flow.objective import make_inputs
+from anydit.train import distributed
 from anydit.train.optim import autocast_for, make_optimizer
 
 
@@ -43,20 +49,23 @@ def distill_loss(
     layers: dict[int, int] | None = None,
     jump: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None,
     layer_weight: float = 1.0,
+    net=None,
 ) -> Tensor:
     """The distillation loss of one batch of training inputs (teacher under no_grad). With
     ``jump`` = (target times, the teacher's outputs for them: ``flowmap.teacher_jump``) the
-    student, a flow map, is asked for the average velocity to the targets."""
+    student, a flow map, is asked for the average velocity to the targets. ``net``: the module
+    to call for the student (its DDP wrapper on several processes; default the student)."""
+    net = student if net is None else net
     s_hidden, t_hidden = [], []
     hooks = _hidden(student, s_hidden) + (_hidden(teacher, t_hidden) if layers else [])
     try:
         if jump is None:
             with torch.no_grad():
                 want = teacher(inputs.tokens, inputs.times)
-            got = student(inputs.tokens, inputs.times)
+            got = net(inputs.tokens, inputs.times)
         else:
             targets, want = jump
-            got = student(inputs.tokens, inputs.times, targets)
+            got = net(inputs.tokens, inputs.times, targets)
     finally:
         for h in hooks:
             h.remove()
@@ -116,22 +125,30 @@ def distill(
     maps student block indices to teacher block indices whose outputs are matched, weighted by
     ``layer_weight`` (see the module docstring). A flow-map student (``cfg.flow_map``) learns
     jumps of sizes drawn from ``flowmap.JUMPS`` per batch, towards the teacher's ODE solution
-    guided by ``guidance``. Returns the losses."""
+    guided by ``guidance``. Returns the losses.
+
+    Inside a distributed job (``distributed.run_local`` or torchrun) each process reads its own
+    ``batches`` and draws its own noise; the student is wrapped in DDP, and rank 0's clock
+    decides the lr and when to stop, so every process takes the same steps."""
     if steps is None and minutes is None:
         raise ValueError("distill: give steps or minutes")
     flow = flow or FlowConfig()
     device = next(student.parameters()).device
     teacher.eval()
     student.train()
+    info = distributed.setup(device.type)
+    net = distributed.parallelize(student, info, "ddp")
     optimizer = make_optimizer([p for p in student.parameters() if p.requires_grad], lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if steps else None
-    gen = torch.Generator(device).manual_seed(seed)
-    picker = torch.Generator().manual_seed(seed + 1)  # the jump size of each batch
+    gen = torch.Generator(device).manual_seed(seed + 1000 * info.rank)
+    picker = torch.Generator().manual_seed(seed + 1)  # the jump size of each batch: same on all
     losses: list[float] = []
     start = time.perf_counter()
-    while (steps is None or len(losses) < steps) and (
-        minutes is None or time.perf_counter() - start < 60 * minutes
-    ):
+
+    def done() -> float:  # the share of the wall time spent, rank 0's
+        return distributed.broadcast_value((time.perf_counter() - start) / (60 * minutes))
+
+    while (steps is None or len(losses) < steps) and (minutes is None or done() < 1.0):
         raw, present = next(batches)
         raw = {k: v.to(device) for k, v in raw.items()}
         b = next(iter(raw.values())).shape[0]
@@ -150,7 +167,7 @@ def distill(
                 average, logits = teacher_jump(teacher, inputs, targets, guidance, gen)
             jump = (targets, {**average, **logits})
         with autocast_for(device, precision):
-            loss = distill_loss(student, teacher, inputs, layers, jump, layer_weight)
+            loss = distill_loss(student, teacher, inputs, layers, jump, layer_weight, net)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -158,10 +175,45 @@ def distill(
         if schedule is not None:
             schedule.step()
         else:
-            done = (time.perf_counter() - start) / (60 * minutes)
+            factor = cosine_factor(done())
             for group in optimizer.param_groups:
-                group["lr"] = lr * cosine_factor(done)
+                group["lr"] = lr * factor
         losses.append(loss.item())
         if log and len(losses) % 50 == 0:
             log(f"distill: step {len(losses)}, loss {loss.item():.4f}")
     return losses
+
+
+def _distill_process(student, teacher, batches, kwargs: dict, out: str) -> None:
+    """One process of ``distill_local``: its own copy of the student (the pickled one shares
+    the parent's memory), its share of the data; rank 0 writes the result."""
+    info = distributed.setup("cpu")
+    student = copy.deepcopy(student)
+    log = kwargs.pop("log", print)
+    it = batches(info.rank, info.world)
+    losses = distill(student, teacher, it, log=log if info.main else None, **kwargs)
+    if info.main:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().clone().contiguous() for k, v in student.state_dict().items()}
+        save_file(state, f"{out}.safetensors")
+        Path(f"{out}.json").write_text(json.dumps(losses))
+
+
+def distill_local(
+    student, teacher, batches: Callable[[int, int], Iterator], processes: int = 1, **kwargs
+) -> list[float]:
+    """``distill`` on ``processes`` local processes joined as one job
+    (``distributed.run_local``; each with this machine's cores shared out): ``batches(rank,
+    world)`` opens a process's share of the data (``data.sources.RandomBatches``); ``kwargs``
+    go to ``distill``, whose ``steps`` count optimiser steps of the global batch. The trained
+    weights are loaded back into ``student``. Returns rank 0's losses."""
+    if processes == 1:
+        return distill(student, teacher, batches(0, 1), **kwargs)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "student")
+        distributed.run_local(_distill_process, (student, teacher, batches, kwargs, out), processes)
+        from safetensors.torch import load_file
+
+        student.load_state_dict(load_file(f"{out}.safetensors"))
+        return json.loads(Path(f"{out}.json").read_text())

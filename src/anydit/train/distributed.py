@@ -189,6 +189,15 @@ def broadcast_flag(flag: bool) -> bool:
     return bool(t.item())
 
 
+def broadcast_value(x: float) -> float:
+    """Rank 0's number, everywhere (float64, so a clock reading survives)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return x
+    t = torch.tensor([x], dtype=torch.float64)
+    dist.broadcast(t, 0)
+    return float(t.item())
+
+
 def no_sync(net: nn.Module, sync: bool):
     """A context that skips the gradient all-reduce unless ``sync`` (DDP's ``no_sync``, FSDP2's
     ``set_requires_gradient_sync``): micro-batches before the last accumulate locally."""
