@@ -158,7 +158,7 @@ def test_gallery_references_existing_files(
     assert len(wavs) >= 20  # label -> audio, joint, and the given recordings (written once)
     assert not any(w.startswith("audio_to_label_given") for w in wavs)  # same as audio_to_image
     assert "<audio controls" in page and "FAIL" in page
-    assert 'id=\'region\'' in page and (index.parent / "region.png").is_file()
+    assert "id='region'" in page and (index.parent / "region.png").is_file()
 
 
 def test_token_maps_show_computed_tokens_light_over_their_patches() -> None:
