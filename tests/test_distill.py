@@ -113,3 +113,16 @@ def test_two_local_processes_distil_the_parent_s_student(pair, budget):
     assert all(torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())
     with torch.no_grad():
         assert float(distill_loss(student.eval(), teacher, inputs)) < loss_before
+
+
+def test_two_local_processes_distil_a_flow_map(pair):
+    """A flow-map student (jump targets drawn per process) trains under DDP too."""
+    from anydit.model.extend import extend
+    from anydit.train.distill import distill_local
+
+    teacher, _, _ = pair
+    student = extend(teacher, [], flow_map=True)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    losses = distill_local(student, teacher, _SameBatches(teacher, 8), 2, steps=2, log=None)
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())

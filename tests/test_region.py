@@ -71,16 +71,19 @@ def test_region_computes_its_share_of_the_generated_tokens(model):
 
 def test_region_ranks_by_rate_of_change_times_age():
     cache = RegionCache(ratio=0.5, interval=100)
-    cache.generated = {"x"}
-    cache.residual = {"x": torch.zeros(1, 4, 2)}
+    cache.generated, cache.count = {"x"}, 5
     cache.rate = {"x": torch.tensor([[1.0, 5.0, 2.0, 0.5]])}
     cache.seen = {"x": torch.tensor([[0.5, 0.5, 0.1, 0.0]])}
+    cache.ran = {"x": torch.tensor([[4.0, 4.0, 1.0, 0.0]])}
     cache.tick(0.6)
     # scores: 0.1, 0.5, 1.0, 0.3 -> tokens 2 and 1, in order
-    assert cache._choose("x", 4, 1).tolist() == [[1, 2]]
+    assert cache._choose("x", 4, slice(None)).tolist() == [[1, 2]]
     cache.tick(0.6, {"x": torch.tensor([[False, False, True, False]])})
     cache.reuse = True  # a still token is never ranked: 2 of the 3 moving ones
-    assert cache._choose("x", 4, 1).tolist() == [[1, 3]]
+    assert cache._choose("x", 4, slice(None)).tolist() == [[1, 3]]
+    cache.tick(0.5, {"x": torch.zeros(1, 4, dtype=torch.bool)})  # the clock stands still:
+    cache.seen["x"].fill_(0.5)  # ties go to the tokens left alone longest (3, then 2)
+    assert cache._choose("x", 4, slice(None)).tolist() == [[2, 3]]
 
 
 def test_region_saves_flops_in_proportion_to_the_tokens_computed():
@@ -215,3 +218,47 @@ def test_kv_reuse_keeps_known_tokens_exactly_under_per_token_times():
     torch.testing.assert_close(reused["image"], plain["image"], rtol=1e-5, atol=1e-5)
     # after evaluation 0: 8 image tokens, the dropped audio (4) and text (12); never the label
     assert stats["tokens_computed"] == 2 * (33 + 4 * (8 + 4 + 12))
+
+
+@pytest.mark.parametrize("solver", ["heun", "midpoint"])
+def test_kv_reuse_is_exact_with_two_evaluation_solvers_and_guidance(isolated, solver):
+    """Heun's last evaluation is at t = 1: the generated image must not read as given. Under
+    guidance each branch keeps its own still tokens: the unguided rows compute the dropped
+    label, the guided ones do not."""
+    task = {"image": "generate", "audio": "generate", "label": 3, "text": "drop"}
+    plain = anydit.sample(isolated, task, n=2, steps=4, seed=2, solver=solver, guidance=2.0)
+    stats = {}
+    reused = anydit.sample(isolated, task, n=2, steps=4, seed=2, solver=solver, guidance=2.0,
+                           kv_reuse=True, stats=stats)  # fmt: skip
+    for k in plain:
+        torch.testing.assert_close(reused[k], plain[k], rtol=1e-5, atol=1e-5)
+    # 8 evaluations of 4 rows (2 guided, 2 unguided), 33 tokens each; after the first, the
+    # guided rows skip the label (1 token)
+    assert stats["tokens_computed"] == 4 * 33 + 7 * (2 * 32 + 2 * 33)
+
+
+def test_kv_reuse_when_nothing_moves_on_an_evaluation(model):
+    """Heun with only discrete streams generated beside given ones: on each second
+    evaluation nothing moves, so nothing is computed (and nothing fails)."""
+    task = {"label": "generate", "image": torch.zeros(1, 8, 8), "audio": "drop", "text": "drop"}
+    stats = {}
+    anydit.sample(model, {**task, "audio": torch.zeros(16, 4), "text": "three"}, n=2,
+                  steps=3, solver="heun", kv_reuse=True, stats=stats)  # fmt: skip
+    per_eval = [int(sum(m.sum() for m in e.values())) for e in stats["computed"]]
+    assert per_eval[0] == 2 * 33 and per_eval[1::2] == [0, 0, 0] and per_eval[2] == 2 * 1
+
+
+def test_region_in_bf16_with_single_stream_blocks():
+    torch.manual_seed(0)
+    mods, cfg = four_modalities(depth=1, single_depth=2)
+    m = anydit.MMDiT(mods, cfg)
+    perturb(m, seed=0, std=0.05)
+    task = TASKS[0]
+    plain = anydit.sample(m, task, n=2, steps=6, seed=0, precision="bf16")
+    same = anydit.sample(m, task, n=2, steps=6, seed=0, precision="bf16", cache="region",
+                         cache_ratio=1.0)  # fmt: skip
+    assert all(torch.equal(plain[k], same[k]) for k in plain)
+    stats = {}
+    out = anydit.sample(m, task, n=2, steps=6, seed=0, precision="bf16", cache="region",
+                        cache_ratio=0.5, cache_interval=8, stats=stats)  # fmt: skip
+    assert torch.isfinite(out["image"]).all() and stats["tokens_computed"] < stats["tokens"]

@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="keep the keys and values of tokens whose time does not move (given; a stream "
-        "between its steps): exact for models trained with model.isolate_given",
+        "between its steps): exact for given tokens of a model trained with "
+        "model.isolate_given, an approximation otherwise",
     )
     p.add_argument(
         "--discrete-first",

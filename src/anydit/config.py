@@ -431,7 +431,8 @@ class SampleConfig:
     cache_ratio: float = 0.5  # region: share of each generated stream's tokens computed per
     # evaluation (the others carried; dense every cache_interval-th evaluation)
     kv_reuse: bool = False  # tokens whose time does not move (given; a stream holding between
-    # its steps) keep their keys and values: exact on models trained with isolate_given
+    # its steps) keep their keys and values: exact for given tokens of a model trained with
+    # isolate_given, an approximation otherwise
     discrete_first: bool = False  # reveal generated labels/text fully before the rest moves
 
     def __post_init__(self) -> None:

@@ -149,7 +149,14 @@ def prune(
             f"layer_weight {layer_weight!r}"
         )
     n = len(_all_blocks(model))
-    k = len(set(blocks)) if blocks is not None else k
+    if blocks is not None:
+        blocks = sorted(set(blocks))
+        if not blocks or blocks[0] < 0 or blocks[-1] >= n or len(blocks) == n:
+            raise ValueError(
+                f"prune: blocks: expected indices in 0..{n - 1} (the model's blocks), leaving "
+                f"at least one, got {blocks}"
+            )
+        k = len(blocks)
     if not isinstance(k, int) or k < 0 or k >= n:
         raise ValueError(f"prune: expected 0 <= remove < {n} (the model's blocks), got {k!r}")
     opener = batches if callable(batches) else None
@@ -157,15 +164,16 @@ def prune(
         raise ValueError("prune: several processes need batches(rank, world), not an iterator")
     batches = opener(0, 1) if opener else batches
     scores = block_importance(model, batches)
-    remove = sorted(range(n), key=lambda i: scores[i])[:k] if blocks is None else list(blocks)
+    remove = sorted(range(n), key=lambda i: scores[i])[:k] if blocks is None else blocks
     pruned = remove_blocks(model, remove)
     kept = [i for i in range(n) if i not in remove]
     layers = dict(enumerate(kept))  # student block j follows teacher block kept[j]
     log(f"prune: importance {[round(s, 4) for s in scores]}; removing blocks {sorted(remove)}")
     losses = []
     if k and (steps or minutes):
+        one = processes == 1  # one process continues the iterator the ranking read
         losses = distill_local(
-            pruned, model, opener or (lambda rank, world: batches), processes,
+            pruned, model, (lambda rank, world: batches) if one else opener, processes,
             steps=steps, minutes=minutes, lr=lr, layers=layers, log=log, layer_weight=layer_weight,
         )  # fmt: skip
     return pruned, sorted(remove), scores, losses

@@ -260,9 +260,9 @@ def _region_section(out: Path, model, config) -> str:
     share = stats["tokens_computed"] / stats["tokens"]
     return (
         "<h2 id='region'>region-adaptive sampling: which image tokens are computed</h2>\n"
-        f"<p>label → image, {config.steps} Euler steps, <code>cache: region</code>, ratio "
-        f"{REGION['cache_ratio']}, every token on evaluations 1, 2 and every "
-        f"{REGION['cache_interval']}th: per digit (rows), each evaluation's image tokens "
+        f"<p>label → image, {config.steps} steps of {config.solver}, <code>cache: region</code>, "
+        f"ratio {REGION['cache_ratio']}, every token on the first two evaluations and on one "
+        f"in {REGION['cache_interval']} after: per digit (rows), each evaluation's image tokens "
         "(light computed, dark carried from their last computation), then the sample. All "
         f"streams together: {100 * share:.0f}% of the token-evaluations computed.</p>\n"
         + _figure(name, "tokens computed per evaluation, then the sample")

@@ -44,8 +44,8 @@ class _Exchange:
         self.store, self.index, self.mask = store, index, mask
 
     def __call__(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        if self.index is None:  # every token computed: keep a copy, attend as usual
-            self.store[:] = [k.clone(), v.clone()]
+        if self.index is None:  # every token computed: keep them, attend as usual
+            self.store[:] = [k, v]
             return k, v, self.mask
         keys, values = self.store
         where = self.index[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1])
@@ -68,6 +68,7 @@ class RegionCache(BlockCache):
         self.residual: Streams = {}  # per stream (r, n, d): blocks' output - input
         self.rate: Streams = {}  # per stream (r, n): residual change per unit of clock
         self.seen: Streams = {}  # per stream (r, n): clock of the last computation
+        self.ran: Streams = {}  # per stream (r, n): evaluation count then
         self.trace: list[Streams] = []  # per evaluation, per stream (r, n) bool: computed
         self.stats |= {"tokens": 0, "tokens_computed": 0}
 
@@ -90,20 +91,23 @@ class RegionCache(BlockCache):
         self.clock = clock
         self.static = static or {}
 
-    def _choose(self, name: str, n: int, rows: int) -> Tensor | None:
-        """(r, a) sorted token indices to compute in stream ``name``, or None for all."""
+    def _choose(self, name: str, n: int, part: slice) -> Tensor | None:
+        """(rows of ``part``, a) sorted token indices to compute in stream ``name``, or None
+        for all of them."""
         static = self.static.get(name) if self.reuse else None
         ranked = self.ratio < 1 and name in self.generated
         if static is None and not ranked:
             return None
-        device = self.residual[name].device
-        moving = torch.ones(rows, n, dtype=torch.bool, device=device) if static is None else ~static
+        rate, seen, ran = (self.rate[name][part], self.seen[name][part], self.ran[name][part])
+        moving = torch.ones_like(rate, dtype=torch.bool) if static is None else ~static[part]
         share = self.ratio if ranked else 1.0
         a = min(n, math.ceil(share * int(moving.sum(1).max())))
         if a == n:
             return None
-        score = self.rate[name] * (self.clock - self.seen[name]) if ranked else moving.float()
-        score = score.masked_fill(~moving, -math.inf)
+        # expected change since the last computation; ties (a clock standing still) go to
+        # the tokens left alone for the most evaluations
+        score = rate * (self.clock - seen) + 1e-9 * (self.count - ran) if ranked else moving
+        score = score.float().masked_fill(~moving, -math.inf)
         return score.topk(a, dim=1).indices.sort(dim=1).values
 
     def __call__(
@@ -114,77 +118,94 @@ class RegionCache(BlockCache):
         self.stats["blocks"] = len(self.model.all_blocks)
         dense = self.count < self.warmup or (self.ratio < 1 and self.count % self.interval == 0)
         self.count += 1
-        chosen = {} if dense else {k: self._choose(k, v.shape[1], rows) for k, v in x.items()}
-        everything = all(i is None for i in chosen.values())
-        return self._run(x, c, rope, given, None if everything else chosen)
+        # Guidance branches keep different tokens still (a dropped condition moves): with
+        # reuse, each branch's rows choose and run on their own.
+        size = rows // self.groups if self.reuse else rows
+        parts = [slice(g * size, (g + 1) * size) for g in range(rows // size)]
+        chosen = [{} if dense else {k: self._choose(k, v.shape[1], p) for k, v in x.items()}
+                  for p in parts]  # fmt: skip
+        dense = all(i is None for c_ in chosen for i in c_.values())  # every token: as plain
+        computed = {k: torch.full((rows, v.shape[1]), dense) for k, v in x.items()}
+        self.trace.append(computed)
+        if dense:
+            return self._run(x, c, rope, given, None, slice(None), computed)
+        outs = [
+            self._run(
+                {k: v[p] for k, v in x.items()}, {k: v[p] for k, v in c.items()}, rope,
+                None if given is None else given[p], ch, p, computed,
+            )
+            for p, ch in zip(parts, chosen, strict=True)
+        ]  # fmt: skip
+        return {k: torch.cat([o[k] for o in outs]) for k in x}
 
-    def _run(self, x: Streams, c: Streams, rope, given, chosen) -> Streams:
-        """Run the blocks over the chosen tokens ({stream: (r, a) indices or None for all});
-        every token when ``chosen`` is None."""
+    def _run(self, x: Streams, c: Streams, rope, given, chosen, part: slice, computed) -> Streams:
+        """Run the blocks over the chosen tokens ({stream: (r, a) indices or None for all})
+        of the rows ``part``; every token of every row when ``chosen`` is None (a dense
+        evaluation). Marks what ran in ``computed`` (per stream (rows, n) bool)."""
         names = list(x)
         sizes = [x[k].shape[1] for k in names]
         offsets = dict(zip(names, [sum(sizes[:i]) for i in range(len(sizes))], strict=True))
         rows = x[names[0]].shape[0]
+        self.stats["tokens"] += rows * sum(sizes)
+        stores = [[t[part] for t in store] for store in self.kv]  # views: written through
         if chosen is None:
             picks = {k: None for k in names}
             xs, cs, index, rope_a = x, c, None, rope
             mask = None if given is None else _isolation(given, given)
         else:
-            picks = {
-                k: torch.arange(x[k].shape[1], device=x[k].device).expand(rows, -1)
-                if chosen[k] is None
-                else chosen[k]
-                for k in names
-            }
+            every = {k: torch.arange(x[k].shape[1], device=x[k].device) for k in names}
+            picks = {k: every[k].expand(rows, -1) if i is None else i for k, i in chosen.items()}
             picks = {k: i for k, i in picks.items() if i.shape[1] > 0}
+            if not picks:  # nothing moves on this evaluation: every output is carried
+                return {k: x[k] + self.residual[k][part].to(x[k].dtype) for k in names}
             xs = {k: _take(x[k], i) for k, i in picks.items()}
             cs = {k: c[k] if c[k].shape[1] == 1 else _take(c[k], i) for k, i in picks.items()}
             index = torch.cat([offsets[k] + i for k, i in picks.items()], 1)  # (r, a)
             rope_a = None if rope is None else rope[index].unsqueeze(1)  # (r, 1, a, e/2, 2)
             mask = None if given is None else _isolation(given.gather(1, index), given)
+            for k, i in picks.items():
+                computed[k][part] = computed[k][part].scatter(1, i.cpu(), True)
         out = dict(xs)
-        for block, store in zip(self.model.all_blocks, self.kv, strict=True):
+        for block, store in zip(self.model.all_blocks, stores, strict=True):
             out = block(out, cs, rope_a, _Exchange(store, index, mask))
+        if chosen is None:
+            self.kv = [[t.clone() for t in store] for store in stores]
         self.stats["block_runs"] += rows * len(self.kv)
-        self.stats["tokens"] += rows * sum(sizes)
         self.stats["tokens_computed"] += sum(int(v.shape[0] * v.shape[1]) for v in xs.values())
-        computed = {k: torch.full((rows, x[k].shape[1]), chosen is None) for k in names}
-        for k, i in picks.items():
-            if i is not None:
-                computed[k].scatter_(1, i.cpu(), True)
-        self.trace.append(computed)
         result = {}
         for k in names:
             if chosen is None:
-                fresh = out[k] - x[k]
-                self._note(k, None, fresh)
+                self._note(k, None, out[k] - x[k], part)
                 result[k] = out[k]
                 continue
-            result[k] = x[k] + self.residual[k].to(x[k].dtype)
+            result[k] = x[k] + self.residual[k][part].to(x[k].dtype)
             if k in picks:
                 i = picks[k]
-                self._note(k, i, out[k] - xs[k])
-                result[k].scatter_(1, i[..., None].expand(-1, -1, x[k].shape[-1]), out[k])
+                self._note(k, i, out[k] - xs[k], part)
+                where = i[..., None].expand(-1, -1, x[k].shape[-1])
+                result[k].scatter_(1, where, out[k].to(result[k].dtype))
         return result
 
-    def _note(self, name: str, index: Tensor | None, fresh: Tensor) -> None:
-        """Store the computed tokens' residual (r, a, d) and, for ranking, their rate."""
+    def _note(self, name: str, index: Tensor | None, fresh: Tensor, part: slice) -> None:
+        """Store the computed tokens' residual (r, a, d) of rows ``part`` and, for ranking,
+        their rate of change and when they were computed."""
         if index is None:
-            old = self.residual.get(name)
             rows, n = fresh.shape[:2]
             index = torch.arange(n, device=fresh.device).expand(rows, -1)
-            if old is None:
+            if name not in self.residual:
                 self.residual[name] = fresh.clone()
                 self.rate[name] = torch.zeros(rows, n, device=fresh.device)
                 self.seen[name] = torch.full((rows, n), self.clock, device=fresh.device)
+                self.ran[name] = torch.full((rows, n), self.count, device=fresh.device)
                 return
+        residual, seen = self.residual[name][part], self.seen[name][part]
         where = index[..., None].expand(-1, -1, fresh.shape[-1])
-        before = self.residual[name].gather(1, where)
-        gap = (self.clock - self.seen[name].gather(1, index)).clamp(min=1e-6)
-        change = (fresh.float() - before.float()).norm(dim=-1) / gap  # (r, a)
-        self.rate[name].scatter_(1, index, change)
-        self.seen[name].scatter_(1, index, torch.full_like(gap, self.clock))
-        self.residual[name].scatter_(1, where, fresh.to(self.residual[name].dtype))
+        gap = (self.clock - seen.gather(1, index)).clamp(min=1e-6)
+        change = (fresh.float() - residual.gather(1, where).float()).norm(dim=-1) / gap  # (r, a)
+        self.rate[name][part] = self.rate[name][part].scatter(1, index, change)
+        self.seen[name][part] = seen.scatter(1, index, torch.full_like(gap, self.clock))
+        self.ran[name][part] = self.ran[name][part].scatter(1, index, float(self.count))
+        self.residual[name][part] = residual.scatter(1, where, fresh.to(residual.dtype))
 
 
 def _take(x: Tensor, index: Tensor) -> Tensor:

@@ -86,14 +86,14 @@ def jump_targets(
     return targets
 
 
-def still_tokens(model, times: dict[str, Tensor], held: set[str]) -> dict[str, Tensor]:
-    """Per stream (b, n) bool: the tokens whose time does not move on this evaluation: at
-    t = 1 (given), or of a ``held`` stream."""
+def still_tokens(model, given: dict[str, Tensor], held: set[str]) -> dict[str, Tensor]:
+    """Per stream (b, n) bool: the tokens whose time does not move on this evaluation: given
+    ones (``given``: (b,) or (b, n) bool per modality), or all of a ``held`` stream."""
     out = {}
     for k in model.streams:
         n = model.modalities[k].num_tokens
-        t = times[k] if times[k].dim() == 2 else times[k][:, None].expand(-1, n)
-        out[k] = (t >= 1) | (k in held)
+        g = given[k] if given[k].dim() == 2 else given[k][:, None].expand(-1, n)
+        out[k] = g | (k in held)
     return out
 
 
@@ -205,8 +205,12 @@ def sample(
     discrete = {k: mods[k].mask_id for k in generated if mods[k].discrete}
     no_time = torch.zeros(n, device=device)
 
+    # A generated token at t = 1 (Heun's last evaluation) would read as given to a model that
+    # isolates given tokens: keep it just below, where training drew its times.
+    top = 1.0 - 1e-6 if model.cfg.isolate_given else 1.0
+
     def inputs(x: dict[str, Tensor], t: dict[str, Tensor], drop: set[str]):
-        tokens, times = {}, {}
+        tokens, times, given = {}, {}, {}
         for k, m in mods.items():
             r = roles[k]
             role = Role.DROP if k in drop else r.role
@@ -214,11 +218,12 @@ def sample(
             if role == Role.GENERATE and r.known is not None:
                 codes = torch.where(r.known, int(Role.GIVEN), codes[:, None])  # (n, tokens)
             state = x[k] if role == Role.GENERATE else dropped[k]
-            time = t[k].float().expand(n) if role == Role.GENERATE else no_time
+            time = t[k].float().clamp(max=top).expand(n) if role == Role.GENERATE else no_time
             tokens[k], times[k] = assemble(
                 codes, time, state, r.tokens, dropped[k], m.num_tokens, per_token
             )
-        return tokens, times
+            given[k] = codes == int(Role.GIVEN)  # (n,) or (n, tokens)
+        return tokens, times, given
 
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
@@ -248,7 +253,8 @@ def sample(
             step, inner = divmod(done[0] - 1, per_step)
             held = {k for k in generated if float(grids[k][step + 1] - grids[k][step]) == 0}
             held |= set(discrete) if inner else set()  # they update from the first evaluation
-            cache.tick(clock_of(t, continuous or generated), still_tokens(model, times, held))
+            given = {k: torch.cat([p[2][k] for p in parts]) for k in mods}
+            cache.tick(clock_of(t, continuous or generated), still_tokens(model, given, held))
         with autocast:
             if jump:
                 steps_now = next_steps(t, grids, continuous)

@@ -141,7 +141,7 @@ def distill(
     optimizer = make_optimizer([p for p in student.parameters() if p.requires_grad], lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if steps else None
     gen = torch.Generator(device).manual_seed(seed + 1000 * info.rank)
-    picker = torch.Generator().manual_seed(seed + 1)  # the jump size of each batch: same on all
+    picker = torch.Generator().manual_seed(seed + 1 + 1000 * info.rank)  # jump sizes and plans
     losses: list[float] = []
     start = time.perf_counter()
 
@@ -210,6 +210,11 @@ def distill_local(
     weights are loaded back into ``student``. Returns rank 0's losses."""
     if processes == 1:
         return distill(student, teacher, batches(0, 1), **kwargs)
+    size = getattr(batches, "batch_size", processes)
+    if size < processes:
+        raise ValueError(
+            f"distill: a global batch of {size} cannot be shared by {processes} processes"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "student")
         distributed.run_local(_distill_process, (student, teacher, batches, kwargs, out), processes)
