@@ -6,7 +6,8 @@ One random SD3 transformer (diffusers' ``SD3Transformer2DModel``: 256 image toke
 latents, 77 text tokens, width 384) and the same weights imported into anydit. Each
 implementation samples 28 Euler steps of the flow (uniform grid, batch 2) without a cache and
 with each of its caches at several settings: diffusers' ``FirstBlockCache`` and
-``TaylorSeerCache`` hooks (``diffusers.hooks``), anydit's ``first_block``, ``taylor`` and
+``TaylorSeerCache`` hooks (``diffusers.hooks``), anydit's ``first_block``, ``taylor``,
+``taylor_attention`` (diffusers' way: attention outputs forecast, the rest computed) and
 ``region`` (``SampleConfig.cache``) and ``kv_reuse`` (the given text tokens' keys and values
 computed once: an approximation on SD3, whose text tokens read the image ones). Error:
 relative L2 distance of the final latents to the same implementation's uncached output.
@@ -118,6 +119,13 @@ def main() -> None:
                      for t in FIRST_BLOCK]  # fmt: skip
     ours_settings += [
         (f"taylor {i} order {o}", {"cache": "taylor", "cache_interval": i, "cache_order": o})
+        for i, o in TAYLOR
+    ]
+    ours_settings += [
+        (
+            f"taylor_attention {i} order {o}",
+            {"cache": "taylor_attention", "cache_interval": i, "cache_order": o},
+        )
         for i, o in TAYLOR
     ]
     ours_settings += [("kv reuse (the text)", {"kv_reuse": True})]

@@ -4,7 +4,8 @@
 
 Variants: fp32 (the model as trained), bf16 (the same weights, bf16 autocast), w8, w8a8, w4a8
 (``anydit quantize``, 4 calibration rounds), and pruned by 25% and 50% of the blocks with
-``--minutes`` of distillation each (``anydit prune``). For each: file size, weight bytes, peak
+``--minutes`` of distillation each (``anydit prune --processes 2 --batch-size 128``: the
+recipe chosen on val). For each: file size, weight bytes, peak
 resident memory while sampling and samples/s of label -> image (200 samples, the demo's 32
 steps; each variant in its own process), and the demo's judge accuracies and Frechet distances
 (``evaluate_digits`` with the demo's sampler settings, all 13 tasks, ``--per-class`` samples
@@ -84,6 +85,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", required=True, help="a digits run folder (e.g. runs/demo)")
     ap.add_argument("--minutes", type=float, default=3.0, help="distillation per pruned model")
+    ap.add_argument("--processes", type=int, default=2, help="distillation processes")
+    ap.add_argument("--batch-size", type=int, default=128, help="distillation's global batch")
     ap.add_argument("--per-class", type=int, default=20, help="evaluation samples per digit")
     ap.add_argument("--out", default="benchmarks/compress.json")
     args = ap.parse_args()
@@ -92,7 +95,7 @@ def main() -> None:
 
     import anydit
     from anydit.compress import prune, quantize, weight_bytes
-    from anydit.data.sources import open_training_data, random_batches
+    from anydit.data.sources import RandomBatches, open_training_data
     from anydit.demo import TASK_SAMPLING, demo_sampling
     from anydit.eval.metrics import TASKS, evaluate_digits
     from anydit.run_config import load_config
@@ -115,16 +118,18 @@ def main() -> None:
     blocks = len(model.blocks) + len(model.single_blocks)
     for share in (0.25, 0.5):
         k = max(1, round(share * blocks))
-        batches = random_batches(dataset, model.modalities, 64)  # as `anydit prune`
+        batches = RandomBatches(dataset, model.modalities, args.batch_size)
         t = time.perf_counter()
         pruned, removed, _, losses = prune(
-            model, k, batches, minutes=args.minutes, log=lambda *_: None
+            model, k, batches, minutes=args.minutes, log=lambda *_: None, processes=args.processes
         )
         name = f"pruned {int(share * 100)}%"
         files[name] = (anydit.save_model(pruned, folder / f"pruned{k}.safetensors"), "fp32")
         notes[name] = {
             "removed": removed,
             "distill_steps": len(losses),
+            "distill_processes": args.processes,
+            "distill_batch": args.batch_size,
             "distill_loss": [losses[0], losses[-1]],
             "seconds_to_make": time.perf_counter() - t,
         }

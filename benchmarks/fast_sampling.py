@@ -6,14 +6,14 @@
 runs/demo-flowmap``); without it the jump rows are left out. ``--isolated``: a demo run of the
 same seed trained with ``model.isolate_given`` (``anydit demo --set model.isolate_given=true``),
 for the rows that measure what the option costs and what ``kv_reuse`` saves on it. Rows: Euler
-32 (the reference), Euler 16 (the demo's own), midpoint 4, each feature cache at three settings
-on Euler 32 (``first_block`` thresholds, ``taylor`` interval / order, ``region`` ratio / dense
-interval), ``kv_reuse`` on the plain model (an approximation there) and on the isolating one,
-and the flow map's jump sampler at 1, 2 and 4 steps (and at 1 and 2 with the label revealed
-first: ``discrete_first``). ``--rows a,b``: only rows whose name contains a or b (the JSON
-then keeps the other rows of an existing ``--out``). Every task
-of a row uses the row's solver and steps (``override_tasks``) and the demo's other per-task
-settings (guidance and its interval, labels sampled along).
+32 (the reference), Euler 16 (the demo's own), midpoint 4, each feature cache at two or three
+settings on Euler 32 (``first_block`` thresholds, ``taylor`` and ``taylor_attention`` interval
+/ order, ``region`` ratio / dense interval), ``kv_reuse`` on the plain model (an approximation
+there) and on the isolating one, and the flow map's jump sampler at 1, 2 and 4 steps (and at 1
+and 2 with the label revealed first: ``discrete_first``). ``--rows a,b``: only rows whose name
+contains a or b (the JSON then keeps the other rows of an existing ``--out``). Every task of a
+row uses the row's solver and steps (``override_tasks``) and the demo's other per-task settings
+(guidance and its interval, labels sampled along).
 
 For each row and task (label -> image, audio -> image, label -> audio, image -> label, joint):
 the judges' accuracy on the test split (``evaluate_digits``, 200 samples, the demo's seeds),
@@ -45,6 +45,12 @@ ROWS = (
                                                      "cache": "taylor", "cache_interval": i,
                                                      "cache_order": o})
         for i, o in ((2, 1), (3, 1), (4, 2))
+    ),
+    *(
+        (f"taylor_attention every {i}, order {o}", "teacher",
+         {"solver": "euler", "steps": 32, "cache": "taylor_attention", "cache_interval": i,
+          "cache_order": o})
+        for i, o in ((2, 1), (4, 1))
     ),
     *(
         (f"region {r}, dense every {i}", "teacher", {"solver": "euler", "steps": 32,

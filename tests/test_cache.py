@@ -27,7 +27,11 @@ def model():
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize(
     "cache",
-    [{"cache": "first_block", "cache_threshold": 0.0}, {"cache": "taylor", "cache_interval": 1}],
+    [
+        {"cache": "first_block", "cache_threshold": 0.0},
+        {"cache": "taylor", "cache_interval": 1},
+        {"cache": "taylor_attention", "cache_interval": 1},
+    ],
 )
 def test_a_cache_that_skips_nothing_changes_nothing(model, task, cache):
     plain = anydit.sample(model, task, n=3, steps=6, guidance=2.0, seed=1)
@@ -76,7 +80,10 @@ def test_taylor_cache_runs_every_interval(model):
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({"cache": "magic"}, "sample.cache: expected '', 'first_block', 'taylor' or 'region'"),
+        (
+            {"cache": "magic"},
+            "sample.cache: expected '', 'first_block', 'taylor', 'taylor_attention' or 'region'",
+        ),
         (
             {"cache": "first_block", "cache_threshold": 2.0},
             "sample.cache_threshold: expected a number in",
@@ -91,3 +98,59 @@ def test_taylor_cache_runs_every_interval(model):
 def test_bad_cache_settings_are_named(model, bad, message):
     with pytest.raises(ValueError, match=message):
         anydit.sample(model, TASKS[0], n=1, steps=2, **bad)
+
+
+@pytest.mark.parametrize("single", [{}, {"single_depth": 2}])
+def test_a_block_fed_its_own_attention_outputs_computes_its_forward(single):
+    """``forecast_block`` with the projected attention outputs the forward computes gives the
+    forward's result: only attention is stood in for."""
+    from conftest import random_batch
+
+    from anydit.model.block import attention_layers, forecast_block
+
+    torch.manual_seed(0)
+    mods, cfg = four_modalities(depth=2, **single)
+    m = anydit.MMDiT(mods, cfg).eval()
+    perturb(m, seed=0, std=0.05)
+    tokens = {k: m.modalities[k].tokenize(v) for k, v in random_batch(m, 3).items()}
+    times = {k: torch.rand(3) for k in tokens}
+    seen, hooks = {}, []
+    for i, block in enumerate(m.all_blocks):
+        for n, layer in attention_layers(block).items():
+            if not layer.pre_only:
+                hooks.append(layer.out.register_forward_hook(
+                    lambda mod, a, out, key=(i, n): seen.__setitem__(key, out)))  # fmt: skip
+    inputs, outputs = [], []
+
+    def keep(mod, args, out):  # returns None: the block's output stays its own
+        inputs.append(args)
+        outputs.append(out)
+
+    hooks += [block.register_forward_hook(keep) for block in m.all_blocks]
+    with torch.no_grad():
+        m(tokens, times)
+        for h in hooks:
+            h.remove()
+        for i, block in enumerate(m.all_blocks):
+            x, c = inputs[i][0], inputs[i][1]
+            attn = {n: seen[(i, n)] for n, layer in attention_layers(block).items()
+                    if not layer.pre_only}  # fmt: skip
+            got = forecast_block(block, x, c, attn)
+            for k in outputs[i]:
+                torch.testing.assert_close(got[k], outputs[i][k], rtol=1e-5, atol=1e-6)
+
+
+def test_attention_forecast_errs_less_than_the_whole_stack_forecast(model):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    task = TASKS[0]
+    plain = anydit.sample(model, task, n=2, steps=12, guidance=2.0, seed=0)
+    errors, flops = {}, {}
+    for kind in ("", "taylor", "taylor_attention"):
+        with FlopCounterMode(display=False) as counter:
+            out = anydit.sample(model, task, n=2, steps=12, guidance=2.0, seed=0, cache=kind,
+                                cache_interval=2)  # fmt: skip
+        flops[kind] = counter.get_total_flops()
+        errors[kind] = float((out["image"] - plain["image"]).norm() / plain["image"].norm())
+    assert errors[""] == 0 and 0 < errors["taylor_attention"] < errors["taylor"] / 2
+    assert flops["taylor"] < flops["taylor_attention"] < flops[""]

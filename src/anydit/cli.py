@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unmasking", choices=["random", "confidence"], help="discrete reveal order")
     p.add_argument(
         "--cache",
-        choices=["first_block", "taylor", "region"],
+        choices=["first_block", "taylor", "taylor_attention", "region"],
         help="reuse the blocks' work across steps (region: compute a share of the tokens)",
     )
     p.add_argument("--cache-threshold", type=float, help="first_block: relative change to skip")

@@ -424,10 +424,12 @@ class SampleConfig:
     temperature: float = 1.0  # discrete unmasking: softmax temperature
     unmasking: str = "random"  # random (exact ancestral) | confidence (MaskGIT order)
     precision: str = "fp32"  # fp32 | bf16 autocast
-    cache: str = ""  # "" | first_block | taylor: reuse the blocks' work across steps
+    cache: str = ""  # "" | first_block | taylor | taylor_attention | region: reuse the
+    # blocks' work across steps
     cache_threshold: float = 0.05  # first_block: skip while block 1 moved less than this
-    cache_interval: int = 3  # taylor: run every block every N-th evaluation, forecast between
-    cache_order: int = 1  # taylor: order of the forecast (1 or 2)
+    cache_interval: int = 3  # taylor(_attention): run every block every N-th evaluation,
+    # forecast between (region: compute every token every N-th)
+    cache_order: int = 1  # taylor(_attention): order of the forecast (1 or 2)
     cache_ratio: float = 0.5  # region: share of each generated stream's tokens computed per
     # evaluation (the others carried; dense every cache_interval-th evaluation)
     kv_reuse: bool = False  # tokens whose time does not move (given; a stream holding between
@@ -497,11 +499,11 @@ class SampleConfig:
             "true or false",
             self.discrete_first,
         )
-        caches = ("", "first_block", "taylor", "region")
+        caches = ("", "first_block", "taylor", "taylor_attention", "region")
         _check(
             self.cache in caches,
             "sample.cache",
-            "'', 'first_block', 'taylor' or 'region'",
+            "'', 'first_block', 'taylor', 'taylor_attention' or 'region'",
             self.cache,
         )
         _check(
@@ -512,7 +514,7 @@ class SampleConfig:
         )
         _check(isinstance(self.kv_reuse, bool), "sample.kv_reuse", "true or false", self.kv_reuse)
         _check(
-            not (self.kv_reuse and self.cache in ("first_block", "taylor")),
+            not (self.kv_reuse and self.cache in ("first_block", "taylor", "taylor_attention")),
             "sample.kv_reuse",
             f"'region' or no cache beside it (cache is '{self.cache}')",
             self.kv_reuse,

@@ -174,8 +174,15 @@ class StreamLayer(nn.Module):
         """Residual updates after attention; attn (b, n, h e) -> x (b, n, d)."""
         if self.pre_only:
             return x
+        return self.after_attention(x, self.out(attn), mod, normed, rope)
+
+    def after_attention(
+        self, x: Tensor, a: Tensor, mod: tuple[Tensor, ...], normed: Tensor | None, rope
+    ) -> Tensor:
+        """The residual updates from the projected attention output a (b, n, d) on: the
+        gated attention residual, the second attention (if any) and the MLP."""
         _, _, gate1, shift2, scale2, gate2 = mod[:6]
-        out = x + gate1 * self.out(attn)
+        out = x + gate1 * a
         if self.attn2 is not None:
             out = out + mod[8] * self.attn2(modulate(normed, mod[6], mod[7]), rope)
         return out + gate2 * self.mlp(modulate(self.norm2(out), shift2, scale2))
@@ -298,6 +305,42 @@ class SingleStreamBlock(nn.Module):
         mod, _ = pack(mods, "b * d")  # (b, N, k d)
         (out,) = joint_block([self.layer], [xs], [mod], rope, attend)
         return dict(zip(names, unpack(out, ps, "b * d"), strict=True))
+
+
+def attention_layers(block: nn.Module) -> dict[str, StreamLayer]:
+    """The layers whose projected attention output ``forecast_block`` can stand in for: a
+    dual-stream block's streams (by name) or a sequential single-stream block's one layer
+    ("*"); none for Flux's parallel layer (its MLP shares the attention's input matmul) or a
+    stream with a second, own attention (SD3.5)."""
+    layers = dict(block.streams) if hasattr(block, "streams") else {"*": block.layer}
+    if any(not isinstance(v, StreamLayer) or v.attn2 is not None for v in layers.values()):
+        return {}
+    return layers
+
+
+def forecast_block(block: nn.Module, x: dict[str, Tensor], c: dict[str, Tensor], attn) -> dict:
+    """A block run with each layer's projected attention output taken from ``attn`` ({stream
+    or "*": (b, n, d)}, e.g. a forecast) instead of computed: the modulation, the gated
+    residuals and the MLP still run; the qkv projection, attention and output projection do
+    not. Equals the block's forward when ``attn`` holds what the forward computes."""
+    layers = attention_layers(block)
+    if "*" in layers:  # one shared layer over the packed tokens of all streams
+        names = list(x)
+        layer = layers["*"]
+        mods = [layer.modulation(c[n]).expand(-1, x[n].shape[1], -1) for n in names]
+        xs, ps = pack([x[n] for n in names], "b * d")  # (b, N, d)
+        mod, _ = pack(mods, "b * d")  # (b, N, k d)
+        out = layer.after_attention(xs, attn["*"], mod.chunk(6, dim=-1), None, None)
+        return dict(zip(names, unpack(out, ps, "b * d"), strict=True))
+    out = {}
+    for n, h in x.items():
+        layer = layers[n]
+        if layer.pre_only:
+            out[n] = h
+            continue
+        m = layer.modulation(c[n])  # (b, 1|n, k d)
+        out[n] = layer.after_attention(h, attn[n], m.chunk(6, dim=-1), None, None)
+    return out
 
 
 def run_block(block: nn.Module, x, c, rope, checkpointing: bool, attend: Attend | None = None):
