@@ -24,6 +24,10 @@ train: {steps: 4, batch_size: 8, lr: 3.0e-3, warmup: 1, log_every: 1, checkpoint
 """
 
 
+EXPERTS = ["--set", "model.experts=4", "--set", "model.expert_top_k=2", "--set",
+           "model.expert_capacity=0", "--set", "model.expert_balance=0"]  # fmt: skip
+
+
 def _run(args: list[str], nproc: int = 1) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     if nproc == 1:
@@ -65,6 +69,11 @@ def runs(tmp_path_factory):
         ("ddp", 2, []),
         ("fsdp", 2, ["--set", "train.parallel=fsdp"]),
         ("local", 1, ["--processes", "2"]),  # anydit starts the two processes itself
+        # experts: dropless and without the load-balancing loss (both are computed over each
+        # process's own tokens, so they differ from one process's by design)
+        ("experts", 1, EXPERTS),
+        ("experts_ddp", 2, EXPERTS),
+        ("experts_fsdp", 2, [*EXPERTS, "--set", "train.parallel=fsdp"]),
     ]:
         out[name] = root / name
         _run(["train", str(cfg), "--out", str(out[name]), "--no-progress", *extra], nproc)
@@ -72,13 +81,17 @@ def runs(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp", "local"])
-def test_data_parallel_follows_single_process(runs, mode):
-    single, multi = _losses(runs["single"]), _losses(runs[mode])
+@pytest.mark.parametrize(
+    "mode, reference",
+    [("ddp", "single"), ("fsdp", "single"), ("local", "single"), ("experts_ddp", "experts"),
+     ("experts_fsdp", "experts")],
+)  # fmt: skip
+def test_data_parallel_follows_single_process(runs, mode, reference):
+    single, multi = _losses(runs[reference]), _losses(runs[mode])
     assert len(single) == len(multi) == 4
     for a, b in zip(single, multi, strict=True):
         assert b == pytest.approx(a, rel=1e-5)
-    wa = _weights(runs["single"] / "model.safetensors")
+    wa = _weights(runs[reference] / "model.safetensors")
     wb = _weights(runs[mode] / "model.safetensors")
     # Adam divides by sqrt(v): last-bit differences of the all-reduced gradients (another
     # summation order) are amplified where a gradient is near zero (the zero-initialised adaLN

@@ -244,6 +244,14 @@ class ModelConfig:
     flow_map: bool = False  # a second time input per stream: the target time s of a jump, so
     # the model predicts the average velocity from t to s (few-step sampling; anydit distill)
     mup_base_width: int = 0  # > 0: μP against this width (learning rates found there transfer)
+    experts: int = 0  # > 1: each stream MLP is this many experts behind a router (0: dense)
+    expert_top_k: int = 1  # experts per token (top_k routing) / the capacity's k
+    expert_routing: str = "top_k"  # top_k | expert_choice (each expert picks its tokens)
+    expert_capacity: float = 1.25  # tokens per expert: capacity x tokens x k / experts (0: all)
+    expert_shared: bool = False  # one more expert every token passes through
+    expert_streams: tuple[str, ...] = ()  # streams with experts (names, "shared"); () = all
+    expert_balance: float = 0.01  # weight of the router's load-balancing loss
+    expert_z: float = 0.001  # weight of the router z-loss
     isolate_given: bool = False  # given tokens (time 1) attend only to given tokens, and their
     # adaLN input is their own time (+ pooled conditions): their keys and values are the same
     # at every sampling step, so a sampler computes them once (sample.kv_reuse)
@@ -301,6 +309,51 @@ class ModelConfig:
             self.conditioning,
         )
         _check(self.time_input in ("t", "sigma"), "model.time_input", "t|sigma", self.time_input)
+        self.expert_streams = tuple(self.expert_streams)
+        if self.experts:
+            _check(
+                2 <= self.experts <= 1024,
+                "model.experts",
+                "0 (dense) or an integer in 2..1024",
+                self.experts,
+            )
+            _check(
+                1 <= self.expert_top_k <= self.experts,
+                "model.expert_top_k",
+                f"an integer in 1..{self.experts} (model.experts)",
+                self.expert_top_k,
+            )
+            _check(
+                self.expert_routing in ("top_k", "expert_choice"),
+                "model.expert_routing",
+                "top_k|expert_choice",
+                self.expert_routing,
+            )
+            least = 0 if self.expert_routing == "top_k" else 1e-9
+            _check(
+                self.expert_capacity >= least and math.isfinite(self.expert_capacity),
+                "model.expert_capacity",
+                "a number > 0 (expert_choice) or >= 0 (top_k; 0 = no limit)",
+                self.expert_capacity,
+            )
+            for name in ("expert_balance", "expert_z"):
+                _check(
+                    getattr(self, name) >= 0, f"model.{name}", "a number >= 0", getattr(self, name)
+                )
+            _check(
+                not self.mup_base_width,
+                "model.experts",
+                "0 with model.mup_base_width (μP does not place expert weights yet)",
+                self.experts,
+            )
+            _check(
+                not (self.single_depth and self.single_block == "parallel")
+                or (self.expert_streams and "shared" not in self.expert_streams),
+                "model.experts",
+                "streams without Flux's parallel single-stream layers (their MLP shares the "
+                "attention's matmul): set model.expert_streams to dual-stream names",
+                self.experts,
+            )
         _check(
             not self.rope_axes
             or (len(self.rope_axes) == 3 and sum(self.rope_axes) == self.head_dim // 2),

@@ -144,6 +144,7 @@ class StreamLayer(nn.Module):
         activation: str = "gelu",
         pre_only: bool = False,
         self_attention: bool = False,
+        moe: dict | None = None,
     ):
         super().__init__()
         inner = heads * head_dim
@@ -157,7 +158,13 @@ class StreamLayer(nn.Module):
         if not pre_only:
             self.out = nn.Linear(inner, width)
             self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-            self.mlp = _mlp(width, int(width * mlp_ratio), activation)
+            hidden = int(width * mlp_ratio)
+            if moe:  # experts behind a router (anydit.model.experts)
+                from anydit.model.experts import Experts
+
+                self.mlp = Experts(width, hidden, activation, **moe)
+            else:
+                self.mlp = _mlp(width, hidden, activation)
         self.attn2 = SelfAttention(width, heads, head_dim, qk_norm) if self_attention else None
 
     def begin(self, x: Tensor, mod: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -185,7 +192,10 @@ class StreamLayer(nn.Module):
         out = x + gate1 * a
         if self.attn2 is not None:
             out = out + mod[8] * self.attn2(modulate(normed, mod[6], mod[7]), rope)
-        return out + gate2 * self.mlp(modulate(self.norm2(out), shift2, scale2))
+        h = modulate(self.norm2(out), shift2, scale2)
+        if isinstance(self.mlp, nn.Sequential):
+            return out + gate2 * self.mlp(h)
+        return out + gate2 * self.mlp(h, scale2)  # experts: the router also sees the time
 
 
 class ParallelLayer(nn.Module):
@@ -266,12 +276,18 @@ class DualStreamBlock(nn.Module):
         *layer_args,
         pre_only: tuple[str, ...] = (),
         self_attention: tuple[str, ...] = (),
+        moe: dict[str, dict] | None = None,
     ):
         super().__init__()
+        moe = moe or {}
         self.streams = nn.ModuleDict(
             {
                 name: StreamLayer(
-                    w, *layer_args, pre_only=name in pre_only, self_attention=name in self_attention
+                    w,
+                    *layer_args,
+                    pre_only=name in pre_only,
+                    self_attention=name in self_attention,
+                    moe=moe.get(name),
                 )
                 for name, w in widths.items()
             }
@@ -292,9 +308,12 @@ class SingleStreamBlock(nn.Module):
     (``parallel`` false) or a ``ParallelLayer``. Each token is still modulated by its own
     stream's conditioning vector."""
 
-    def __init__(self, width: int, *layer_args, parallel: bool = False):
+    def __init__(self, width: int, *layer_args, parallel: bool = False, moe: dict | None = None):
         super().__init__()
-        self.layer = (ParallelLayer if parallel else StreamLayer)(width, *layer_args)
+        if parallel:
+            self.layer = ParallelLayer(width, *layer_args)
+        else:
+            self.layer = StreamLayer(width, *layer_args, moe=moe)
 
     def forward(
         self, x: dict[str, Tensor], c: dict[str, Tensor], rope: Tensor, attend: Attend | None = None

@@ -59,6 +59,27 @@ class FinalLayer(nn.Module):
         return out if self.out_scale == 1.0 else out * self.out_scale
 
 
+def expert_options(cfg: ModelConfig, streams: list[str]) -> dict[str, dict]:
+    """{stream or "shared": ``Experts`` options} for the streams ``cfg`` gives experts."""
+    if not cfg.experts:
+        return {}
+    unknown = sorted(set(cfg.expert_streams) - set(streams) - {"shared"})
+    if unknown:
+        raise ValueError(
+            f"model.expert_streams: unknown streams {unknown}; expected some of {streams} "
+            "or 'shared'"
+        )
+    options = dict(
+        experts=cfg.experts,
+        top_k=cfg.expert_top_k,
+        shared=cfg.expert_shared,
+        routing=cfg.expert_routing,
+        capacity=cfg.expert_capacity,
+    )
+    names = cfg.expert_streams or (*streams, "shared")
+    return {n: options for n in names}
+
+
 class MMDiT(nn.Module):
     """Any-to-any diffusion transformer over the given modalities.
 
@@ -136,6 +157,7 @@ class MMDiT(nn.Module):
         block_args = (cfg.heads, cfg.head_dim, cfg.mlp_ratio, cfg.qk_norm, cfg.activation)
         outputs = outputs_of(self.modalities)
         conditions = tuple(n for n in streams if n not in outputs)
+        moe = expert_options(cfg, streams)
         self.blocks = nn.ModuleList(
             [
                 DualStreamBlock(
@@ -143,6 +165,7 @@ class MMDiT(nn.Module):
                     *block_args,
                     pre_only=conditions if i == cfg.depth - 1 and not cfg.single_depth else (),
                     self_attention=tuple(outputs) if i in cfg.dual_attention else (),
+                    moe={n: v for n, v in moe.items() if n != "shared"},
                 )
                 for i in range(cfg.depth)
             ]
@@ -150,7 +173,9 @@ class MMDiT(nn.Module):
         parallel = cfg.single_block == "parallel"
         self.single_blocks = nn.ModuleList(
             [
-                SingleStreamBlock(widths[streams[0]], *block_args, parallel=parallel)
+                SingleStreamBlock(
+                    widths[streams[0]], *block_args, parallel=parallel, moe=moe.get("shared")
+                )
                 for _ in range(cfg.single_depth)
             ]
         )
@@ -221,7 +246,8 @@ class MMDiT(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:  # (expert routers have none)
+                    nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=0.02)
         embedders = [*self.time_embed.values(), *self.pooled_embed.values()]

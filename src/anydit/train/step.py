@@ -23,6 +23,7 @@ from anydit.flow.objective import (
     scored_counts,
     training_objective,
 )
+from anydit.model.experts import router_losses
 from anydit.train import distributed as D
 from anydit.train.optim import autocast_for, make_optimizer
 
@@ -66,6 +67,20 @@ def micro_inputs(
     return out
 
 
+def with_router_losses(model, loss: Loss, micro: int = 1) -> Loss:
+    """``loss`` plus the expert routers' weighted load-balancing and z-losses of the forward
+    just run (``model.experts``), each logged per stream (``balance/NAME``, ``z/NAME``). Each
+    of ``micro`` micro-batches adds its share. Not scaled by the world size: each process's
+    router losses are means over its own tokens, and data parallel averages them."""
+    aux = router_losses(model)
+    if not aux:
+        return loss
+    weights = {"balance": model.cfg.expert_balance, "z": model.cfg.expert_z}
+    extra = sum(weights[k.split("/")[0]] * v for k, v in aux.items()) / micro
+    parts = {**loss.parts, **{k: v.detach() / micro for k, v in aux.items()}}
+    return Loss(loss.total + extra, parts)
+
+
 def forward_backward(
     net, model, micro: list[TrainingInputs], precision: str, world: int = 1
 ) -> Loss | None:
@@ -82,6 +97,7 @@ def forward_backward(
         with D.no_sync(net, sync), autocast_for(device, precision):
             preds = net(inputs.tokens, inputs.times)
             loss = training_objective(model.modalities, preds, inputs, counts, scale=float(world))
+            loss = with_router_losses(model, loss, len(micro))
         bad = D.all_sum(torch.tensor([float(not torch.isfinite(loss.total))], device=device))
         if bad.item() > 0:
             net.zero_grad(set_to_none=True)

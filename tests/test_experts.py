@@ -1,0 +1,138 @@
+"""Experts per stream: dispatch equals a loop over experts, upcycling keeps the outputs, the
+router losses reach the training loss, bad settings are named."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import four_modalities, perturb, random_batch
+
+import anydit
+from anydit.model.experts import Experts, expert_layers, router_losses, upcycle
+
+
+def _loop(e: Experts, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """The experts one token and one expert at a time, with the same capacity rules."""
+    x = h.reshape(-1, h.shape[-1])
+    logits = (e.router(h) + e.router_time(c)).reshape(x.shape[0], -1)
+    probs = logits.softmax(-1)
+    slots = e.slots(x.shape[0])
+    out = torch.zeros_like(x)
+
+    def expert(i: int, v: torch.Tensor) -> torch.Tensor:
+        return F.gelu(v @ e.w1[i] + e.b1[i]) @ e.w2[i] + e.b2[i]
+
+    if e.routing == "expert_choice":
+        for i in range(e.experts):
+            for t in probs[:, i].topk(slots).indices.tolist():
+                out[t] += probs[t, i] * expert(i, x[t])
+        return out.reshape(h.shape)
+    top, idx = probs.topk(e.top_k, -1)
+    top = top / top.sum(-1, keepdim=True)
+    taken = [0] * e.experts
+    for j in range(e.top_k):  # every token's first choice first, in token order
+        for t in range(x.shape[0]):
+            i = int(idx[t, j])
+            if taken[i] < slots:
+                taken[i] += 1
+                out[t] += top[t, j] * expert(i, x[t])
+    return out.reshape(h.shape)
+
+
+@pytest.mark.parametrize(
+    "routing, top_k, capacity",
+    [("top_k", 1, 0.0), ("top_k", 2, 0.0), ("top_k", 2, 0.6), ("top_k", 1, 1.0),
+     ("expert_choice", 2, 1.0), ("expert_choice", 1, 0.5)],
+)  # fmt: skip
+def test_batched_dispatch_equals_a_loop_over_experts(routing, top_k, capacity):
+    torch.manual_seed(0)
+    e = Experts(16, 24, "gelu", 4, top_k=top_k, routing=routing, capacity=capacity)
+    torch.nn.init.normal_(e.router.weight)
+    torch.nn.init.normal_(e.router_time.weight, std=0.1)
+    h, c = torch.randn(3, 7, 16), torch.randn(3, 1, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(e(h, c), _loop(e, h, c), rtol=1e-5, atol=1e-5)
+    if 0 < capacity < 1 and routing == "top_k":  # over capacity: nothing from that expert
+        dense = Experts(16, 24, "gelu", 4, top_k=top_k, capacity=0.0)
+        dense.load_state_dict(e.state_dict())
+        with torch.no_grad():
+            assert not torch.allclose(dense(h, c), e(h, c))
+
+
+@pytest.mark.parametrize("single", [{}, {"single_depth": 1}])
+@pytest.mark.parametrize("options", [{"top_k": 1}, {"top_k": 2, "shared": True}])
+def test_upcycling_keeps_the_outputs(single, options):
+    torch.manual_seed(0)
+    mods, cfg = four_modalities(depth=2, **single)
+    dense = anydit.MMDiT(mods, cfg).eval()
+    perturb(dense, seed=0, std=0.05)
+    moe = upcycle(dense, 4, capacity=0.0, **options).eval()
+    assert moe.cfg.experts == 4 and sum(len(v) for v in expert_layers(moe).values()) > 0
+    batch = random_batch(dense, 3)
+    tokens = {k: dense.modalities[k].tokenize(v) for k, v in batch.items()}
+    times = {k: torch.rand(3) for k in tokens}
+    with torch.no_grad():
+        want, got = dense(tokens, times), moe(tokens, times)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-5)
+
+
+def test_router_losses_are_logged_per_stream_and_trained(tmp_path):
+    from anydit.train.optim import make_optimizer
+    from anydit.train.step import train_step
+
+    torch.manual_seed(0)
+    mods, cfg = four_modalities(depth=2)
+    m = anydit.MMDiT(mods, dataclasses.replace(cfg, experts=4, expert_top_k=2))
+    optimizer = make_optimizer(m.parameters(), 1e-3)
+    loss, _ = train_step(m, optimizer, random_batch(m, 8), generator=torch.Generator())
+    assert {"balance/image", "z/image", "balance/text"} <= set(loss.parts)
+    assert float(loss.parts["balance/image"]) >= 1.0 - 1e-4  # E x sum f P >= 1, = 1 balanced
+    aux = router_losses(m)
+    assert set(aux) == {k for k in loss.parts if "/" in k}
+    # the same step without the router losses' weights gives a smaller total
+    plain = anydit.MMDiT(mods, dataclasses.replace(m.cfg, expert_balance=0.0, expert_z=0.0))
+    plain.load_state_dict(m.state_dict())
+    torch.manual_seed(1)
+    g = torch.Generator().manual_seed(5)
+    weighted, _ = train_step(
+        m, make_optimizer(m.parameters(), 0.0), random_batch(m, 8), generator=g
+    )
+    g = torch.Generator().manual_seed(5)
+    bare, _ = train_step(plain, make_optimizer(plain.parameters(), 0.0), random_batch(m, 8),
+                         generator=g)  # fmt: skip
+    extra = 0.01 * sum(v for k, v in weighted.parts.items() if k.startswith("balance/"))
+    extra += 0.001 * sum(v for k, v in weighted.parts.items() if k.startswith("z/"))
+    assert float(weighted.total - bare.total) == pytest.approx(float(extra), rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"experts": 1}, "model.experts: expected 0 \\(dense\\) or an integer in 2..1024"),
+        ({"experts": 4, "expert_top_k": 5}, "model.expert_top_k: expected an integer in 1..4"),
+        ({"experts": 4, "expert_capacity": -1.0}, "model.expert_capacity: expected a number"),
+        ({"experts": 4, "expert_routing": "expert_choice", "expert_capacity": 0.0},
+         "model.expert_capacity: expected a number > 0 \\(expert_choice\\)"),
+        ({"experts": 4, "expert_routing": "hash"}, "model.expert_routing: expected top_k"),
+        ({"experts": 4, "mup_base_width": 32}, "model.experts: expected 0 with model.mup"),
+    ],
+)  # fmt: skip
+def test_bad_expert_settings_are_named(change, message):
+    _, cfg = four_modalities()
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(cfg, **change)
+
+
+def test_unknown_expert_streams_and_parallel_layers_are_refused():
+    mods, cfg = four_modalities(depth=1, single_depth=1)
+    with pytest.raises(ValueError, match="model.expert_streams: unknown streams \\['speech'\\]"):
+        anydit.MMDiT(mods, dataclasses.replace(cfg, experts=2, expert_streams=("speech",)))
+    with pytest.raises(ValueError, match="parallel single-stream layers"):
+        dataclasses.replace(cfg, experts=2, single_block="parallel")
+    ok = dataclasses.replace(cfg, experts=2, single_block="parallel", expert_streams=("image",))
+    m = anydit.MMDiT(mods, ok)
+    assert set(expert_layers(m)) == {"image"}
