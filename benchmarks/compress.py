@@ -121,7 +121,7 @@ def main() -> None:
         batches = RandomBatches(dataset, model.modalities, args.batch_size)
         t = time.perf_counter()
         pruned, removed, _, losses = prune(
-            model, k, batches, minutes=args.minutes, log=lambda *_: None, processes=args.processes
+            model, k, batches, minutes=args.minutes, log=None, processes=args.processes
         )
         name = f"pruned {int(share * 100)}%"
         files[name] = (anydit.save_model(pruned, folder / f"pruned{k}.safetensors"), "fp32")

@@ -123,6 +123,8 @@ def test_two_local_processes_distil_a_flow_map(pair):
     teacher, _, _ = pair
     student = extend(teacher, [], flow_map=True)
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    losses = distill_local(student, teacher, _SameBatches(teacher, 8), 2, steps=2, log=None)
+    # a logger that cannot be pickled (a lambda) does not stop the processes: rank 0 prints
+    losses = distill_local(student, teacher, _SameBatches(teacher, 8), 2, steps=2,
+                           log=lambda *_: None)  # fmt: skip
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())

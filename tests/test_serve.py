@@ -53,7 +53,7 @@ def demo(tmp_path_factory):
     return model, root, values
 
 
-def _expected(model, roles, values, n=2, seed=3):
+def _expected(model, roles, values, n=2, seed=3, config=CONFIG):
     """The same task written directly for ``anydit.sample``, values read independently."""
     from anydit.modalities.logmel import read_logmel
 
@@ -65,7 +65,7 @@ def _expected(model, roles, values, n=2, seed=3):
         "audio": read_logmel(values["audio"], model.modalities["audio"].mel, (32, 32)),
     }
     task = {k: raw[k] if r == "given" else r for k, r in roles.items()}
-    return anydit.sample(model, task, n=n, seed=seed, config=CONFIG)
+    return anydit.sample(model, task, n=n, seed=seed, config=config)
 
 
 def test_every_role_combination_samples_what_sample_does(demo):
@@ -156,7 +156,8 @@ def test_the_server_through_gradio_client(demo, server):
     model, _, values = demo
     url, port = server
     client = Client(url, verbose=False)
-    settings = [2, "euler", "random", "1", 0.0, 1.0, None, "none", 0.05, 3, 3, 2]  # ... seed, n
+    settings = [2, "euler", "random", "1", 0.0, 1.0, None, "none", 0.05, 3, 0.5, False, 3, 2]
+    # ... cache, threshold, interval, region share, kv reuse, seed, n
     names = model.names  # audio, image, label, text
     inputs = {"audio": None, "image": None, "draw": None, "label": "seven", "text": ""}
 
@@ -186,6 +187,17 @@ def test_the_server_through_gradio_client(demo, server):
                         got[k],
                         want[k].float().numpy() if want[k].is_floating_point() else want[k].numpy(),
                     )
+    # key-value reuse from the page: the sampler's result with that setting, not without it
+    roles = {"audio": drop, "image": gen, "label": giv, "text": drop}
+    reuse = [*settings[:7], "region", 0.05, 3, 0.5, True, *settings[-2:]]
+    args = [roles[n] for n in names] + [None, None, None, "seven", ""]
+    npz = client.predict(*args, *reuse, api_name="/generate")[-1]
+    want = _expected(model, roles, values, config=anydit.SampleConfig(
+        steps=2, cache="region", cache_ratio=0.5, kv_reuse=True))  # fmt: skip
+    plain = _expected(model, roles, values)
+    with np.load(npz) as got:
+        np.testing.assert_array_equal(got["image"], want["image"].numpy())
+        assert not np.array_equal(got["image"], plain["image"].numpy())
     bad = call({"audio": "drop", "image": "given", "label": "generate", "text": "drop"})
     assert bad[-2] == "**error:** modality 'image' is given but has no value"
     # the server keeps serving after an error

@@ -209,11 +209,15 @@ def build_app(model, defaults: SampleConfig, title: str = "anydit"):
                 shift = gr.Number(defaults.shift, label="shift (empty: trained)")
             with gr.Row():
                 cache = gr.Dropdown(
-                    ["none", "first_block", "taylor"], value=defaults.cache or "none",
-                    label="cache (reuse blocks across steps)",
+                    ["none", "first_block", "taylor", "taylor_attention", "region"],
+                    value=defaults.cache or "none", label="cache (reuse blocks across steps)",
                 )  # fmt: skip
                 threshold = gr.Number(defaults.cache_threshold, label="first_block threshold")
-                interval = gr.Number(defaults.cache_interval, label="taylor interval", precision=0)
+                interval = gr.Number(
+                    defaults.cache_interval, label="taylor / region interval", precision=0
+                )
+                ratio = gr.Number(defaults.cache_ratio, label="region: share computed")
+                kv_reuse = gr.Checkbox(defaults.kv_reuse, label="reuse still tokens' keys, values")
             with gr.Row():
                 seed = gr.Number(0, label="seed", precision=0, elem_id="seed")
                 n = gr.Number(4, label="samples", precision=0, elem_id="n")
@@ -249,7 +253,7 @@ def build_app(model, defaults: SampleConfig, title: str = "anydit"):
                 values[k] = given[0] if given else None
                 rest = rest[width:]
             (s_steps, s_solver, s_unmask, s_guid, s_low, s_high, s_shift, s_cache, s_threshold,
-             s_interval, s_seed, s_n) = rest  # fmt: skip
+             s_interval, s_ratio, s_kv, s_seed, s_n) = rest  # fmt: skip
             try:
                 config = settings(
                     defaults,
@@ -261,7 +265,9 @@ def build_app(model, defaults: SampleConfig, title: str = "anydit"):
                     shift=s_shift if s_shift not in (None, "") else None,
                     cache="" if s_cache in (None, "none") else s_cache,
                     cache_threshold=s_threshold,
-                    cache_interval=_int(s_interval, "taylor interval"),
+                    cache_interval=_int(s_interval, "taylor / region interval"),
+                    cache_ratio=s_ratio,
+                    kv_reuse=bool(s_kv),
                 )
                 count = _int(s_n, "samples")
                 if count is None or count < 1:
@@ -287,6 +293,7 @@ def build_app(model, defaults: SampleConfig, title: str = "anydit"):
             inputs=role_list
             + input_list
             + [steps, solver, unmasking, guidance, low, high, shift, cache, threshold, interval]
+            + [ratio, kv_reuse]
             + [seed, n],
             outputs=output_list + [status, download],
             api_name="generate",

@@ -168,7 +168,8 @@ def prune(
     pruned = remove_blocks(model, remove)
     kept = [i for i in range(n) if i not in remove]
     layers = dict(enumerate(kept))  # student block j follows teacher block kept[j]
-    log(f"prune: importance {[round(s, 4) for s in scores]}; removing blocks {sorted(remove)}")
+    if log is not None:
+        log(f"prune: importance {[round(s, 4) for s in scores]}; removing blocks {remove}")
     losses = []
     if k and (steps or minutes):
         one = processes == 1  # one process continues the iterator the ranking read

@@ -206,10 +206,13 @@ def distill_local(
     """``distill`` on ``processes`` local processes joined as one job
     (``distributed.run_local``; each with this machine's cores shared out): ``batches(rank,
     world)`` opens a process's share of the data (``data.sources.RandomBatches``); ``kwargs``
-    go to ``distill``, whose ``steps`` count optimiser steps of the global batch. The trained
-    weights are loaded back into ``student``. Returns rank 0's losses."""
+    go to ``distill``, whose ``steps`` count optimiser steps of the global batch (on several
+    processes rank 0 prints its log lines, or none with ``log=None``). The trained weights are
+    loaded back into ``student``. Returns rank 0's losses."""
     if processes == 1:
         return distill(student, teacher, batches(0, 1), **kwargs)
+    # a logger does not cross processes: rank 0 prints, or stays silent for log=None
+    kwargs["log"] = None if kwargs.get("log", print) is None else print
     size = getattr(batches, "batch_size", processes)
     if size < processes:
         raise ValueError(
