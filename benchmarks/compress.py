@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -73,10 +74,12 @@ def kernels(shapes=((2432, 128, 384), (2432, 128, 512), (2432, 512, 128)), repea
     return rows
 
 
-def measure(path: Path, precision: str) -> dict:
+def measure(path: Path, precision: str, env: dict | None = None) -> dict:
+    """samples/s and peak memory of ``path`` sampling label -> image, in its own process
+    (``env``: extra environment variables, e.g. ``ANYDIT_INT8_MATMUL``)."""
     out = subprocess.run(
         [sys.executable, "-c", MEASURE, str(path), precision],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, env={**os.environ, **(env or {})},
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -189,11 +189,10 @@ def test_the_server_through_gradio_client(demo, server):
                     )
     # key-value reuse from the page: the sampler's result with that setting, not without it
     roles = {"audio": drop, "image": gen, "label": giv, "text": drop}
-    reuse = [*settings[:7], "region", 0.05, 3, 0.5, True, *settings[-2:]]
+    reuse = [*settings[:7], "none", 0.05, 3, 0.5, True, *settings[-2:]]
     args = [roles[n] for n in names] + [None, None, None, "seven", ""]
     npz = client.predict(*args, *reuse, api_name="/generate")[-1]
-    want = _expected(model, roles, values, config=anydit.SampleConfig(
-        steps=2, cache="region", cache_ratio=0.5, kv_reuse=True))  # fmt: skip
+    want = _expected(model, roles, values, config=anydit.SampleConfig(steps=2, kv_reuse=True))
     plain = _expected(model, roles, values)
     with np.load(npz) as got:
         np.testing.assert_array_equal(got["image"], want["image"].numpy())

@@ -8,7 +8,10 @@ them, ``model.file`` loads them). Its weights are stored per output channel:
 4-bit values per byte in [-7, 7] (4 bits, packed along the input features). With activation
 quantization each sample's input is rounded to int8 with the scale of its time bucket:
 ``x ~ clamp(round(x / s_b), -127, 127) * s_b``; the product of the two integer tensors is then
-computed exactly (float32 holds every partial sum of K <= 1024 such products) and rescaled.
+computed exactly and rescaled: by PyTorch's int8 matmul (``torch._int_mm``, int32 sums) where
+it is faster than a float32 matmul on this machine (measured once per process:
+``int8_matmul_wins``; VNNI CPUs), else in float32 (which holds every partial sum of K <= 1024
+such products exactly). Both give the same numbers.
 
 Time buckets: ``buckets`` equal bins of t in [0, 1) plus one for t = 1 (a given condition).
 The bucket of each sample is set before every forward by a pre-hook on the model
@@ -20,11 +23,42 @@ Ein notation: b batch, n tokens, k input features, o output features.
 
 from __future__ import annotations
 
+import functools
+import os
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 SCHEMES = ("w8", "w8a8", "w4a8")
+INT8_MATMUL = os.environ.get("ANYDIT_INT8_MATMUL", "auto")  # auto | on | off
+
+
+@functools.cache
+def int8_matmul_wins() -> bool:
+    """Whether ``torch._int_mm`` beats a float32 matmul here (a (2048, 256) @ (256, 256)
+    product, best of 5 each; ``ANYDIT_INT8_MATMUL=on|off`` decides instead)."""
+    if INT8_MATMUL in ("on", "off"):
+        return INT8_MATMUL == "on"
+    if not hasattr(torch, "_int_mm"):
+        return False
+    a = torch.randint(-127, 128, (2048, 256), dtype=torch.int8)
+    b = torch.randint(-127, 128, (256, 256), dtype=torch.int8)
+    af, bf = a.float(), b.float()
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    try:
+        return best(lambda: torch._int_mm(a, b)) < best(lambda: af @ bf)
+    except RuntimeError:  # no int8 kernel for this build or CPU
+        return False
 
 
 def pack_int4(q: Tensor) -> Tensor:
@@ -114,7 +148,12 @@ class QuantLinear(nn.Module):
             return F.linear(x, self.dequantized_weight(), self.bias).to(dtype)
         s = self._act_scale(x)
         xq = (x / s).round().clamp(-127, 127)  # integer-valued
-        y = F.linear(xq, self.int_weight().float())  # exact integer products and sums
+        if x.device.type == "cpu" and int8_matmul_wins():
+            flat = xq.reshape(-1, xq.shape[-1]).to(torch.int8)  # (b n, k)
+            y = torch._int_mm(flat, self.int_weight().t())  # (b n, o) int32, exact
+            y = y.reshape(*xq.shape[:-1], -1).float()
+        else:
+            y = F.linear(xq, self.int_weight().float())  # exact integer products and sums
         y = y * (s * self.weight_scale)
         return (y if self.bias is None else y + self.bias).to(dtype)
 
