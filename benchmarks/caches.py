@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 FIRST_BLOCK = (0.02, 0.05, 0.1, 0.2, 0.4)
-TAYLOR = ((2, 1), (3, 1), (4, 1), (3, 2), (5, 2))  # (interval, order)
+TAYLOR = ((2, 1), (3, 1), (4, 1), (5, 1), (6, 1), (3, 2), (5, 2))  # (interval, order)
 REGION = ((0.75, 2), (0.5, 4), (0.5, 8))  # (ratio, dense interval)
 LEVELS = (0.0003, 0.001, 0.003, 0.01, 0.03)
 

@@ -162,8 +162,18 @@ class AttentionTaylorCache(TaylorCache):
     """TaylorSeer as diffusers applies it: every ``interval``-th evaluation runs everything and
     records each layer's projected attention output; in between, those are forecast (Taylor,
     ``order``) and only the rest of each block runs on them (modulation, residuals, MLP:
-    ``model.block.forecast_block``). Blocks it cannot split (Flux's parallel layers) run in
+    ``model.block.forecast_block``). A stream whose every token is still on the evaluation (a
+    given condition: SD3's text) is forecast whole, block by block, as ``TaylorCache`` does,
+    so its MLPs do not run either. Blocks it cannot split (Flux's parallel layers) run in
     full. Costs more than ``TaylorCache`` per forecast step, errs far less."""
+
+    def __init__(self, interval: int, order: int = 1):
+        super().__init__(interval, order)
+        self.still: set[str] = set()
+
+    def tick(self, clock: float, static: dict[str, Tensor] | None = None) -> None:
+        self.clock = clock
+        self.still = {n for n, m in (static or {}).items() if bool(m.all())}
 
     def __call__(
         self, x: Streams, c: Streams, rope, start: int = 0, stop: int | None = None, given=None
@@ -176,19 +186,33 @@ class AttentionTaylorCache(TaylorCache):
         due = self.count % self.interval == 0 or len(self.history) < self.order + 1
         self.count += 1
         if not due:
-            attn = self._forecast()
+            ahead = self._forecast()
+            dtype = next(iter(x.values())).dtype
             for i, block in enumerate(blocks):
                 layers = attention_layers(block)
-                if layers:
-                    dtype = next(iter(x.values())).dtype
-                    own = {
-                        n: attn[f"{i}.{n}"].to(dtype) for n, v in layers.items() if not v.pre_only
-                    }
-                    x = forecast_block(block, x, c, own)
-                else:
+                if not layers:
                     x = self.blocks(x, c, rope, i, i + 1, given)
+                    continue
+                whole = {n for n in x if n in self.still} if "*" not in layers else set()
+                rest = {n: v for n, v in x.items() if n not in whole}
+                own = {
+                    n: ahead[f"{i}.{n}"].to(dtype)
+                    for n, v in layers.items()
+                    if not v.pre_only and n not in whole
+                }
+                out = forecast_block(block, rest, c, own) if rest else {}
+                x = {n: x[n] + ahead[f"{i}.{n}.block"].to(dtype) if n in whole else out[n]
+                     for n in x}  # fmt: skip
             return x
         seen: Streams = {}
+
+        def keep_block(i: int):
+            def hook(module, args, out):
+                for n, v in out.items():
+                    seen[f"{i}.{n}.block"] = (v - args[0][n]).float()
+
+            return hook
+
         hooks = [
             layer.out.register_forward_hook(
                 lambda m, a, out, key=f"{i}.{n}": seen.__setitem__(key, out.float())
@@ -196,6 +220,11 @@ class AttentionTaylorCache(TaylorCache):
             for i, block in enumerate(blocks)
             for n, layer in attention_layers(block).items()
             if not layer.pre_only
+        ]
+        hooks += [
+            block.register_forward_hook(keep_block(i))
+            for i, block in enumerate(blocks)
+            if hasattr(block, "streams")
         ]
         try:
             out = self.blocks(x, c, rope, given=given)
