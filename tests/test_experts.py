@@ -136,3 +136,15 @@ def test_unknown_expert_streams_and_parallel_layers_are_refused():
     ok = dataclasses.replace(cfg, experts=2, single_block="parallel", expert_streams=("image",))
     m = anydit.MMDiT(mods, ok)
     assert set(expert_layers(m)) == {"image"}
+
+
+def test_a_shared_expert_adds_its_mlp_to_every_token():
+    torch.manual_seed(0)
+    routed = Experts(16, 24, "gelu", 4, top_k=2, capacity=0.0)
+    shared = Experts(16, 24, "gelu", 4, top_k=2, capacity=0.0, shared=True)
+    shared.load_state_dict(routed.state_dict(), strict=False)
+    h, c = torch.randn(2, 5, 16), torch.randn(2, 1, 16)
+    with torch.no_grad():
+        want = routed(h, c) + shared.shared(h)
+        torch.testing.assert_close(shared(h, c), want, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(shared(h, c), routed(h, c))

@@ -299,11 +299,11 @@ class MMDiT(nn.Module):
         embedding of each stream's step ``targets - times`` to its own. With ``given`` (b, N)
         (``isolate_given``), given tokens get their own time embedding and the pooled
         modalities' only: nothing that moves while they are held."""
-        c = self._conditioning(times, x, pooled, targets)
+        own = {n: self.time_embed[n](times[n]) for n in self.streams}  # (b, d) or (b, n, d)
+        parts = self._pooled_parts(times, pooled)  # (b, d) each: fixed while held
+        c = self._conditioning(own, parts, times, x, targets)
         if given is None:
             return c
-        own = {n: self.time_embed[n](times[n]) for n in self.streams}
-        parts = self._pooled_parts(times, pooled)  # (b, d) each: fixed while held
         held = dict(zip(self.streams, given.split(self.stream_sizes, 1), strict=True))
         for n in self.streams:
             e = own[n] if own[n].dim() == 3 else own[n].unsqueeze(1)  # (b, 1|n, d)
@@ -330,13 +330,14 @@ class MMDiT(nn.Module):
             parts.append(e * times[n].reshape(-1, 1).to(e.dtype))
         return parts
 
-    def _conditioning(self, times, x, pooled, targets) -> dict[str, Tensor]:
-        own = {n: self.time_embed[n](times[n]) for n in self.streams}  # (b, d) or (b, n, d)
+    def _conditioning(self, own, parts, times, x, targets) -> dict[str, Tensor]:
+        """``conditioning`` from the streams' own time embeddings and the pooled parts."""
+        own = dict(own)
         if self.jump_embed is not None:
             for n in self.streams:
                 step = (targets[n] - times[n]) if targets and n in targets else times[n] * 0
                 own[n] = own[n] + self.jump_embed[n](step)
-        extra = self._pooled_parts(times, pooled)  # (b, d) parts every stream receives
+        extra = list(parts)  # (b, d) parts every stream receives
         if self.pool_proj is not None:
             extra.append(sum(self.pool_proj[n](x[n].mean(1)) for n in self.streams))
         c = {}
