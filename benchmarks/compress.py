@@ -4,8 +4,8 @@
 
 Variants: fp32 (the model as trained), bf16 (the same weights, bf16 autocast), w8, w8a8, w4a8
 (``anydit quantize``, 4 calibration rounds), and pruned by 25% and 50% of the blocks with
-``--minutes`` of distillation each (``anydit prune --processes 2 --batch-size 128``: the
-recipe chosen on val). For each: file size, weight bytes, peak
+``--minutes`` of distillation each (``anydit prune --processes 2 --batch-size 128``, bf16
+autocast where the CPU has it: the recipe chosen on val). For each: file size, weight bytes, peak
 resident memory while sampling and samples/s of label -> image (200 samples, the demo's 32
 steps; each variant in its own process), and the demo's judge accuracies and Frechet distances
 (``evaluate_digits`` with the demo's sampler settings, all 13 tasks, ``--per-class`` samples
@@ -90,6 +90,9 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=3.0, help="distillation per pruned model")
     ap.add_argument("--processes", type=int, default=2, help="distillation processes")
     ap.add_argument("--batch-size", type=int, default=128, help="distillation's global batch")
+    ap.add_argument(
+        "--precision", default="auto", help="distillation arithmetic (auto: bf16 where native)"
+    )
     ap.add_argument("--per-class", type=int, default=20, help="evaluation samples per digit")
     ap.add_argument("--out", default="benchmarks/compress.json")
     args = ap.parse_args()
@@ -102,6 +105,7 @@ def main() -> None:
     from anydit.demo import TASK_SAMPLING, demo_sampling
     from anydit.eval.metrics import TASKS, evaluate_digits
     from anydit.run_config import load_config
+    from anydit.train.optim import resolve_precision
 
     run = Path(args.checkpoint)
     model = anydit.load_model(run / "model.safetensors")
@@ -124,8 +128,9 @@ def main() -> None:
         batches = RandomBatches(dataset, model.modalities, args.batch_size)
         t = time.perf_counter()
         pruned, removed, _, losses = prune(
-            model, k, batches, minutes=args.minutes, log=None, processes=args.processes
-        )
+            model, k, batches, minutes=args.minutes, log=None, processes=args.processes,
+            precision=args.precision,
+        )  # fmt: skip
         name = f"pruned {int(share * 100)}%"
         files[name] = (anydit.save_model(pruned, folder / f"pruned{k}.safetensors"), "fp32")
         notes[name] = {
@@ -133,6 +138,7 @@ def main() -> None:
             "distill_steps": len(losses),
             "distill_processes": args.processes,
             "distill_batch": args.batch_size,
+            "distill_precision": resolve_precision(args.precision),
             "distill_loss": [losses[0], losses[-1]],
             "seconds_to_make": time.perf_counter() - t,
         }

@@ -14,6 +14,7 @@ from anydit.compress import calibrate, quantize, quantize_weight, remove_blocks,
 from anydit.compress.quantize import PeakRecorder
 from anydit.data.digits import digits_modalities
 from anydit.model.quant import QuantLinear, pack_int4, unpack_int4
+from anydit.train.optim import bf16_is_fast, resolve_precision
 
 CFG = anydit.SampleConfig(steps=4)
 TASK = {"image": "generate", "label": 3}
@@ -196,6 +197,12 @@ def test_cli_quantize_and_prune_a_run(tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "p")]) == 0
     report = json.loads((tmp_path / "p" / "prune.json").read_text())
     assert len(report["removed"]) == 1 and report["distill_steps"] == 3
+    assert report["precision"] == resolve_precision("auto")  # the default
+    other = "fp32" if report["precision"] == "bf16" else "bf16"
+    assert main([*args, "--precision", other, "--out", str(tmp_path / "p1")]) == 0
+    changed = json.loads((tmp_path / "p1" / "prune.json").read_text())
+    assert changed["precision"] == other
+    assert changed["distill_loss"][1] != report["distill_loss"][1]  # other arithmetic
     assert (report["lr"], report["layer_weight"]) == (1e-3, 0.1)
     assert main([*args, "--layer-weight", "0", "--lr", "1e-4", "--out", str(tmp_path / "p0")]) == 0
     plain = json.loads((tmp_path / "p0" / "prune.json").read_text())
@@ -218,3 +225,9 @@ def test_cli_quantize_and_prune_a_run(tmp_path, capsys):
     assert report["removed"] == [0] and report["processes"] == 2 and report["distill_steps"] == 2
     assert main([*chosen[:3], "5", "--out", str(tmp_path / "p5")]) == 2
     assert "prune: blocks: expected indices in 0..2" in capsys.readouterr().err
+
+
+def test_auto_precision_is_bf16_exactly_where_it_is_native():
+    assert resolve_precision("auto") == ("bf16" if bf16_is_fast() else "fp32")
+    assert resolve_precision("auto", "cuda") == "bf16"
+    assert (resolve_precision("fp32"), resolve_precision("bf16")) == ("fp32", "bf16")

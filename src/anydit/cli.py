@@ -24,6 +24,16 @@ from anydit.run_config import model_file, run_sampling
 from anydit.storage import check_writable
 
 
+def _add_distill_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="distillation arithmetic (the weights stay fp32): auto = bf16 autocast where the "
+        "CPU has bf16 instructions (AVX-512 bf16, AMX) or on a GPU, else fp32",
+    )
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
 
@@ -226,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of the layer-wise (hidden-state) loss against the outputs' "
         "(default 0.1; 0: outputs only)",
     )
+    _add_distill_precision(p)
     _add_common(p)
 
     p = sub.add_parser("distill", help="a few-step model (a flow map) from a trained model")
@@ -437,8 +448,8 @@ def cmd_data(args) -> int:
         if bad:
             print("problems: " + ", ".join(f"{k} {v}" for k, v in sorted(dataset.skipped.items())))
         return 1 if bad or not n else 0
-    if cfg.data.source == "digits":
-        print(f"data: built-in digits, {len(dataset)} samples")
+    if cfg.data.source in ("digits", "digit-strings"):
+        print(f"data: built-in {cfg.data.source}, {len(dataset)} samples")
         return 0
     filled = own.fill_label_classes(cfg.modalities, dataset)
     if filled:
@@ -584,6 +595,7 @@ def cmd_prune(args) -> int:
     import anydit
     from anydit.compress import prune
     from anydit.compress.prune import LAYER_WEIGHT, LR
+    from anydit.train.optim import resolve_precision
 
     lr = LR if args.lr is None else args.lr
     layer_weight = LAYER_WEIGHT if args.layer_weight is None else args.layer_weight
@@ -600,6 +612,7 @@ def cmd_prune(args) -> int:
         layer_weight=layer_weight,
         processes=args.processes,
         blocks=None if args.blocks is None else _block_list(args.blocks),
+        precision=resolve_precision(args.precision),
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -609,6 +622,7 @@ def cmd_prune(args) -> int:
     (out / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
     report = {"removed": removed, "importance": scores, "distill_steps": len(losses)}
     report |= {"lr": lr, "layer_weight": layer_weight, "processes": args.processes}
+    report["precision"] = resolve_precision(args.precision)
     report["distill_loss"] = [losses[0], losses[-1]] if losses else []
     (out / "prune.json").write_text(json.dumps(report, indent=2))
     print(f"removed blocks {removed}; {len(losses)} distillation steps; model: {out}")

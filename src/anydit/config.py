@@ -661,14 +661,16 @@ class TrainConfig:
         )
 
 
-DATA_SOURCES = ("digits", "arrays", "manifest", "folder", "shards")
+DATA_SOURCES = ("digits", "digit-strings", "arrays", "manifest", "folder", "shards")
+BUILT_IN = ("digits", "digit-strings")  # data the package makes; no path
 
 
 @dataclass
 class DataConfig:
     """Where training data comes from (see ``anydit.data.own`` for the layouts)."""
 
-    source: str = "digits"  # digits (built in) | arrays | manifest | folder | shards
+    source: str = "digits"  # built in: digits | digit-strings; own: arrays | manifest | folder
+    # | shards
     path: str = ""  # arrays: .npz or NAME.npy folder; manifest: .jsonl/.csv/.parquet; folder
     # of CLASS/ folders; shards: a folder written by `anydit data pack`
     seed: int = 0  # pairing/caption draws of the built-in dataset
@@ -683,7 +685,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(self.source in DATA_SOURCES, "data.source", f"one of {DATA_SOURCES}", self.source)
         _check(
-            self.source == "digits" or bool(self.path),
+            self.source in BUILT_IN or bool(self.path),
             "data.path",
             f"a file or folder for source '{self.source}'",
             self.path,

@@ -80,6 +80,10 @@ def config_from_tree(tree: Any, overrides: list[str] | tuple[str, ...] = ()) -> 
             from anydit.data.digits import digits_modalities
 
             tree["modalities"] = [dataclasses.asdict(m) for m in digits_modalities()]
+        elif source == "digit-strings":
+            from anydit.data.digit_strings import digit_strings_modalities
+
+            tree["modalities"] = [dataclasses.asdict(m) for m in digit_strings_modalities()]
     return from_dict(Config, tree)
 
 

@@ -132,6 +132,7 @@ def prune(
     layer_weight: float = LAYER_WEIGHT,
     processes: int = 1,
     blocks: list[int] | None = None,
+    precision: str = "auto",
 ):
     """Remove the ``k`` least important blocks, then distill from ``model`` (outputs, and with
     ``layer_weight`` > 0 each kept block's hidden state against the same block in the full
@@ -139,9 +140,13 @@ def prune(
     ``batches(rank, world)`` that opens one (``data.sources.RandomBatches``), needed to distill
     on ``processes`` > 1 local processes. ``blocks``: remove these (indices over dual-stream
     then single-stream blocks) instead of the ``k`` least important (``k`` is then their
-    count). Returns (the pruned model, the blocks removed, the importance scores, the
+    count). ``precision``: the distillation's arithmetic, ``"bf16"`` autocast, ``"fp32"`` or
+    ``"auto"`` (bf16 where it is native: ``train.optim.resolve_precision``; on this project's
+    AVX-512-bf16 CPU it takes 1.2x the steps of fp32 in the same minutes and recovered more).
+    Returns (the pruned model, the blocks removed, the importance scores, the
     distillation losses)."""
     from anydit.train.distill import distill_local
+    from anydit.train.optim import resolve_precision
 
     if not lr > 0 or not layer_weight >= 0:
         raise ValueError(
@@ -176,5 +181,6 @@ def prune(
         losses = distill_local(
             pruned, model, (lambda rank, world: batches) if one else opener, processes,
             steps=steps, minutes=minutes, lr=lr, layers=layers, log=log, layer_weight=layer_weight,
+            precision=resolve_precision(precision),
         )  # fmt: skip
     return pruned, sorted(remove), scores, losses

@@ -19,6 +19,10 @@ def build_dataset(cfg: DataConfig, split: str = "train", modalities=None):
         from anydit.data.digits import DigitsDataset
 
         return DigitsDataset(split, seed=cfg.seed, augment=cfg.augment and split == "train")
+    if cfg.source == "digit-strings":
+        from anydit.data.digit_strings import DigitStringsDataset
+
+        return DigitStringsDataset(split, seed=cfg.seed)
     from anydit.data import own
 
     if modalities is None:
@@ -48,7 +52,7 @@ def open_training_data(cfg: DataConfig, modalities: list[ModalityConfig], log=pr
     Returns (dataset, {problem kind: count}).
     """
     dataset = build_dataset(cfg, "train", modalities)
-    if cfg.source == "digits":
+    if cfg.source in ("digits", "digit-strings"):
         return dataset, {}
     from anydit.data import own
 

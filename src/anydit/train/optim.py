@@ -9,6 +9,28 @@ from collections.abc import Callable
 import torch
 
 
+def bf16_is_fast(device: torch.device | str = "cpu") -> bool:
+    """Whether bf16 arithmetic is native on ``device``: a CUDA device, or a CPU with AVX-512
+    bf16 or AMX instructions (read from /proc/cpuinfo; elsewhere False). Without them a CPU
+    emulates bf16 and autocast can be slower than fp32."""
+    if torch.device(device).type == "cuda":
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """``"auto"`` -> ``"bf16"`` where ``bf16_is_fast(device)``, else ``"fp32"``; others as
+    given."""
+    if precision == "auto":
+        return "bf16" if bf16_is_fast(device) else "fp32"
+    return precision
+
+
 def autocast_for(device: torch.device, precision: str):
     """bf16 autocast (never fp16: on CPU it is ~100x slower) or nothing for fp32."""
     if precision == "bf16":

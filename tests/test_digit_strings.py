@@ -1,0 +1,105 @@
+"""The built-in digit-strings dataset: timing of audio and video agrees, the clock lines them up."""
+
+import numpy as np
+import pytest
+import torch
+
+import anydit
+from anydit.cli import main
+from anydit.data.digit_strings import (
+    DigitStringsDataset,
+    StringsLayout,
+    digit_strings_modalities,
+    voiced_span,
+)
+from anydit.data.digits import DIGIT_NAMES, _audio_npz, audio_split, load_digit_images
+
+
+@pytest.fixture(scope="module")
+def data():
+    return DigitStringsDataset("train", seed=3, size=64)
+
+
+def test_items_are_a_function_of_seed_epoch_and_index(data):
+    a, b = data[5], DigitStringsDataset("train", seed=3, size=64)[5]
+    assert all(torch.equal(a[k], b[k]) for k in ("video", "audio")) and a["text"] == b["text"]
+    data.set_epoch(1)
+    c = data[5]
+    data.set_epoch(0)
+    assert not torch.equal(a["audio"], c["audio"])
+
+
+def test_audio_and_video_segments_agree(data):
+    lay = data.layout
+    for i in range(len(data)):
+        item, segments = data[i], data.segments(i)
+        digits = [s.digit for s in segments]
+        assert len(digits) in lay.lengths
+        assert item["text"] == " ".join(DIGIT_NAMES[d] for d in digits)
+        assert item["digits"] == " ".join(map(str, digits))
+        voiced = item["audio"].max(-1).values > -1  # (L,)
+        inside = torch.zeros_like(voiced)
+        for k, s in enumerate(segments):
+            inside[s.start : s.end] = True
+            assert voiced[s.start] and voiced[s.end - 1]  # the word's ends are voiced
+            if k:
+                assert s.start > segments[k - 1].end  # a pause between words
+                assert s.first == segments[k - 1].last  # one digit follows the other
+            # the digit appears within one video frame of its spoken onset
+            assert abs(s.first * lay.hop - s.start) < lay.hop
+            assert s.last > s.first
+        assert not (voiced & ~inside).any()  # silence outside the words
+        shown = item["video"].flatten(1).max(1).values > -1  # (T,)
+        on = torch.zeros_like(shown)
+        for s in segments:
+            on[s.first : s.last] = True
+        assert torch.equal(shown, on)  # blank exactly where no digit is on screen
+
+
+def test_frames_are_moving_real_digits_of_the_split():
+    test = DigitStringsDataset("test", size=16)
+    images, _ = load_digit_images("test")
+    real = {bytes(img.numpy().tobytes()) for img in images}
+    moved = 0
+    for i in range(len(test)):
+        item, segments = test[i], test.segments(i)
+        for s in segments:
+            frames = item["video"][s.first : s.last]
+            centred = [f for f in frames if bytes(f.numpy().tobytes()) in real]
+            moved += len(frames) - len(centred)
+    assert moved > 0  # offsets move the digits
+    voices = {v for v, _, _ in test.speakers}
+    data = _audio_npz()
+    assert voices <= set(data["voice"][audio_split(data["voice"]) == "test"])
+
+
+def test_the_clock_puts_a_video_frame_and_its_audio_at_one_time():
+    lay = StringsLayout()
+    mods = anydit.MMDiT(digit_strings_modalities(lay), anydit.preset("debug")).modalities
+    video, audio = mods["video"].positions(), mods["audio"].positions()  # (n, 3)
+    per_frame = video.shape[0] // lay.video_frames
+    for j in (0, 3, lay.video_frames - 1):
+        t_video = video[j * per_frame, 0]
+        token = j * lay.hop // 4  # the audio token starting with video frame j (4 frames each)
+        assert t_video == audio[token, 0]
+
+
+def test_voiced_span_and_bad_layouts():
+    mel = np.full((10, 4), -1.0)
+    mel[3:6, 1] = 0.5
+    assert voiced_span(mel) == (3, 6) and voiced_span(np.full((5, 4), -1.0)) == (0, 0)
+    with pytest.raises(ValueError, match="multiple of hop"):
+        StringsLayout(audio_frames=100, hop=8)
+    with pytest.raises(ValueError, match="need up to"):
+        DigitStringsDataset("train", layout=StringsLayout(audio_frames=32, hop=8))
+
+
+def test_a_run_trains_on_digit_strings(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "data: {source: digit-strings}\nmodel: {preset: debug}\n"
+        "train: {steps: 2, batch_size: 4, checkpoint_every: 2, tensorboard: false}\n"
+    )
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    model = anydit.load_model(tmp_path / "run" / "model.safetensors")
+    assert sorted(model.modalities) == ["audio", "digits", "text", "video"]
