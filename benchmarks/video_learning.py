@@ -14,11 +14,14 @@ of steps at the same batch and lr, with an EMA, and is judged on clips of the te
 Variants (``--variants``, comma separated):
 
 * image: one 8x8 frame as an image modality (16 tokens): the reference.
+* centred: ``image`` without offsets (the demo's data).
 * frame1: a one-frame video (16 tokens).
 * video: T frames, 2x2 patches (16 T tokens): the slow case.
 * static: T copies of one frame (no motion).
 * tube: T frames, tokens of all T frames x 2 x 2 (``patch_t = T``: 16 tokens).
-* shiftS: ``video`` with the timestep shift S (more training time near noise, SD3 5.3.2).
+* shiftS: ``video`` with the timestep shift S (more training time near noise, SD3 5.3.2);
+  ``video`` and the others have shift 1.
+* auto: ``video`` with the kind's default shift (sqrt(T / patch_t)).
 * notime: ``video`` without the time axis in rotary positions (frames told apart only by
   content).
 * lossT: ``video`` with the loss weight T (the label's share of the loss as with one frame).
@@ -32,7 +35,6 @@ import argparse
 import json
 import math
 import time
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -40,67 +42,47 @@ import torch
 
 import anydit
 from anydit.config import ModalityConfig
+from anydit.data.digit_strings import shift_image
 from anydit.data.digits import load_digit_images
+from anydit.eval.judges import frame_judge
 from anydit.flow import training_loss
 from anydit.train.ema import ema_decay, ema_update, make_ema
 from anydit.train.optim import make_optimizer
 
-OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 
-
-def shifted(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """(..., H, W) moved by (dy, dx) pixels; uncovered pixels are background (-1)."""
-    out = torch.full_like(img, -1.0)
-    h, w = img.shape[-2:]
-    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
-    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
-    out[..., yd, xd] = img[..., ys, xs]
-    return out
-
-
-def make_clips(images: torch.Tensor, frames: int, motion: bool, seed: int) -> torch.Tensor:
-    """(N, 1, 8, 8) digits -> (N, T, 1, 8, 8) clips: a random walk of one-pixel offsets."""
+def make_clips(
+    images: torch.Tensor, frames: int, motion: bool, seed: int, centred: bool = False
+) -> torch.Tensor:
+    """(N, 1, 8, 8) digits -> (N, T, 1, 8, 8) clips: a random walk of one-pixel offsets (none
+    with ``centred``)."""
+    if centred:
+        return images[:, None].expand(-1, frames, -1, -1, -1).clone()
     rng = np.random.default_rng(seed)
     clips = []
     for img in images:
         pos = rng.integers(-1, 2, size=2)
         seq = []
         for _ in range(frames):
-            seq.append(shifted(img, int(pos[0]), int(pos[1])))
+            seq.append(shift_image(img, int(pos[0]), int(pos[1])))
             if motion:
                 pos = np.clip(pos + rng.integers(-1, 2, size=2), -1, 1)
         clips.append(torch.stack(seq))
     return torch.stack(clips)
 
 
-@lru_cache(maxsize=1)
-def frame_judge():
-    """PCA (32, whitened) + RBF SVC fit on every train digit at all nine offsets."""
-    from sklearn.decomposition import PCA
-    from sklearn.pipeline import Pipeline
-    from sklearn.svm import SVC
-
-    x, y = load_digit_images("train")
-    xs = torch.cat([shifted(x, dy, dx) for dy, dx in OFFSETS]).reshape(-1, 64).double().numpy()
-    ys = np.tile(y.numpy(), len(OFFSETS))
-    pca = PCA(n_components=32, whiten=True, svd_solver="full")
-    return Pipeline([("pca", pca), ("clf", SVC(C=10.0, kernel="rbf"))]).fit(xs, ys)
-
-
 def judge(frames: torch.Tensor) -> np.ndarray:
-    """(..., 1, 8, 8) -> digits (...)."""
+    """(..., 1, 8, 8) -> digits (...), read by ``eval.judges.FrameJudge``."""
     lead = frames.shape[:-3]
-    flat = frames.reshape(-1, 64).clamp(-1, 1).double().numpy()
-    return frame_judge().predict(flat).reshape(lead)
+    return frame_judge().predict(frames.reshape(-1, 64).clamp(-1, 1)).reshape(lead)
 
 
 def variant(name: str, frames: int, patch: int) -> tuple[ModalityConfig, int, bool]:
     """(the visual modality, its frames, motion) of a variant."""
-    video = dict(kind="video", shape=(frames, 1, 8, 8), patch=patch)
-    if name == "image":
+    video = dict(kind="video", shape=(frames, 1, 8, 8), patch=patch, shift=1.0)
+    if name in ("image", "centred"):
         return ModalityConfig("x", "image", (1, 8, 8), patch=patch), 1, False
     if name == "frame1":
-        return ModalityConfig("x", "video", (1, 1, 8, 8), patch=patch), 1, False
+        return ModalityConfig("x", **{**video, "shape": (1, 1, 8, 8)}), 1, False
     if name == "video":
         return ModalityConfig("x", **video), frames, True
     if name == "static":
@@ -108,7 +90,9 @@ def variant(name: str, frames: int, patch: int) -> tuple[ModalityConfig, int, bo
     if name == "tube":
         return ModalityConfig("x", **video, patch_t=frames), frames, True
     if name.startswith("shift"):
-        return ModalityConfig("x", **video, shift=float(name[5:])), frames, True
+        return ModalityConfig("x", **{**video, "shift": float(name[5:])}), frames, True
+    if name == "auto":  # the video kind's default shift
+        return ModalityConfig("x", **{**video, "shift": None}), frames, True
     if name == "notime":
         return ModalityConfig("x", **video), frames, True
     if name.startswith("loss"):
@@ -147,7 +131,7 @@ def run(name: str, args) -> dict:
     start = time.perf_counter()
     for step in range(args.steps):
         idx = torch.randint(len(y), (args.batch,), generator=gen)
-        clips = make_clips(x[idx], frames, motion, seed=args.seed * 100_003 + step)
+        clips = make_clips(x[idx], frames, motion, args.seed * 100_003 + step, name == "centred")
         batch = {"x": clips[:, 0] if visual.kind == "image" else clips, "label": y[idx]}
         loss = training_loss(model, batch, generator=gen)
         opt.zero_grad(set_to_none=True)
@@ -170,7 +154,7 @@ def run(name: str, args) -> dict:
     # video -> label on test clips
     tx, ty = load_digit_images("test")
     pick = torch.cat([torch.nonzero(ty == d)[: args.per_class, 0] for d in range(10)])
-    test_clips = make_clips(tx[pick], frames, motion, seed=12345)
+    test_clips = make_clips(tx[pick], frames, motion, 12345, name == "centred")
     given = test_clips[:, 0] if visual.kind == "image" else test_clips
     got = anydit.sample(
         ema, {"x": given, "label": "generate"}, n=len(pick), steps=1, seed=2,

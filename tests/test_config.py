@@ -20,7 +20,10 @@ def test_image_not_divisible_by_patch_names_field():
             {"kind": "vector", "shape": (3,), "p_given": 1.5},
             r"p_given: expected a probability in \[0, 1\], got 1.5",
         ),
-        ({"kind": "vector", "shape": (3,), "shift": 0}, r"shift: expected a number > 0, got 0"),
+        (
+            {"kind": "vector", "shape": (3,), "shift": 0},
+            r"shift: expected a number > 0 \(or none\), got 0",
+        ),
         (
             {"kind": "sequence", "shape": (10, 2), "patch": 4},
             r"shape \(L\): expected a multiple of patch=4, got 10",

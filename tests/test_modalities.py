@@ -133,3 +133,37 @@ def test_video_tokens_are_blocks_of_frames_and_pixels():
     assert tok[0, 0].tolist() == [0, 1, 4, 5, 16, 17, 20, 21]
     assert tok[0, 4].tolist() == [32, 33, 36, 37, 48, 49, 52, 53]
     assert m.positions()[4].tolist() == [1.0, 0.0, 0.0] and m.positions()[3].tolist() == [0, 1, 1]
+
+
+def test_a_video_shifts_its_times_by_the_root_of_its_token_frames():
+    from anydit.config import FlowConfig
+    from anydit.flow.objective import make_inputs
+
+    def video(**kw):
+        return ModalityConfig("v", "video", (4, 1, 8, 8), patch=4, **kw)
+
+    assert build_modality(video()).time_shift == 2.0
+    assert build_modality(video(patch_t=2)).time_shift == pytest.approx(2**0.5)
+    assert build_modality(video(shift=1.0)).time_shift == 1.0
+    assert build_modality(ModalityConfig("i", "image", (1, 8, 8))).time_shift == 1.0
+    clips = {"v": torch.zeros(64, 4, 1, 8, 8)}
+
+    def times(**kw):
+        mods = build_modalities([video(**kw)])
+        gen = torch.Generator().manual_seed(0)
+        return make_inputs(mods, clips, FlowConfig(), generator=gen).times["v"]
+
+    # training: the default draws what an explicit shift of 2 draws, nearer noise than 1
+    assert torch.equal(times(), times(shift=2.0))
+    assert times().median() < times(shift=1.0).median()
+    # sampling: the default grid is the grid of shift 2
+    import anydit
+
+    torch.manual_seed(0)
+    model = anydit.MMDiT([video()], anydit.preset("debug"))
+    torch.nn.init.normal_(model.final["v"].proj.weight)  # a field that is not zero
+
+    def draw(**kw):
+        return anydit.sample(model, {"v": "generate"}, n=2, steps=4, **kw)["v"]
+
+    assert torch.equal(draw(), draw(shift=2.0)) and not torch.equal(draw(), draw(shift=1.0))

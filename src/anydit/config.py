@@ -97,7 +97,8 @@ class ModalityConfig:
     clock: str = ""  # video/sequence: modalities naming the same clock share a rotary time axis
     rate: float = 1.0  # video/sequence: tokens per unit of the shared clock
     width: int = 0  # stream width; 0 = the model's width
-    shift: float = 1.0  # timestep shift s: t = u / (u + s (1 - u)); s > 1: more time near noise
+    shift: float | None = None  # timestep shift s: t = u / (u + s (1 - u)); s > 1: more time
+    # near noise; None = the kind's default (1; video: sqrt of its token frames, T / patch_t)
     time_sampler: str = "logit_normal"  # SD3's logit-normal puts training mass mid-path
     loss_weight: float = 1.0
     p_given: float = 0.15  # chance, per sample, that this modality is a condition (t = 1)
@@ -159,7 +160,9 @@ class ModalityConfig:
         kind.check(self)
         _check(self.width >= 0, f"{w}.width", "an integer >= 0", self.width)
         _check(self.rate > 0, f"{w}.rate", "a number > 0", self.rate)
-        _check(self.shift > 0, f"{w}.shift", "a number > 0", self.shift)
+        _check(
+            self.shift is None or self.shift > 0, f"{w}.shift", "a number > 0 (or none)", self.shift
+        )
         _check(
             self.time_sampler in TIME_SAMPLERS,
             f"{w}.time_sampler",

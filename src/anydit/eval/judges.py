@@ -27,8 +27,10 @@ from anydit.data.digits import load_digit_audio, load_digit_images
 
 __all__ = [
     "AudioJudge",
+    "FrameJudge",
     "ImageJudge",
     "diversity",
+    "frame_judge",
     "get_judges",
     "nearest_train_distance",
     "real_diversity",
@@ -102,6 +104,25 @@ class ImageJudge(_Judge):
     def _make_pipeline(self) -> Pipeline:
         pca = PCA(n_components=32, whiten=True, svd_solver="full")
         return Pipeline([("pca", pca), ("clf", SVC(C=10.0, kernel="rbf"))])
+
+
+class FrameJudge(ImageJudge):
+    """Digit classifier for video frames ``(N, 1, 8, 8)`` that move: the ``ImageJudge``
+    pipeline fit on every train digit at all nine offsets of at most one pixel (uncovered
+    pixels background), as ``digit-strings`` frames are."""
+
+    def _data(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        from anydit.data.digit_strings import shift_image
+
+        x, y = load_digit_images(split)
+        offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        return torch.cat([shift_image(x, dy, dx) for dy, dx in offsets]), y.repeat(len(offsets))
+
+
+@lru_cache(maxsize=1)
+def frame_judge() -> FrameJudge:
+    """A fitted ``FrameJudge``, memoised in-process."""
+    return FrameJudge().fit()
 
 
 class AudioJudge(_Judge):

@@ -38,8 +38,8 @@ def plan_jumps(
         j = torch.randint(0, k, (batch,), generator=generator).double()
         on_grid = torch.rand(batch, generator=generator) < 0.5
         u0, u1 = j / k, (j + 1) / k if step > 0 else j / k
-        t0 = shift_time(u0, m.cfg.shift).float()
-        t1 = shift_time(u1, m.cfg.shift).float()
+        t0 = shift_time(u0, m.time_shift).float()
+        t1 = shift_time(u1, m.time_shift).float()
         starts[name] = torch.where(on_grid, t0, torch.full_like(t0, float("nan")))
         ends[name] = torch.where(on_grid, t1, torch.full_like(t1, float("nan")))
     return starts, ends

@@ -105,7 +105,7 @@ def make_inputs(
         t = sample_times(
             m.cfg.time_sampler,
             total,
-            m.cfg.shift,
+            m.time_shift,
             flow.logit_mean,
             flow.logit_std,
             generator,

@@ -93,6 +93,17 @@ class Modality:
         self.shape: tuple[int, ...] = tuple(cfg.shape)  # one raw sample
         self.time_scale = 1.0  # time positions per token; shared clocks set it
 
+    @property
+    def time_shift(self) -> float:
+        """The timestep shift training and sampling use: ``cfg.shift``, or the kind's
+        ``default_shift`` where it is None."""
+        return self.default_shift if self.cfg.shift is None else float(self.cfg.shift)
+
+    @property
+    def default_shift(self) -> float:
+        """The shift of a modality that sets none: 1 (no shift)."""
+        return 1.0
+
     # --- config ----------------------------------------------------------------------------
     @classmethod
     def check(cls, cfg) -> None:

@@ -197,7 +197,7 @@ def sample(
             x_init[k] = torch.where(roles[k].known, roles[k].tokens, x_init[k])
     grids = joint_grids(
         {k: roles[k].steps or cfg.steps for k in generated},
-        {k: mods[k].cfg.shift if cfg.shift is None else cfg.shift for k in generated},
+        {k: mods[k].time_shift if cfg.shift is None else cfg.shift for k in generated},
         first={k for k in generated if mods[k].discrete} if cfg.discrete_first else (),
     )
     grids = {k: g.to(device) for k, g in grids.items()}
