@@ -24,6 +24,8 @@ Variants (``--variants``, comma separated):
 * auto: ``video`` with the kind's default shift (sqrt(T / patch_t)).
 * notime: ``video`` without the time axis in rotary positions (frames told apart only by
   content).
+* pooled: ``video`` with ``model.pooled_cond`` (every stream's mean token in every adaLN
+  input: a clip-wide summary each frame sees).
 * lossT: ``video`` with the loss weight T (the label's share of the loss as with one frame).
 
     python benchmarks/video_learning.py --steps 1500 --variants image,frame1,video,shift2
@@ -93,7 +95,7 @@ def variant(name: str, frames: int, patch: int) -> tuple[ModalityConfig, int, bo
         return ModalityConfig("x", **{**video, "shift": float(name[5:])}), frames, True
     if name == "auto":  # the video kind's default shift
         return ModalityConfig("x", **{**video, "shift": None}), frames, True
-    if name == "notime":
+    if name in ("notime", "pooled"):
         return ModalityConfig("x", **video), frames, True
     if name.startswith("loss"):
         return ModalityConfig("x", **video, loss_weight=float(name[4:])), frames, True
@@ -104,7 +106,9 @@ def run(name: str, args) -> dict:
     torch.manual_seed(args.seed)
     visual, frames, motion = variant(name, args.frames, args.patch)
     label = ModalityConfig("label", "label", num_classes=10)
-    cfg = anydit.preset("small", width=128, depth=4, heads=2, head_dim=64)
+    cfg = anydit.preset(
+        "small", width=128, depth=4, heads=2, head_dim=64, pooled_cond=name == "pooled"
+    )
     model = anydit.MMDiT([visual, label], cfg)
     if name == "notime":  # rotary positions without the time axis
         rope = model.rope.clone()
@@ -151,6 +155,10 @@ def run(name: str, args) -> dict:
     gen_clips = out["x"] if visual.kind == "video" else out["x"][:, None]  # (n, T, 1, 8, 8)
     read = judge(gen_clips)  # (n, T)
     want = labels.numpy()[:, None]
+    wide = anydit.sample(  # the same with guidance at every step
+        ema, {"x": "generate", "label": labels}, n=len(labels), steps=32, seed=1, guidance=1.5
+    )["x"]
+    read_wide = judge(wide if visual.kind == "video" else wide[:, None])
     # video -> label on test clips
     tx, ty = load_digit_images("test")
     pick = torch.cat([torch.nonzero(ty == d)[: args.per_class, 0] for d in range(10)])
@@ -169,6 +177,7 @@ def run(name: str, args) -> dict:
         "label_to_video_frames": round(100 * float((read == want).mean()), 1),
         "label_to_video_clips": round(100 * float((read == want).all(1).mean()), 1),
         "consistent": round(100 * float((read == read[:, :1]).all(1).mean()), 1),
+        "clips_guided_throughout": round(100 * float((read_wide == want).all(1).mean()), 1),
         "video_to_label": round(100 * float((got["label"] == ty[pick]).float().mean()), 1),
         "judge_on_real": round(100 * float((real_read == ty[pick].numpy()[:, None]).mean()), 1),
     }
