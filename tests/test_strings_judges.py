@@ -60,3 +60,27 @@ def test_sync_refuses_mismatched_clocks(clips):
         sync(video, audio[:, :-4], hop)
     with pytest.raises(ValueError, match="does not span"):
         sync(video, torch.cat([audio, audio], 1), hop)
+
+
+def test_every_task_runs_on_a_small_model_and_bad_models_are_named():
+    import anydit
+    from anydit.data.digit_strings import digit_strings_modalities
+    from anydit.eval.strings_tasks import STRING_TASKS, evaluate_strings
+
+    torch.manual_seed(0)
+    mods = digit_strings_modalities()
+    model = anydit.MMDiT(mods, anydit.preset("debug", per_token_time=True)).eval()
+    scores = evaluate_strings(model, n=3, config=anydit.SampleConfig(steps=2))
+    assert set(scores) >= {"joint_sync", "video_to_audio", "audio_to_video", "prediction_seam"}
+    assert all(0 <= v <= 1 for k, v in scores.items() if k != "joint_onset_error")
+    flat = anydit.MMDiT(mods, anydit.preset("debug"))
+    with pytest.raises(ValueError, match="per_token_time"):
+        evaluate_strings(flat, n=2, tasks=("prediction",))
+    assert set(evaluate_strings(flat, n=2, config=anydit.SampleConfig(steps=1),
+                                tasks=("audio_to_video",))) == {"audio_to_video"}  # fmt: skip
+    with pytest.raises(ValueError, match="unknown"):
+        evaluate_strings(model, n=2, tasks=("dance",))
+    odd = [anydit.ModalityConfig("video", "video", (5, 1, 8, 8), patch=4), *mods[1:]]
+    with pytest.raises(ValueError, match="clocks do not match"):
+        evaluate_strings(anydit.MMDiT(odd, anydit.preset("debug")), n=2)
+    assert len(STRING_TASKS) == 7

@@ -1,0 +1,174 @@
+"""The ``digit-strings`` tasks and their measures (judges: ``eval.strings``).
+
+Each task samples ``n`` clips of the held-out split and scores what was generated, per time
+segment of the real clip it is conditioned on:
+
+* ``joint``: video, audio and caption together, nothing given: ``sync`` and ``onset_error``.
+* ``video_to_audio`` (dubbing): the words heard in each shown digit's time span.
+* ``audio_to_video``: the digit most frames show in each spoken word's frames.
+* ``caption_to_av``: video and audio from the caption: the digits seen in order (runs of
+  frames) and heard in order (voiced runs), against the caption; and their ``sync``.
+* ``prediction``: the audio and the first digit's frames given, the other frames generated.
+* ``interpolation``: the audio and the first and last digits' frames given.
+* ``continuation``: the video and the first word's audio given, the rest of the audio
+  generated.
+
+For the three completions, the accuracy is over the filled-in segments only and ``_seam`` is
+the share of clips whose first generated frame after the given ones (continuation: the first
+generated word) is read as the digit that follows. Partial givens need a model with
+``per_token_time``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from anydit.config import SampleConfig
+from anydit.data.digit_strings import VOICED, DigitStringsDataset, StringsLayout
+from anydit.eval.strings import (
+    heard_in,
+    read_frames,
+    real_clips,
+    runs,
+    seen_in,
+    segment_accuracy,
+    sync,
+)
+from anydit.sampling import Generate, sample
+
+STRING_TASKS = (
+    "joint",
+    "video_to_audio",
+    "audio_to_video",
+    "caption_to_av",
+    "prediction",
+    "interpolation",
+    "continuation",
+)
+COMPLETIONS = ("prediction", "interpolation", "continuation")
+
+
+def _layout_of(model) -> StringsLayout:
+    """The clip layout a model was built for; a clear error when it is not a digit-strings
+    model."""
+    mods = model.modalities
+    missing = [n for n in ("video", "audio", "text") if n not in mods]
+    if missing:
+        raise ValueError(
+            f"digit-strings tasks: the model has no modalities {missing}; expected video, audio "
+            f"and text (got {sorted(mods)})"
+        )
+    frames, audio = mods["video"].shape[0], mods["audio"].shape[0]
+    if audio % frames:
+        raise ValueError(
+            f"digit-strings tasks: audio of {audio} frames is not a whole number of audio frames "
+            f"per video frame ({frames} video frames): the clocks do not match"
+        )
+    return StringsLayout(audio_frames=audio, hop=audio // frames)
+
+
+def _in_order(read: list[int], want: list[int]) -> float:
+    """Share of ``want``'s positions that ``read`` matches, position by position."""
+    return float(np.mean([k < len(read) and read[k] == d for k, d in enumerate(want)]))
+
+
+def _collapse(digits: list[int]) -> list[int]:
+    """Repeated neighbours as one (two fours in a row show as one run of frames)."""
+    return [d for k, d in enumerate(digits) if k == 0 or digits[k - 1] != d]
+
+
+def _words(audio: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """Per clip, its voiced runs [start, end)."""
+    voiced = (audio.float().max(-1).values > VOICED).numpy()  # (b, L)
+    return [[(f, last) for _, f, last in runs(np.where(row, 1, -1))] for row in voiced]
+
+
+def evaluate_strings(
+    model,
+    n: int = 100,
+    config: SampleConfig | None = None,
+    split: str = "test",
+    seed: int = 0,
+    tasks: tuple[str, ...] = STRING_TASKS,
+) -> dict[str, float]:
+    """Scores of ``tasks`` on ``n`` clips of ``split`` (see the module docstring): a flat dict
+    ``{task_measure: value}``."""
+    unknown = sorted(set(tasks) - set(STRING_TASKS))
+    if unknown:
+        raise ValueError(f"digit-strings tasks: unknown {unknown}; expected some of {STRING_TASKS}")
+    layout = _layout_of(model)
+    if set(tasks) & set(COMPLETIONS) and not model.cfg.per_token_time:
+        raise ValueError(
+            "digit-strings tasks: prediction, interpolation and continuation give part of a "
+            "stream, which needs a model built with per_token_time = true"
+        )
+    hop = layout.hop
+    data = DigitStringsDataset(split, seed=seed, layout=layout, size=n)
+    video, audio, segments = real_clips(data, n)
+    captions = [data[i]["text"] for i in range(n)]
+    want = [[s.digit for s in row] for row in segments]
+    shown = [[(s.first, s.last) for s in row] for row in segments]
+    said = [[(s.start, s.end) for s in row] for row in segments]
+    config = config or SampleConfig()
+    out: dict[str, float] = {}
+
+    def draw(task: dict) -> dict[str, torch.Tensor]:
+        return sample(model, task, n=n, config=config, seed=seed + 1)
+
+    if "joint" in tasks:
+        got = draw({"video": "generate", "audio": "generate", "text": "generate"})
+        report = sync(got["video"], got["audio"], hop)
+        out |= {"joint_sync": report.sync, "joint_onset_error": report.onset_error}
+    if "video_to_audio" in tasks:
+        got = draw({"video": video, "audio": "generate"})
+        spans = [[(f * hop, last * hop) for f, last in row] for row in shown]
+        out["video_to_audio"] = segment_accuracy(heard_in(got["audio"], spans), want)
+    if "audio_to_video" in tasks:
+        got = draw({"audio": audio, "video": "generate"})
+        spans = [[(s // hop, -(-e // hop)) for s, e in row] for row in said]
+        out["audio_to_video"] = segment_accuracy(seen_in(got["video"], spans), want)
+    if "caption_to_av" in tasks:
+        got = draw({"text": captions, "video": "generate", "audio": "generate"})
+        seen = [[d for d, _, _ in runs(row)] for row in read_frames(got["video"])]
+        words = _words(got["audio"])
+        heard = heard_in(got["audio"], words)
+        out["caption_to_video"] = float(
+            np.mean([_in_order(s, _collapse(w)) for s, w in zip(seen, want, strict=True)])
+        )
+        out["caption_to_audio"] = float(
+            np.mean([_in_order(list(h), w) for h, w in zip(heard, want, strict=True)])
+        )
+        out["caption_to_av_sync"] = sync(got["video"], got["audio"], hop).sync
+    for task in (t for t in COMPLETIONS if t in tasks):
+        out |= _completion(task, draw, video, audio, segments, want, hop)
+    return out
+
+
+def _completion(task, draw, video, audio, segments, want, hop) -> dict[str, float]:
+    """A completion task: what is given, what is filled, read per filled segment."""
+    known = torch.zeros_like(video if task != "continuation" else audio, dtype=torch.bool)
+    filled = []  # per clip, indices of the segments generated
+    for i, row in enumerate(segments):
+        keep = [0] if task != "interpolation" else [0, len(row) - 1]
+        for k in keep:
+            s = row[k]
+            if task == "continuation":
+                known[i, : s.end] = True  # the first word and the silence before it
+            else:
+                known[i, s.first : s.last] = True
+        filled.append([k for k in range(len(row)) if k not in keep])
+    if task == "continuation":
+        got = draw({"video": video, "audio": Generate(known=audio, mask=known)})["audio"]
+        read = heard_in(got, [[(s.start, s.end) for s in row] for row in segments])
+        seam = [r[1] == w[1] for r, w in zip(read, want, strict=True)]  # the next word
+    else:
+        got = draw({"audio": audio, "video": Generate(known=video, mask=known)})["video"]
+        read = seen_in(got, [[(s.first, s.last) for s in row] for row in segments])
+        frames = read_frames(got)  # the first frame after the given ones shows the next digit
+        seam = [frames[i, row[0].last] == row[1].digit for i, row in enumerate(segments)]
+    acc = segment_accuracy(
+        [r[f] for r, f in zip(read, filled, strict=True)],
+        [[w[k] for k in f] for w, f in zip(want, filled, strict=True)],
+    )
+    return {task: acc, f"{task}_seam": float(np.mean(seam))}
