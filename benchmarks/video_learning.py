@@ -26,6 +26,8 @@ Variants (``--variants``, comma separated):
   content).
 * pooled: ``video`` with ``model.pooled_cond`` (every stream's mean token in every adaLN
   input: a clip-wide summary each frame sees).
+* partial: ``video`` with per-token times, a third of the generated clips having a random
+  share of their tokens given (frames learn from each other, as in prediction).
 * lossT: ``video`` with the loss weight T (the label's share of the loss as with one frame).
 
     python benchmarks/video_learning.py --steps 1500 --variants image,frame1,video,shift2
@@ -97,6 +99,8 @@ def variant(name: str, frames: int, patch: int) -> tuple[ModalityConfig, int, bo
         return ModalityConfig("x", **{**video, "shift": None}), frames, True
     if name in ("notime", "pooled"):
         return ModalityConfig("x", **video), frames, True
+    if name == "partial":  # a third of the clips train with random tokens given
+        return ModalityConfig("x", **video, p_partial=0.3), frames, True
     if name.startswith("loss"):
         return ModalityConfig("x", **video, loss_weight=float(name[4:])), frames, True
     raise SystemExit(f"unknown variant {name!r}")
@@ -107,8 +111,9 @@ def run(name: str, args) -> dict:
     visual, frames, motion = variant(name, args.frames, args.patch)
     label = ModalityConfig("label", "label", num_classes=10)
     cfg = anydit.preset(
-        "small", width=128, depth=4, heads=2, head_dim=64, pooled_cond=name == "pooled"
-    )
+        "small", width=128, depth=4, heads=2, head_dim=64, pooled_cond=name == "pooled",
+        per_token_time=name.startswith("partial"),
+    )  # fmt: skip
     model = anydit.MMDiT([visual, label], cfg)
     if name == "notime":  # rotary positions without the time axis
         rope = model.rope.clone()
