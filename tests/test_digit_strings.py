@@ -103,3 +103,13 @@ def test_a_run_trains_on_digit_strings(tmp_path):
     assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     model = anydit.load_model(tmp_path / "run" / "model.safetensors")
     assert sorted(model.modalities) == ["audio", "digits", "text", "video"]
+
+
+def test_streams_on_one_clock_must_last_as_long():
+    video, audio, *rest = digit_strings_modalities()
+    short = anydit.ModalityConfig(**{**video.__dict__, "shape": (15, 1, 8, 8)})
+    with pytest.raises(ValueError, match="sharing clock 'av' must last as long: 'audio' 128, "):
+        anydit.MMDiT([short, audio, *rest], anydit.preset("debug"))
+    slow = anydit.ModalityConfig(**{**audio.__dict__, "rate": 0.5})
+    with pytest.raises(ValueError, match="'video' 128 units"):
+        anydit.MMDiT([video, slow, *rest], anydit.preset("debug"))

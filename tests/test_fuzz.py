@@ -31,7 +31,7 @@ VALID = {
         {"name": "caption", "kind": "text", "shape": [12]},
         {"name": "pose", "kind": "vector", "shape": [3], "standardize": True},
         {"name": "clip", "kind": "video", "shape": [2, 1, 4, 4], "patch": 2, "clock": "c"},
-        {"name": "wave", "kind": "sequence", "shape": [8, 4], "patch": 2, "clock": "c"},
+        {"name": "wave", "kind": "sequence", "shape": [8, 4], "patch": 2, "clock": "c", "rate": 2},
     ],
     "data": {"source": "digits", "image_fit": "crop", "workers": 0},
     "model": {"preset": "debug", "depth": 1, "heads": 2, "mlp_ratio": 2.0},

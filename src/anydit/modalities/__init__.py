@@ -34,9 +34,20 @@ def build_modalities(cfgs) -> dict[str, Modality]:
     for m in mods.values():
         if m.cfg.clock:
             clocks[m.cfg.clock] = max(clocks.get(m.cfg.clock, 0.0), m.cfg.rate)
+    spans: dict[str, list[tuple[str, float]]] = {}
     for m in mods.values():
         if m.cfg.clock:
             m.time_scale = clocks[m.cfg.clock] / m.cfg.rate
+            steps = m.positions()[:, 0].unique().numel()  # tokens along time
+            spans.setdefault(m.cfg.clock, []).append((m.name, steps / m.cfg.rate))
+    for clock, rows in spans.items():
+        if max(s for _, s in rows) - min(s for _, s in rows) > 1e-6:
+            said = ", ".join(f"'{n}' {s:g}" for n, s in rows)
+            raise ValueError(
+                f"modalities sharing clock '{clock}' must last as long: {said} units of the "
+                "clock (time tokens / rate); change a shape or rate, or give them different "
+                "clocks"
+            )
     return mods
 
 
