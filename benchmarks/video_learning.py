@@ -19,9 +19,10 @@ Variants (``--variants``, comma separated):
 * video: T frames, 2x2 patches (16 T tokens): the slow case.
 * static: T copies of one frame (no motion).
 * tube: T frames, tokens of all T frames x 2 x 2 (``patch_t = T``: 16 tokens).
-* shiftS: ``video`` with the timestep shift S (more training time near noise, SD3 5.3.2);
-  ``video`` and the others have shift 1.
+* shiftS: ``video`` with the timestep shift S (more training time near noise, SD3 5.3.2).
 * auto: ``video`` with the kind's default shift (sqrt(T / patch_t)).
+* fixed: ``video`` with the kind's defaults, shift sqrt(T / patch_t) and loss weight
+  T / patch_t; ``video`` and the others have shift 1 and loss weight 1.
 * notime: ``video`` without the time axis in rotary positions (frames told apart only by
   content).
 * pooled: ``video`` with ``model.pooled_cond`` (every stream's mean token in every adaLN
@@ -82,7 +83,7 @@ def judge(frames: torch.Tensor) -> np.ndarray:
 
 def variant(name: str, frames: int, patch: int) -> tuple[ModalityConfig, int, bool]:
     """(the visual modality, its frames, motion) of a variant."""
-    video = dict(kind="video", shape=(frames, 1, 8, 8), patch=patch, shift=1.0)
+    video = dict(kind="video", shape=(frames, 1, 8, 8), patch=patch, shift=1.0, loss_weight=1.0)
     if name in ("image", "centred"):
         return ModalityConfig("x", "image", (1, 8, 8), patch=patch), 1, False
     if name == "frame1":
@@ -102,7 +103,9 @@ def variant(name: str, frames: int, patch: int) -> tuple[ModalityConfig, int, bo
     if name == "partial":  # a third of the clips train with random tokens given
         return ModalityConfig("x", **video, p_partial=0.3), frames, True
     if name.startswith("loss"):
-        return ModalityConfig("x", **video, loss_weight=float(name[4:])), frames, True
+        return ModalityConfig("x", **{**video, "loss_weight": float(name[4:])}), frames, True
+    if name == "fixed":  # the video kind's defaults: shift sqrt(T), loss weight T
+        return ModalityConfig("x", **{**video, "shift": None, "loss_weight": None}), frames, True
     raise SystemExit(f"unknown variant {name!r}")
 
 

@@ -167,3 +167,21 @@ def test_a_video_shifts_its_times_by_the_root_of_its_token_frames():
         return anydit.sample(model, {"v": "generate"}, n=2, steps=4, **kw)["v"]
 
     assert torch.equal(draw(), draw(shift=2.0)) and not torch.equal(draw(), draw(shift=1.0))
+
+
+def test_a_video_weighs_its_loss_by_its_token_frames():
+    import anydit
+
+    def video(**kw):
+        return ModalityConfig("v", "video", (4, 1, 8, 8), patch=4, **kw)
+
+    assert build_modality(video()).loss_weight == 4.0
+    assert build_modality(video(patch_t=2)).loss_weight == 2.0
+    assert build_modality(video(loss_weight=1.0)).loss_weight == 1.0
+    assert build_modality(ModalityConfig("i", "image", (1, 8, 8))).loss_weight == 1.0
+    label = ModalityConfig("k", "label", num_classes=3)
+    model = anydit.MMDiT([video(), label], anydit.preset("debug"))
+    torch.nn.init.normal_(model.final["v"].proj.weight)
+    batch = {"v": torch.rand(8, 4, 1, 8, 8) * 2 - 1, "k": torch.randint(3, (8,))}
+    loss = anydit.training_loss(model, batch, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loss.total, 4.0 * loss.parts["v"] + loss.parts["k"])

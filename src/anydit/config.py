@@ -100,7 +100,7 @@ class ModalityConfig:
     shift: float | None = None  # timestep shift s: t = u / (u + s (1 - u)); s > 1: more time
     # near noise; None = the kind's default (1; video: sqrt of its token frames, T / patch_t)
     time_sampler: str = "logit_normal"  # SD3's logit-normal puts training mass mid-path
-    loss_weight: float = 1.0
+    loss_weight: float | None = None  # None = the kind's default (1; video: T / patch_t)
     p_given: float = 0.15  # chance, per sample, that this modality is a condition (t = 1)
     p_drop: float = 0.1  # chance it is marginalised (t = 0); this is what CFG's branch uses
     p_partial: float = 0.0  # chance of per-token roles (random tokens given); needs per_token_time
@@ -169,7 +169,12 @@ class ModalityConfig:
             str(TIME_SAMPLERS),
             self.time_sampler,
         )
-        _check(self.loss_weight >= 0, f"{w}.loss_weight", "a number >= 0", self.loss_weight)
+        _check(
+            self.loss_weight is None or self.loss_weight >= 0,
+            f"{w}.loss_weight",
+            "a number >= 0 (or none)",
+            self.loss_weight,
+        )
         for p in ("p_given", "p_drop", "p_partial"):
             v = getattr(self, p)
             _check(0.0 <= v <= 1.0, f"{w}.{p}", "a probability in [0, 1]", v)

@@ -187,7 +187,7 @@ def training_objective(
         mean = s / counts[name].to(s.dtype).clamp(min=1.0)
         total = (
             torch.zeros((), device=s.device) if total is None else total
-        ) + m.cfg.loss_weight * mean
+        ) + m.loss_weight * mean
         parts[name] = mean.detach()
     return Loss(total * scale, parts)
 

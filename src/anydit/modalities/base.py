@@ -104,6 +104,12 @@ class Modality:
         """The shift of a modality that sets none: 1 (no shift)."""
         return 1.0
 
+    @property
+    def loss_weight(self) -> float:
+        """The weight of this modality's mean loss in the total: ``cfg.loss_weight``, or 1
+        where it is None (a video: its token frames, ``Video.loss_weight``)."""
+        return 1.0 if self.cfg.loss_weight is None else float(self.cfg.loss_weight)
+
     # --- config ----------------------------------------------------------------------------
     @classmethod
     def check(cls, cfg) -> None:
