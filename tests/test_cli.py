@@ -101,6 +101,12 @@ ROLE_CASES = [  # CLI flags, generated modalities, the same task and settings in
         {"shift": 3.0},
     ),
     (
+        ["--generate", "image,audio", "--given", "label=3", "--isolation", "2"],
+        {"image", "audio"},
+        {"label": 3},
+        {"isolation": 2.0},
+    ),
+    (
         ["--generate", "image,label", "--discrete-first"],
         {"image", "label"},
         {},

@@ -2,7 +2,7 @@ import re
 
 import pytest
 import torch
-from conftest import four_modalities, randomize
+from conftest import four_modalities, random_batch, randomize
 
 import anydit
 
@@ -324,3 +324,37 @@ def test_shift_moves_the_grid(model):
     assert not torch.allclose(plain["image"], shifted["image"])
     with pytest.raises(ValueError, match="sample.shift: expected a number > 0"):
         anydit.sample(model, task, shift=0.0)
+
+
+def test_isolation_cuts_generated_streams_apart_and_guides_away_from_it(model):
+    from anydit.sampling.sample import isolation_mask
+
+    model.eval()
+    gen = ["audio", "image"]
+    mask = isolation_mask(model, gen, n=2, branches=2, device="cpu")  # (4, N, N)
+    assert mask[:2].all() and not mask[2:].all()
+    b = {k: v[:2] for k, v in random_batch(model, b=2).items()}
+    tokens = {k: m.tokenize(b[k]) if not m.discrete else b[k].reshape(2, -1)
+              for k, m in model.modalities.items()}  # fmt: skip
+    times = {k: torch.full((2,), 0.5) for k in model.modalities}
+    cut = mask[2:]
+    out = model(tokens, times, mask=cut)
+    moved = dict(tokens, audio=tokens["audio"] + 1.0)  # another audio state
+    again = model(tokens | {"audio": moved["audio"]}, times, mask=cut)
+    torch.testing.assert_close(out["image"], again["image"])  # the image does not see it
+    torch.testing.assert_close(out["text"], again["text"])  # nor a condition it reads
+    full = model(tokens | {"audio": moved["audio"]}, times)
+    assert not torch.allclose(full["image"], out["image"])
+    everything = model(tokens, times, mask=mask[:2])  # the other branches' rows: no cut
+    for k, v in model(tokens, times).items():
+        torch.testing.assert_close(everything[k], v, rtol=1e-5, atol=1e-5)
+    task = {"image": "generate", "audio": "generate", "label": 3}
+    plain = anydit.sample(model, task, n=2, steps=3)
+    same = anydit.sample(model, task, n=2, steps=3, isolation=1.0)
+    pushed = anydit.sample(model, task, n=2, steps=3, isolation=2.0)
+    assert torch.equal(plain["image"], same["image"])
+    assert not torch.allclose(plain["image"], pushed["image"])
+    with pytest.raises(ValueError, match="generates 1 token stream"):
+        anydit.sample(model, {"image": "generate", "label": 3}, n=1, steps=2, isolation=2.0)
+    with pytest.raises(ValueError, match="use cache '' and kv_reuse false"):
+        anydit.sample(model, task, n=1, steps=2, isolation=2.0, cache="taylor")

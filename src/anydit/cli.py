@@ -149,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="guide only while a modality's time is in [LOW, HIGH] (0 = noise, 1 = data)",
     )
     p.add_argument("--shift", type=float, help="time shift of the grids (default: trained)")
+    p.add_argument(
+        "--isolation",
+        type=float,
+        help="!= 1: guide each generated stream away from what it makes reading only itself "
+        "and the conditions (LTX-2's modality isolation; needs two generated streams)",
+    )
     p.add_argument("--unmasking", choices=["random", "confidence"], help="discrete reveal order")
     p.add_argument(
         "--cache",
@@ -514,6 +520,7 @@ def cmd_sample(args) -> int:
         cache_ratio=args.cache_ratio,
         kv_reuse=args.kv_reuse,
         discrete_first=args.discrete_first,
+        isolation=args.isolation,
     )
     if args.n < 1:
         raise ValueError(f"-n: expected an integer >= 1, got {args.n}")

@@ -497,6 +497,8 @@ class SampleConfig:
     # its steps) keep their keys and values: exact for given tokens of a model trained with
     # isolate_given, an approximation otherwise
     discrete_first: bool = False  # reveal generated labels/text fully before the rest moves
+    isolation: float = 1.0  # != 1: one more branch where each generated stream reads only
+    # itself and the conditions (LTX-2's modality isolation); pushed away from it by w - 1
 
     def __post_init__(self) -> None:
         steps = _index(self.steps)
@@ -541,6 +543,7 @@ class SampleConfig:
             "a number > 0 (or none: the trained shift)",
             self.shift,
         )
+        _check(math.isfinite(self.isolation), "sample.isolation", "a finite number", self.isolation)
         _check(
             math.isfinite(self.temperature) and self.temperature > 0,
             "sample.temperature",

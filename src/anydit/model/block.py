@@ -32,15 +32,21 @@ class Attend(Protocol):
     def __call__(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]: ...
 
 
-class Isolate:
-    """``Attend`` for ``isolate_given``: a given token (time 1) reads only given tokens; the
-    others read everything. given (b, N) bool."""
+class Masked:
+    """``Attend`` over the tokens' own keys and values under a mask (b, N, N) bool: query i
+    may read key j where true."""
 
-    def __init__(self, given: Tensor):
-        self.mask = (~given[:, :, None] | given[:, None, :]).unsqueeze(1)  # (b, 1, N, N)
+    def __init__(self, mask: Tensor):
+        self.mask = mask.unsqueeze(1)  # (b, 1, N, N)
 
     def __call__(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return k, v, self.mask
+
+
+def isolate(given: Tensor) -> Tensor:
+    """``isolate_given``'s mask (b, N, N): a given token (time 1) reads only given tokens; the
+    others read everything. given (b, N) bool."""
+    return ~given[:, :, None] | given[:, None, :]
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -20,8 +20,9 @@ from anydit.config import ModalityConfig, ModelConfig, check_architecture
 from anydit.modalities import Modality, build_modalities, outputs_of
 from anydit.model.block import (
     DualStreamBlock,
-    Isolate,
+    Masked,
     SingleStreamBlock,
+    isolate,
     modulate,
     run_block,
 )
@@ -290,6 +291,7 @@ class MMDiT(nn.Module):
         pooled: dict[str, Tensor],
         targets: dict[str, Tensor] | None = None,
         given: Tensor | None = None,
+        reach: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Per-stream adaLN inputs (b, 1|n, d): the stream's own time embedding (per token if
         its times are) plus the shared part: with ``conditioning: summary`` a projected
@@ -298,10 +300,12 @@ class MMDiT(nn.Module):
         ``pooled_cond``, the streams' mean token embeddings x (b, n, d). A flow map adds the
         embedding of each stream's step ``targets - times`` to its own. With ``given`` (b, N)
         (``isolate_given``), given tokens get their own time embedding and the pooled
-        modalities' only: nothing that moves while they are held."""
+        modalities' only: nothing that moves while they are held. ``reach`` (b, S, S) bool over
+        the streams, from an attention ``mask``: stream i's pooled part sums only the streams
+        j it may read (default all)."""
         own = {n: self.time_embed[n](times[n]) for n in self.streams}  # (b, d) or (b, n, d)
         parts = self._pooled_parts(times, pooled)  # (b, d) each: fixed while held
-        c = self._conditioning(own, parts, times, x, targets)
+        c = self._conditioning(own, parts, times, x, targets, reach)
         if given is None:
             return c
         held = dict(zip(self.streams, given.split(self.stream_sizes, 1), strict=True))
@@ -330,7 +334,7 @@ class MMDiT(nn.Module):
             parts.append(e * times[n].reshape(-1, 1).to(e.dtype))
         return parts
 
-    def _conditioning(self, own, parts, times, x, targets) -> dict[str, Tensor]:
+    def _conditioning(self, own, parts, times, x, targets, reach=None) -> dict[str, Tensor]:
         """``conditioning`` from the streams' own time embeddings and the pooled parts."""
         own = dict(own)
         if self.jump_embed is not None:
@@ -338,8 +342,23 @@ class MMDiT(nn.Module):
                 step = (targets[n] - times[n]) if targets and n in targets else times[n] * 0
                 own[n] = own[n] + self.jump_embed[n](step)
         extra = list(parts)  # (b, d) parts every stream receives
-        if self.pool_proj is not None:
+        if self.pool_proj is not None and reach is None:
             extra.append(sum(self.pool_proj[n](x[n].mean(1)) for n in self.streams))
+        if self.pool_proj is not None and reach is not None:  # each stream's own sum
+            means = [self.pool_proj[n](x[n].mean(1)) for n in self.streams]  # (b, d) each
+            own_extra = {
+                n: sum(
+                    r[:, None].to(m.dtype) * m
+                    for r, m in zip(reach[:, i].unbind(1), means, strict=True)
+                )
+                for i, n in enumerate(self.streams)
+            }
+            return self._combine(own, extra, times, own_extra)
+        return self._combine(own, extra, times)
+
+    def _combine(self, own, extra, times, own_extra=None) -> dict[str, Tensor]:
+        """Each stream's adaLN input from its own embedding, the ``extra`` parts all streams
+        share and its ``own_extra`` part, if any."""
         c = {}
         if self.time_summary is not None:
             mean_t = torch.stack(
@@ -348,7 +367,8 @@ class MMDiT(nn.Module):
             shared = sum(extra, self.time_summary(mean_t))  # (b, d)
             for n in self.streams:
                 e = own[n] if own[n].dim() == 3 else own[n].unsqueeze(1)
-                c[n] = e + self.summary_proj[n](shared).unsqueeze(1)  # (b, 1|n, d)
+                mine = shared if own_extra is None else shared + own_extra[n]
+                c[n] = e + self.summary_proj[n](mine).unsqueeze(1)  # (b, 1|n, d)
             return c
         per_sample = {
             n: e if e.dim() == 2 else self.time_embed[n](times[n].float().mean(1))
@@ -356,7 +376,8 @@ class MMDiT(nn.Module):
         }
         for n in self.streams:
             total = own[n]  # (b, d) or (b, n, d)
-            for part in [*(per_sample[m] for m in self.streams if m != n), *extra]:
+            mine = [] if own_extra is None else [own_extra[n]]
+            for part in [*(per_sample[m] for m in self.streams if m != n), *extra, *mine]:
                 total = total + (part if total.dim() == 2 else part.unsqueeze(1))
             c[n] = total if total.dim() == 3 else total.unsqueeze(1)
         return c
@@ -366,11 +387,14 @@ class MMDiT(nn.Module):
         tokens: dict[str, Tensor],
         times: dict[str, Tensor],
         targets: dict[str, Tensor] | None = None,
+        mask: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Predict each generated modality's velocity (continuous) or clean-token logits
         (discrete): a dict over ``outputs``. A flow map (``cfg.flow_map``) takes ``targets``,
         each stream's target time s (like its times), and predicts the average velocity from t
-        to s, ``(x_s - x_t) / (s - t)``; without targets (s = t) it is the velocity."""
+        to s, ``(x_s - x_t) / (s - t)``; without targets (s = t) it is the velocity. ``mask``
+        (b, N, N) bool over the joint sequence (streams in order): which tokens each token may
+        attend to (a sampler's isolation branch; default all)."""
         self._check_inputs(tokens, times)
         if targets is not None and self.jump_embed is None:
             raise ValueError(
@@ -381,9 +405,20 @@ class MMDiT(nn.Module):
             x[n] = table(x[n])
         pooled = {n: tokens[n] for n in self.pooled_embed}
         given = self.given_tokens(times) if self.cfg.isolate_given else None
-        c = self.conditioning(times, x, pooled, targets, given)
+        reach = None
+        if mask is not None:  # which streams each stream reads: (b, S, S)
+            rows = mask.split(self.stream_sizes, 1)
+            reach = torch.stack(
+                [
+                    torch.stack([b.any((1, 2)) for b in r.split(self.stream_sizes, 2)], 1)
+                    for r in rows
+                ],
+                1,
+            )
+        c = self.conditioning(times, x, pooled, targets, given, reach)
         rope = None if self.positionless else self.rope
-        x = self.run_blocks(x, c, rope, given=given)
+        more = {} if mask is None else {"mask": mask}  # (a cache's run_blocks takes no mask)
+        x = self.run_blocks(x, c, rope, given=given, **more)
         return {n: self.final[n](x[n], c[n]) for n in self.outputs}
 
     def given_tokens(self, times: dict[str, Tensor]) -> Tensor:
@@ -403,12 +438,16 @@ class MMDiT(nn.Module):
         start: int = 0,
         stop: int | None = None,
         given: Tensor | None = None,
+        mask: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Transformer blocks ``start`` to ``stop`` (dual-stream, then single-stream):
         x (b, n, d) per stream -> x. ``given`` (b, N) bool, with ``isolate_given``: the
-        tokens that attend only to each other. The hook a sampling cache replaces
-        (``sampling.cache``); the model itself keeps no cache state."""
-        attend = None if given is None else Isolate(given)
+        tokens that attend only to each other. ``mask`` (b, N, N): which keys each query may
+        attend to (``forward``). The hook a sampling cache replaces (``sampling.cache``); the
+        model itself keeps no cache state."""
+        if given is not None:
+            mask = isolate(given) if mask is None else mask & isolate(given)
+        attend = None if mask is None else Masked(mask)
         for block in self.all_blocks[start:stop]:
             x = run_block(block, x, c, rope, self.cfg.checkpointing and self.training, attend)
         return x

@@ -57,6 +57,25 @@ def guidance_branches(
     return []
 
 
+def isolation_mask(model, generated: list[str], n: int, branches: int, device) -> Tensor:
+    """(branches n, N, N) bool attention mask: everything for the first branches - 1 blocks of
+    n rows; in the last (the isolation branch) a token reads its own stream and the streams
+    not generated (given or dropped), which read only each other: no generated stream hears
+    another, not even through a condition's tokens a block later."""
+    moving = [k for k in generated if k in model.streams]
+    if len(moving) < 2:
+        raise ValueError(
+            f"sample: isolation cuts attention between generated streams; this task generates "
+            f"{len(moving)} token stream(s) ({moving}): give isolation = 1 or generate two"
+        )
+    sizes = torch.tensor(model.stream_sizes, device=device)
+    ids = torch.repeat_interleave(torch.arange(len(sizes), device=device), sizes)  # (N,)
+    gen = torch.tensor([k in moving for k in model.streams], device=device)[ids]  # (N,)
+    cut = (ids[:, None] == ids[None, :]) | ~gen[None, :]  # (N, N): query, key
+    full = torch.ones_like(cut)
+    return torch.cat([full.expand(n * (branches - 1), -1, -1), cut.expand(n, -1, -1)])
+
+
 def next_steps(
     t: dict[str, Tensor], grids: dict[str, Tensor], moving: list[str]
 ) -> dict[str, float]:
@@ -235,7 +254,15 @@ def sample(
     evaluations = (len(next(iter(grids.values()))) - 1) * per_step
     done = [0]
 
-    sets = [set()] + [drop for drop, _, _ in branches]
+    isolated = cfg.isolation != 1.0
+    if isolated and (cfg.cache or cfg.kv_reuse):
+        raise ValueError(
+            f"sample: isolation runs its own attention mask, which a cache's blocks do not "
+            f"take; use cache '' and kv_reuse false with it (got cache {cfg.cache!r}, kv_reuse "
+            f"{cfg.kv_reuse})"
+        )
+    sets = [set()] + [drop for drop, _, _ in branches] + ([set()] if isolated else [])
+    cut = {"mask": isolation_mask(model, generated, n, len(sets), device)} if isolated else {}
     cache = make_cache(
         cfg.cache, cfg.cache_threshold, cfg.cache_interval, cfg.cache_order,
         cfg.cache_ratio, cfg.kv_reuse,
@@ -262,9 +289,9 @@ def sample(
                     jump_targets(p[1], steps_now, drop) for p, drop in zip(parts, sets, strict=True)
                 ]
                 targets = {k: torch.cat([p[k] for p in targets]) for k in mods}
-                out = model(tokens, times, targets)
+                out = model(tokens, times, targets, **cut)
             else:
-                out = model(tokens, times)
+                out = model(tokens, times, **cut)
         result = {}
         for k in generated:
             chunks = out[k].float().chunk(len(sets))
@@ -274,9 +301,11 @@ def sample(
                 continue
             result[k] = cond + sum(
                 (w - 1.0) * (cond - c)
-                for (_, w, targets), c in zip(branches, chunks[1:], strict=True)
+                for (_, w, targets), c in zip(branches, chunks[1:], strict=False)
                 if k in targets
             )
+            if isolated:  # away from what each stream would make without the others
+                result[k] = result[k] + (cfg.isolation - 1.0) * (cond - chunks[-1])
         return result
 
     was_training = model.training
