@@ -3,6 +3,7 @@
 from anydit.sampling.grids import joint_grids
 from anydit.sampling.sample import guidance_branches, sample, settings
 from anydit.sampling.solvers import SOLVERS, euler, heun, midpoint, unmask_step
+from anydit.sampling.stream import stream
 from anydit.sampling.tasks import Drop, Generate, Given, drop, generate, given, resolve_task
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "resolve_task",
     "sample",
     "settings",
+    "stream",
     "unmask_step",
 ]
