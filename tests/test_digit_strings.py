@@ -113,3 +113,21 @@ def test_streams_on_one_clock_must_last_as_long():
     slow = anydit.ModalityConfig(**{**audio.__dict__, "rate": 0.5})
     with pytest.raises(ValueError, match="'video' 128 units"):
         anydit.MMDiT([video, slow, *rest], anydit.preset("debug"))
+
+
+def test_a_clip_is_written_as_a_gif_at_its_frame_rate_and_a_wav(tmp_path):
+    from PIL import Image
+
+    from anydit.data.digits import mel_params
+    from anydit.eval.clips import write_clip
+
+    item = DigitStringsDataset("test", size=2)[0]
+    cell = write_clip(tmp_path, "clip0", item["video"], 5.0, item["audio"], mel_params())
+    with Image.open(tmp_path / "clip0.gif") as gif:
+        durations = []
+        for k in range(gif.n_frames):
+            gif.seek(k)
+            durations.append(gif.info["duration"])
+        assert sum(durations) == 16 * 200 and gif.size == (128, 128)  # 5 frames a second
+    assert (tmp_path / "clip0.wav").stat().st_size > 44
+    assert 'src="clip0.gif"' in cell and 'src="clip0.wav"' in cell
