@@ -131,3 +131,22 @@ def test_a_clip_is_written_as_a_gif_at_its_frame_rate_and_a_wav(tmp_path):
         assert sum(durations) == 16 * 200 and gif.size == (128, 128)  # 5 frames a second
     assert (tmp_path / "clip0.wav").stat().st_size > 44
     assert 'src="clip0.gif"' in cell and 'src="clip0.wav"' in cell
+
+
+def test_the_digit_strings_demo_trains_judges_and_writes_a_gallery(tmp_path, capsys):
+    import json
+
+    from anydit.demo_strings import run_strings_demo
+
+    small = ["model.preset=debug", "model.width=32", "model.depth=1", "model.heads=2",
+             "model.head_dim=16", "train.steps=2", "train.batch_size=8", "train.tensorboard=false"]  # fmt: skip
+    metrics = run_strings_demo(tmp_path / "d", overrides=small, processes=1, clips=2,
+                               progress=False)  # fmt: skip
+    assert {"joint_sync", "audio_to_video", "continuation_seam"} <= set(metrics)
+    saved = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert saved["train_steps"] == 2 and saved["joint_sync"] == metrics["joint_sync"]
+    page = (tmp_path / "d" / "gallery" / "index.html").read_text()
+    assert "joint_0.gif" in page and "video_to_audio_0.wav" in page
+    assert (tmp_path / "d" / "gallery" / "prediction_1.gif").is_file()
+    assert main(["demo", "digit-strings", "--guidance", "2", "--out", str(tmp_path / "e")]) == 2
+    assert "--guidance and --guidance-interval are the digits demo's" in capsys.readouterr().err

@@ -269,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train on the built-in digits, evaluate, write a gallery")
     p.add_argument(
+        "dataset",
+        nargs="?",
+        default="digits",
+        choices=["digits", "digit-strings"],
+        help="digits (images, labels, captions, speech) or digit-strings (audio and video on "
+        "one clock: docs/video.md)",
+    )
+    p.add_argument(
         "--seed",
         type=int,
         default=None,
@@ -565,6 +573,24 @@ def cmd_eval(args) -> int:
 def cmd_demo(args) -> int:
     from anydit.demo import run_demo
 
+    if args.dataset == "digit-strings":
+        from anydit.demo_strings import run_strings_demo
+
+        if args.guidance is not None or args.guidance_interval is not None:
+            raise ValueError(
+                "demo digit-strings: --guidance and --guidance-interval are the "
+                "digits demo's; set sampling in anydit.demo_strings.SAMPLING"
+            )
+        run_strings_demo(
+            Path(args.out if args.out != "runs/demo" else "runs/demo-strings"),
+            minutes=args.minutes,
+            seed=args.seed,
+            overrides=args.set,
+            resume=not args.no_resume,
+            progress=not args.no_progress,
+            **({} if args.processes is None else {"processes": args.processes}),
+        )
+        return 0
     run_demo(
         Path(args.out),
         minutes=args.minutes,

@@ -91,9 +91,11 @@ def evaluate_strings(
     split: str = "test",
     seed: int = 0,
     tasks: tuple[str, ...] = STRING_TASKS,
+    samples: dict | None = None,
 ) -> dict[str, float]:
     """Scores of ``tasks`` on ``n`` clips of ``split`` (see the module docstring): a flat dict
-    ``{task_measure: value}``."""
+    ``{task_measure: value}``. ``samples``, a dict, receives per task what was sampled (every
+    stream, given ones too) and ``"real"`` the real clips, for galleries."""
     unknown = sorted(set(tasks) - set(STRING_TASKS))
     if unknown:
         raise ValueError(f"digit-strings tasks: unknown {unknown}; expected some of {STRING_TASKS}")
@@ -113,23 +115,29 @@ def evaluate_strings(
     config = config or SampleConfig()
     out: dict[str, float] = {}
 
-    def draw(task: dict) -> dict[str, torch.Tensor]:
-        return sample(model, task, n=n, config=config, seed=seed + 1)
+    def draw(task: dict, name: str) -> dict[str, torch.Tensor]:
+        got = sample(model, task, n=n, config=config, seed=seed + 1)
+        if samples is not None:
+            samples[name] = got
+        return got
+
+    if samples is not None:
+        samples["real"] = {"video": video, "audio": audio}
 
     if "joint" in tasks:
-        got = draw({"video": "generate", "audio": "generate", "text": "generate"})
+        got = draw({"video": "generate", "audio": "generate", "text": "generate"}, "joint")
         report = sync(got["video"], got["audio"], hop)
         out |= {"joint_sync": report.sync, "joint_onset_error": report.onset_error}
     if "video_to_audio" in tasks:
-        got = draw({"video": video, "audio": "generate"})
+        got = draw({"video": video, "audio": "generate"}, "video_to_audio")
         spans = [[(f * hop, last * hop) for f, last in row] for row in shown]
         out["video_to_audio"] = segment_accuracy(heard_in(got["audio"], spans), want)
     if "audio_to_video" in tasks:
-        got = draw({"audio": audio, "video": "generate"})
+        got = draw({"audio": audio, "video": "generate"}, "audio_to_video")
         spans = [[(s // hop, -(-e // hop)) for s, e in row] for row in said]
         out["audio_to_video"] = segment_accuracy(seen_in(got["video"], spans), want)
     if "caption_to_av" in tasks:
-        got = draw({"text": captions, "video": "generate", "audio": "generate"})
+        got = draw({"text": captions, "video": "generate", "audio": "generate"}, "caption_to_av")
         seen = [[d for d, _, _ in runs(row)] for row in read_frames(got["video"])]
         words = _words(got["audio"])
         heard = heard_in(got["audio"], words)
@@ -159,11 +167,13 @@ def _completion(task, draw, video, audio, segments, want, hop) -> dict[str, floa
                 known[i, s.first : s.last] = True
         filled.append([k for k in range(len(row)) if k not in keep])
     if task == "continuation":
-        got = draw({"video": video, "audio": Generate(known=audio, mask=known)})["audio"]
+        roles = {"video": video, "audio": Generate(known=audio, mask=known)}
+        got = draw(roles, task)["audio"]
         read = heard_in(got, [[(s.start, s.end) for s in row] for row in segments])
         seam = [r[1] == w[1] for r, w in zip(read, want, strict=True)]  # the next word
     else:
-        got = draw({"audio": audio, "video": Generate(known=video, mask=known)})["video"]
+        roles = {"audio": audio, "video": Generate(known=video, mask=known)}
+        got = draw(roles, task)["video"]
         read = seen_in(got, [[(s.first, s.last) for s in row] for row in segments])
         frames = read_frames(got)  # the first frame after the given ones shows the next digit
         seam = [frames[i, row[0].last] == row[1].digit for i, row in enumerate(segments)]
