@@ -20,7 +20,7 @@ LAYERS = [
     {"data"},
     {"train"},
     {"eval", "interop", "compress"},
-    {"run_config", "demo", "cli", "serve", "__init__", "__main__"},
+    {"run_config", "demo", "demo_strings", "cli", "serve", "__init__", "__main__"},
 ]
 
 

@@ -40,6 +40,7 @@ COMMON_FIELDS = frozenset(
         "p_given",
         "p_drop",
         "p_partial",
+        "token_drop",
         "generate",
         "rope",
     }
@@ -104,6 +105,8 @@ class ModalityConfig:
     p_given: float = 0.15  # chance, per sample, that this modality is a condition (t = 1)
     p_drop: float = 0.1  # chance it is marginalised (t = 0); this is what CFG's branch uses
     p_partial: float = 0.0  # chance of per-token roles (random tokens given); needs per_token_time
+    token_drop: float = 0.0  # training only: share of this stream's tokens left out of the
+    # backbone each step (micro-budget diffusion; loss on the kept ones); continuous streams
     standardize: bool = False  # vector: train on (x - mean) / std of the training data
     mean: tuple[float, ...] = ()  # vector: stored statistics (filled from the data at train start)
     std: tuple[float, ...] = ()
@@ -178,6 +181,16 @@ class ModalityConfig:
         for p in ("p_given", "p_drop", "p_partial"):
             v = getattr(self, p)
             _check(0.0 <= v <= 1.0, f"{w}.{p}", "a probability in [0, 1]", v)
+        _check(
+            0.0 <= self.token_drop < 1.0, f"{w}.token_drop", "a share in [0, 1)", self.token_drop
+        )
+        _check(
+            self.token_drop == 0 or (self.kind not in ("label", "text") and not self.pooled),
+            f"{w}.token_drop",
+            "0 for a discrete or pooled modality (tokens are left out of continuous token "
+            f"streams only; this one is kind '{self.kind}'{', pooled' if self.pooled else ''})",
+            self.token_drop,
+        )
         _check(
             self.p_given + self.p_drop <= 1.0,
             f"{w}.p_given + p_drop",
@@ -260,6 +273,8 @@ class ModelConfig:
     expert_streams: tuple[str, ...] = ()  # streams with experts (names, "shared"); () = all
     expert_balance: float = 0.01  # weight of the router's load-balancing loss
     expert_z: float = 0.001  # weight of the router z-loss
+    mixer_depth: int = 0  # light blocks per stream, over its own tokens, before the backbone
+    # (and before token_drop leaves tokens out: they mix what is dropped into what is kept)
     isolate_given: bool = False  # given tokens (time 1) attend only to given tokens, and their
     # adaLN input is their own time (+ pooled conditions): their keys and values are the same
     # at every sampling step, so a sampler computes them once (sample.kv_reuse)
@@ -274,6 +289,7 @@ class ModelConfig:
                 getattr(self, name) >= 1, f"model.{name}", "an integer >= 1", getattr(self, name)
             )
         _check(self.depth >= 0, "model.depth", "an integer >= 0", self.depth)
+        _check(self.mixer_depth >= 0, "model.mixer_depth", "an integer >= 0", self.mixer_depth)
         _check(self.single_depth >= 0, "model.single_depth", "an integer >= 0", self.single_depth)
         _check(self.depth + self.single_depth >= 1, "model.depth + single_depth", ">= 1", 0)
         _check(
@@ -430,6 +446,12 @@ def check_architecture(modalities: list[ModalityConfig], model: ModelConfig) -> 
     unknown = sorted(set(model.lora_streams) - set(names) - {"shared"})
     _check(not unknown, "model.lora_streams", f"names among {sorted(names)} or 'shared'", unknown)
     for m in modalities:
+        _check(
+            m.token_drop == 0 or not model.isolate_given,
+            f"modality '{m.name}'.token_drop",
+            "0 with model.isolate_given (its mask covers every token)",
+            m.token_drop,
+        )
         _check(
             m.p_partial == 0 or model.per_token_time,
             f"modality '{m.name}'.p_partial",

@@ -13,7 +13,7 @@ at masked positions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -30,13 +30,17 @@ from anydit.modalities import Modality, outputs_of
 class TrainingInputs:
     """What the network sees and what it is scored on. Per modality name:
     tokens (b, n, p) or (b, n) ids; times (b,) or (b, n); targets like tokens (velocity or clean
-    ids); scored (b, n) bool, the tokens that count in the loss; roles (b,) ``Role`` codes."""
+    ids); scored (b, n) bool, the tokens that count in the loss; roles (b,) ``Role`` codes.
+    keep: for streams that leave tokens out of the backbone (``token_drop``), the kept tokens'
+    indices (b, k), sorted; their targets and scored are then those of the kept tokens only
+    (b, k, ...), as the network's outputs are."""
 
     tokens: dict[str, Tensor]
     times: dict[str, Tensor]
     targets: dict[str, Tensor]
     scored: dict[str, Tensor]
     roles: dict[str, Tensor]
+    keep: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +81,7 @@ def make_inputs(
     rows: slice | None = None,
     global_batch: int | None = None,
     times: dict[str, Tensor] | None = None,
+    drop_tokens: bool = False,
 ) -> TrainingInputs:
     """Noise a batch of raw data (name -> (b, *shape)) into network inputs and targets.
 
@@ -86,7 +91,9 @@ def make_inputs(
     training. By default the batch is the whole global batch. ``per_token``: the model takes a
     time per token (then a share of tokens may be given, ``p_partial``). ``times`` ((B,) per
     modality) replace the drawn times of generated samples where they are not ``nan``
-    (few-step distillation starts jumps on the sampler's grid).
+    (few-step distillation starts jumps on the sampler's grid). ``drop_tokens``: streams with
+    a ``token_drop`` share keep a random subset of their tokens (``TrainingInputs.keep``), the
+    same count in every row (training; distillation and evaluation see every token).
     """
     missing = [n for n in modalities if n not in batch]
     if missing:
@@ -147,7 +154,25 @@ def make_inputs(
             local_role, times[rows], noisy, clean, empty, n_tok, per_token
         )
         out.scored[name], out.roles[name] = scored[rows], role[rows]
+    if drop_tokens:
+        for name, m in modalities.items():
+            if m.cfg.token_drop > 0:
+                keep_tokens(out, name, m, total, rows, generator, device)
     return out
+
+
+def keep_tokens(out: TrainingInputs, name: str, m, total: int, rows: slice, generator, device):
+    """Draw the tokens of ``name`` that stay in the backbone (``m.cfg.token_drop`` left out,
+    at least one kept) for the global batch, keep this process's rows, and cut the stream's
+    targets and scored to them."""
+    n = m.num_tokens
+    kept = max(1, n - round(m.cfg.token_drop * n))
+    order = torch.rand(total, n, generator=generator, device=device).argsort(1)
+    index = order[:, :kept].sort(1).values[rows]  # (b, k)
+    out.keep[name] = index
+    target = out.targets[name]
+    out.targets[name] = target.gather(1, index[..., None].expand(-1, -1, target.shape[-1]))
+    out.scored[name] = out.scored[name].gather(1, index)
 
 
 def loss_sum(pred: Tensor, target: Tensor, scored: Tensor, discrete: bool) -> Tensor:

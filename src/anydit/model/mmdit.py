@@ -41,6 +41,7 @@ _STREAM_DICTS = (
     "pool_proj",
     "final",
     "streams",
+    "mixer",
 )
 
 
@@ -156,6 +157,15 @@ class MMDiT(nn.Module):
             else None
         )
         block_args = (cfg.heads, cfg.head_dim, cfg.mlp_ratio, cfg.qk_norm, cfg.activation)
+        self.mixer = nn.ModuleDict(  # per stream, over its own tokens, before the backbone
+            {
+                n: nn.ModuleList(
+                    [DualStreamBlock({n: widths[n]}, *block_args) for _ in range(cfg.mixer_depth)]
+                )
+                for n in streams
+                if cfg.mixer_depth and self.modalities[n].cfg.token_drop > 0
+            }
+        )
         outputs = outputs_of(self.modalities)
         conditions = tuple(n for n in streams if n not in outputs)
         moe = expert_options(cfg, streams)
@@ -256,7 +266,8 @@ class MMDiT(nn.Module):
             for layer in getattr(emb, "mlp", emb):
                 if isinstance(layer, nn.Linear):
                     nn.init.normal_(layer.weight, std=0.02)
-        layers = [layer for b in self.blocks for layer in b.streams.values()]
+        blocks = [*self.blocks, *(b for stack in self.mixer.values() for b in stack)]
+        layers = [layer for b in blocks for layer in b.streams.values()]
         layers += [b.layer for b in self.single_blocks]
         for mod in [layer.modulation[-1] for layer in layers] + [
             f.modulation[-1] for f in self.final.values()
@@ -388,13 +399,16 @@ class MMDiT(nn.Module):
         times: dict[str, Tensor],
         targets: dict[str, Tensor] | None = None,
         mask: Tensor | None = None,
+        keep: dict[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """Predict each generated modality's velocity (continuous) or clean-token logits
         (discrete): a dict over ``outputs``. A flow map (``cfg.flow_map``) takes ``targets``,
         each stream's target time s (like its times), and predicts the average velocity from t
         to s, ``(x_s - x_t) / (s - t)``; without targets (s = t) it is the velocity. ``mask``
         (b, N, N) bool over the joint sequence (streams in order): which tokens each token may
-        attend to (a sampler's isolation branch; default all)."""
+        attend to (a sampler's isolation branch; default all). ``keep`` {stream: (b, k) sorted
+        token indices}: training with ``token_drop``: after the stream's mixer, only these
+        tokens go on through the backbone, and its outputs are theirs (b, k, ...)."""
         self._check_inputs(tokens, times)
         if targets is not None and self.jump_embed is None:
             raise ValueError(
@@ -417,9 +431,48 @@ class MMDiT(nn.Module):
             )
         c = self.conditioning(times, x, pooled, targets, given, reach)
         rope = None if self.positionless else self.rope
+        x = self.mix(x, c)
+        if keep:
+            if mask is not None or given is not None:
+                raise ValueError("MMDiT.forward: keep (token_drop) takes no attention mask")
+            x, c, rope = self.kept(x, c, keep)
         more = {} if mask is None else {"mask": mask}  # (a cache's run_blocks takes no mask)
         x = self.run_blocks(x, c, rope, given=given, **more)
         return {n: self.final[n](x[n], c[n]) for n in self.outputs}
+
+    def stream_rope(self) -> dict[str, Tensor]:
+        """Each stream's rows of the rotary table: (n, e/2, 2)."""
+        return dict(zip(self.streams, self.rope.split(self.stream_sizes), strict=True))
+
+    def mix(self, x: dict[str, Tensor], c: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each stream's mixer blocks (``mixer_depth``) over its own tokens."""
+        if not len(self.mixer):
+            return x
+        x = dict(x)
+        rope = self.stream_rope()
+        for n, stack in self.mixer.items():
+            for block in stack:
+                one = None if self.positionless else rope[n]
+                x[n] = block({n: x[n]}, {n: c[n]}, one)[n]
+        return x
+
+    def kept(self, x, c, keep) -> tuple[dict, dict, Tensor | None]:
+        """The streams cut to their ``keep`` tokens, their per-token conditioning alike, and
+        the rotary table of what is left, per row (b, 1, N', e/2, 2)."""
+        x, c = dict(x), dict(c)
+        rope = self.stream_rope()
+        b = next(iter(x.values())).shape[0]
+        rows = []
+        for n in self.streams:
+            table = rope[n].expand(b, -1, -1, -1)  # (b, n, e/2, 2)
+            if n in keep:
+                index = keep[n]  # (b, k)
+                x[n] = x[n].gather(1, index[..., None].expand(-1, -1, x[n].shape[-1]))
+                if c[n].shape[1] > 1:  # per-token times
+                    c[n] = c[n].gather(1, index[..., None].expand(-1, -1, c[n].shape[-1]))
+                table = table.gather(1, index[..., None, None].expand(-1, -1, *table.shape[2:]))
+            rows.append(table)
+        return x, c, None if self.positionless else torch.cat(rows, 1).unsqueeze(1)
 
     def given_tokens(self, times: dict[str, Tensor]) -> Tensor:
         """(b, N) bool over the joint sequence (streams in order): the tokens at time 1."""

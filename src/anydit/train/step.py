@@ -62,6 +62,7 @@ def micro_inputs(
                 generator,
                 slice(lo, lo + micro_b),
                 global_batch or local_b,
+                drop_tokens=True,
             )
         )
     return out
@@ -95,7 +96,8 @@ def forward_backward(
     for j, inputs in enumerate(micro):
         sync = j == len(micro) - 1
         with D.no_sync(net, sync), autocast_for(device, precision):
-            preds = net(inputs.tokens, inputs.times)
+            kept = {"keep": inputs.keep} if inputs.keep else {}  # token_drop
+            preds = net(inputs.tokens, inputs.times, **kept)
             loss = training_objective(model.modalities, preds, inputs, counts, scale=float(world))
             loss = with_router_losses(model, loss, len(micro))
         bad = D.all_sum(torch.tensor([float(not torch.isfinite(loss.total))], device=device))
