@@ -51,6 +51,8 @@ def test_bad_streams_are_refused_by_name(model):
         stream(model, task, windows=2, advance=0.3, steps=1)  # 1.2 video frames
     with pytest.raises(ValueError, match=r"\['label'\] are generated but not on the clock"):
         stream(model, {**task, "label": "generate"}, windows=2, steps=1)
+    with pytest.raises(ValueError, match=r"\['video'\] are on clock 'c' but given"):
+        stream(model, {"video": torch.zeros(4, 1, 4, 4), "audio": "generate"}, windows=2)
     with pytest.raises(ValueError, match="expected advance in"):
         stream(model, task, windows=0.5, steps=1)
     flat = anydit.MMDiT(list(model.modality_configs), anydit.preset("debug"))

@@ -84,3 +84,17 @@ def test_every_task_runs_on_a_small_model_and_bad_models_are_named():
     with pytest.raises(ValueError, match="clocks do not match"):
         evaluate_strings(anydit.MMDiT(odd, anydit.preset("debug")), n=2)
     assert len(STRING_TASKS) == 7
+
+
+def test_words_are_heard_during_shown_spans_and_order_is_scored_by_subsequence(clips):
+    from anydit.eval.strings import heard_during
+    from anydit.eval.strings_tasks import _in_order
+
+    video, audio, segments, hop = clips
+    want = [[s.digit for s in row] for row in segments]
+    spans = [[(s.first * hop, s.last * hop) for s in row] for row in segments]
+    assert segment_accuracy(heard_during(audio, spans), want) >= 0.97  # real dubbing
+    assert _in_order([3, 1, 4], [3, 1, 4]) == 1.0
+    assert _in_order([3, 9, 1, 4], [3, 1, 4]) == 1.0  # a word split in two costs nothing
+    assert _in_order([1, 4], [3, 1, 4]) == pytest.approx(2 / 3)
+    assert _in_order([4, 1, 3], [3, 1, 4]) == pytest.approx(1 / 3)

@@ -165,6 +165,29 @@ def heard_in(audio: Tensor, spans: list[list[tuple[int, int]]]) -> list[np.ndarr
     return out
 
 
+def heard_during(audio: Tensor, spans: list[list[tuple[int, int]]]) -> list[np.ndarray]:
+    """Per clip, the word said during each [start, end) audio span: the voiced run overlapping
+    it most (``word_onset``), read whole from its onset; -1 where nothing is voiced. What a
+    shown digit's time span hears, whatever part of the span the word starts in."""
+    mel = audio.float().numpy()
+    out = []
+    for i, row in enumerate(spans):
+        voiced = mel[i].max(-1) > VOICED  # (L,)
+        words = []
+        for s, e in row:
+            onset = word_onset(voiced, s, e)
+            if onset is None:
+                words.append(None)
+                continue
+            end = onset
+            while end < len(voiced) and voiced[end]:
+                end += 1
+            words.append(mel[i, onset:end])
+        read = iter(word_judge().predict([w for w in words if w is not None]))
+        out.append(np.array([-1 if w is None else next(read) for w in words]))
+    return out
+
+
 def seen_in(video: Tensor, spans: list[list[tuple[int, int]]]) -> list[np.ndarray]:
     """Per clip, the digit most frames show in each [first, last) span of video frames
     (b, T, 1, 8, 8); -1 where they are all blank."""

@@ -4,14 +4,15 @@ Each task samples ``n`` clips of the held-out split and scores what was generate
 segment of the real clip it is conditioned on:
 
 * ``joint``: video, audio and caption together, nothing given: ``sync`` and ``onset_error``.
-* ``video_to_audio`` (dubbing): the words heard in each shown digit's time span.
-* ``audio_to_video``: the digit most frames show in each spoken word's frames.
-* ``caption_to_av``: video and audio from the caption: the digits seen in order (runs of
-  frames) and heard in order (voiced runs), against the caption; and their ``sync``.
+* ``video_to_audio`` (dubbing): the word said during each shown digit's time span.
+* ``audio_to_video``: the digit most frames show where the real clip shows each word's digit.
+* ``caption_to_av``: video and audio from the caption: the digits seen (runs of frames) and
+  heard (voiced runs) in the caption's order (longest common subsequence over the caption's
+  length); and their ``sync``.
 * ``prediction``: the audio and the first digit's frames given, the other frames generated.
 * ``interpolation``: the audio and the first and last digits' frames given.
-* ``continuation``: the video and the first word's audio given, the rest of the audio
-  generated.
+* ``continuation``: the video and the first word's audio given (its whole 4-frame tokens:
+  up to 3 last frames of the word are generated), the rest of the audio generated.
 
 For the three completions, the accuracy is over the filled-in segments only and ``_seam`` is
 the share of clips whose first generated frame after the given ones (continuation: the first
@@ -27,6 +28,7 @@ import torch
 from anydit.config import SampleConfig
 from anydit.data.digit_strings import VOICED, DigitStringsDataset, StringsLayout
 from anydit.eval.strings import (
+    heard_during,
     heard_in,
     read_frames,
     real_clips,
@@ -69,8 +71,15 @@ def _layout_of(model) -> StringsLayout:
 
 
 def _in_order(read: list[int], want: list[int]) -> float:
-    """Share of ``want``'s positions that ``read`` matches, position by position."""
-    return float(np.mean([k < len(read) and read[k] == d for k, d in enumerate(want)]))
+    """Share of ``want`` found in ``read`` in order: their longest common subsequence over
+    ``len(want)`` (a word split in two, or a run of frames broken by a misread, costs one
+    position, not every one after it)."""
+    best = [0] * (len(want) + 1)
+    for r in read:
+        prev = 0
+        for j, w in enumerate(want, 1):
+            prev, best[j] = best[j], prev + 1 if r == w else max(best[j], best[j - 1])
+    return best[-1] / len(want) if want else 0.0
 
 
 def _collapse(digits: list[int]) -> list[int]:
@@ -111,12 +120,12 @@ def evaluate_strings(
     captions = [data[i]["text"] for i in range(n)]
     want = [[s.digit for s in row] for row in segments]
     shown = [[(s.first, s.last) for s in row] for row in segments]
-    said = [[(s.start, s.end) for s in row] for row in segments]
     config = config or SampleConfig()
     out: dict[str, float] = {}
 
     def draw(task: dict, name: str) -> dict[str, torch.Tensor]:
         got = sample(model, task, n=n, config=config, seed=seed + 1)
+        got = {k: v.detach().cpu() for k, v in got.items()}  # the judges read numpy
         if samples is not None:
             samples[name] = got
         return got
@@ -131,11 +140,10 @@ def evaluate_strings(
     if "video_to_audio" in tasks:
         got = draw({"video": video, "audio": "generate"}, "video_to_audio")
         spans = [[(f * hop, last * hop) for f, last in row] for row in shown]
-        out["video_to_audio"] = segment_accuracy(heard_in(got["audio"], spans), want)
+        out["video_to_audio"] = segment_accuracy(heard_during(got["audio"], spans), want)
     if "audio_to_video" in tasks:
         got = draw({"audio": audio, "video": "generate"}, "audio_to_video")
-        spans = [[(s // hop, -(-e // hop)) for s, e in row] for row in said]
-        out["audio_to_video"] = segment_accuracy(seen_in(got["video"], spans), want)
+        out["audio_to_video"] = segment_accuracy(seen_in(got["video"], shown), want)
     if "caption_to_av" in tasks:
         got = draw({"text": captions, "video": "generate", "audio": "generate"}, "caption_to_av")
         seen = [[d for d, _, _ in runs(row)] for row in read_frames(got["video"])]

@@ -22,12 +22,17 @@ import torch
 from torch import Tensor
 
 from anydit.sampling.sample import sample
-from anydit.sampling.tasks import Generate
+from anydit.sampling.tasks import Drop, Generate
+
+
+def _word(role: Any, word: str) -> bool:
+    """A role given as the string ``word`` (a value may be a tensor: no == on it)."""
+    return isinstance(role, str) and role == word
 
 
 def _clocked(model, task: dict[str, Any]) -> list[str]:
     """The generated streams that share a clock, with a clear error otherwise."""
-    gen = [k for k, r in task.items() if r == "generate" or isinstance(r, Generate)]
+    gen = [k for k, r in task.items() if _word(r, "generate") or isinstance(r, Generate)]
     clocks = {model.modalities[k].cfg.clock for k in gen if k in model.modalities}
     names = [k for k in gen if k in model.modalities and model.modalities[k].cfg.clock]
     if not names or len(clocks - {""}) != 1:
@@ -39,6 +44,17 @@ def _clocked(model, task: dict[str, Any]) -> list[str]:
     if left:
         raise ValueError(
             f"stream: {left} are generated but not on the clock; give them or drop them"
+        )
+    clock = model.modalities[names[0]].cfg.clock
+    fixed = sorted(
+        k for k in task if k not in gen and k in model.modalities
+        and model.modalities[k].cfg.clock == clock
+        and not (_word(task[k], "drop") or isinstance(task[k], Drop))
+    )  # fmt: skip
+    if fixed:
+        raise ValueError(
+            f"stream: {fixed} are on clock '{clock}' but given: one window of them cannot "
+            "follow a clip several windows long; generate them too, or drop them"
         )
     return names
 
