@@ -47,6 +47,8 @@ TREE = {
             "patch_t": 2,
             "clock": "c",
             "rate": 1.0,
+            "shift": 1.0,  # the record predates the video kind's defaults (sqrt(T), T)
+            "loss_weight": 1.0,
         },
         {"name": "pose", "kind": "vector", "shape": [3], "standardize": True},
     ],
