@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -174,6 +175,45 @@ def demo_sampling(
     )
 
 
+def starting_config(
+    out: Path,
+    make: Callable[..., Config],
+    overrides: list[str] | tuple[str, ...],
+    seed: int | None,
+    minutes: float | None,
+    resume: bool,
+    processes: int,
+    start: float,
+    reserve: float | None = None,
+    name: str = "demo",
+) -> Config:
+    """The config a demo trains with: the saved one of a demo in ``out`` being resumed
+    (another ``seed`` is refused), else ``make(overrides, seed)`` with its step count fitted
+    to ``minutes`` of wall time less ``reserve`` seconds (default ``EVAL_RESERVE_S``), unless
+    ``train.steps`` is set."""
+    saved = out / "config.yaml"
+    if resume and saved.is_file():
+        cfg = from_dict(Config, yaml.safe_load(saved.read_text()))
+        if seed is not None and seed != cfg.train.seed:
+            raise ConfigError(
+                f"demo: {out} holds a demo with seed {cfg.train.seed}, not {seed}; give another "
+                "--out, or --no-resume to start it again"
+            )
+        print(f"resuming the demo in {out} ({cfg.train.steps} steps in all, seed {cfg.train.seed})")
+        return cfg
+    cfg = make(overrides, 0 if seed is None else seed)
+    fixed = any(o.split("=", 1)[0].strip() == "train.steps" for o in overrides)
+    if minutes is not None and not fixed:
+        per_step = time_per_step(cfg, processes)
+        reserve = EVAL_RESERVE_S if reserve is None else reserve  # (read at call time)
+        budget = max(0.0, minutes * 60 - reserve - (time.perf_counter() - start))
+        cfg.train.steps = max(MIN_STEPS, int(budget / per_step))
+        print(f"{per_step:.3f} s per step here: {cfg.train.steps} steps fit in {minutes:g} minutes")
+    else:
+        print(f"{name}: {cfg.train.steps} training steps, seed {cfg.train.seed}")
+    return cfg
+
+
 def run_demo(
     out: Path,
     minutes: float | None = None,
@@ -204,28 +244,7 @@ def run_demo(
 
     start = time.perf_counter()
     check_writable(out)
-    saved = out / "config.yaml"
-    if resume and saved.is_file():
-        cfg = from_dict(Config, yaml.safe_load(saved.read_text()))
-        if seed is not None and seed != cfg.train.seed:
-            raise ConfigError(
-                f"demo: {out} holds a demo with seed {cfg.train.seed}, not {seed}; give another "
-                "--out, or --no-resume to start it again"
-            )
-        print(f"resuming the demo in {out} ({cfg.train.steps} steps in all, seed {cfg.train.seed})")
-    else:
-        cfg = demo_config(overrides, 0 if seed is None else seed)
-        fixed = any(o.split("=", 1)[0].strip() == "train.steps" for o in overrides)
-        if minutes is not None and not fixed:
-            per_step = time_per_step(cfg, processes)
-            budget = max(0.0, minutes * 60 - EVAL_RESERVE_S - (time.perf_counter() - start))
-            cfg.train.steps = max(MIN_STEPS, int(budget / per_step))
-            print(
-                f"{per_step:.3f} s per step here: "
-                f"{cfg.train.steps} steps fit in {minutes:g} minutes"
-            )
-        else:
-            print(f"demo: {cfg.train.steps} training steps, seed {cfg.train.seed}")
+    cfg = starting_config(out, demo_config, overrides, seed, minutes, resume, processes, start)
     run_local(train, (cfg, out, resume, progress), processes)
     trained = time.perf_counter()
     model = load_model(out / "model.safetensors")

@@ -16,9 +16,7 @@ import json
 import time
 from pathlib import Path
 
-import yaml
-
-from anydit.config import Config, ConfigError, SampleConfig, from_dict
+from anydit.config import Config, SampleConfig
 from anydit.run_config import config_from_tree
 
 STRINGS_STEPS = 1500
@@ -109,7 +107,7 @@ def run_strings_demo(
 ) -> dict:
     """Train, evaluate every digit-strings task on ``clips`` test clips and write the gallery
     into ``out``; returns the metrics (also ``metrics.json``)."""
-    from anydit.demo import MIN_STEPS, time_per_step
+    from anydit.demo import starting_config
     from anydit.eval.strings_tasks import evaluate_strings
     from anydit.model import load_model
     from anydit.storage import check_writable
@@ -118,24 +116,10 @@ def run_strings_demo(
 
     start = time.perf_counter()
     check_writable(out)
-    saved = out / "config.yaml"
-    if resume and saved.is_file():
-        cfg = from_dict(Config, yaml.safe_load(saved.read_text()))
-        if seed is not None and seed != cfg.train.seed:
-            raise ConfigError(
-                f"demo: {out} holds a demo with seed {cfg.train.seed}, not {seed}; give another "
-                "--out, or --no-resume to start it again"
-            )
-    else:
-        cfg = strings_config(overrides, 0 if seed is None else seed)
-        fixed = any(o.split("=", 1)[0].strip() == "train.steps" for o in overrides)
-        if minutes is not None and not fixed:
-            per_step = time_per_step(cfg, processes)
-            budget = max(0.0, minutes * 60 - EVAL_RESERVE_S - (time.perf_counter() - start))
-            cfg.train.steps = max(MIN_STEPS, int(budget / per_step))
-            print(f"{per_step:.3f} s per step here: {cfg.train.steps} steps fit in {minutes:g} min")
-        else:
-            print(f"demo digit-strings: {cfg.train.steps} training steps, seed {cfg.train.seed}")
+    cfg = starting_config(
+        out, strings_config, overrides, seed, minutes, resume, processes, start,
+        reserve=EVAL_RESERVE_S, name="demo digit-strings",
+    )  # fmt: skip
     run_local(train, (cfg, out, resume, progress), processes)
     trained = time.perf_counter()
     model = load_model(out / "model.safetensors")
