@@ -128,3 +128,44 @@ def test_two_local_processes_distil_a_flow_map(pair):
                            log=lambda *_: None)  # fmt: skip
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items())
+
+
+def test_task_patterns_set_the_roles_of_their_share_of_rows(pair):
+    from anydit.flow.roles import Role
+    from anydit.train.distill import parse_task, task_roles
+
+    teacher = pair[0]
+    names = list(teacher.modalities)
+    first, second = names[0], names[1]
+    task = parse_task(f"{first} -> {second}", teacher.modalities)
+    assert task[first] == Role.GIVEN and task[second] == Role.GENERATE
+    assert all(task[n] == Role.DROP for n in names[2:])
+    for bad in (f"{first} {second}", f"{first} -> nothing", f"{first} -> {first}", "a -> b -> c"):
+        with pytest.raises(ValueError, match="task"):
+            parse_task(bad, teacher.modalities)
+    g = torch.Generator().manual_seed(0)
+    roles = task_roles([task], 4000, 0.5, g, "cpu")
+    chosen = roles[first] >= 0  # (b,)
+    assert abs(chosen.float().mean() - 0.5) < 0.05  # the share
+    assert all(torch.equal(roles[n] >= 0, chosen) for n in names)
+    # the task itself and its guidance branch (the given modality dropped), half each
+    given = roles[first][chosen] == Role.GIVEN
+    assert abs(given.float().mean() - 0.5) < 0.05
+    assert (roles[first][chosen][~given] == Role.DROP).all()
+    assert (roles[second][chosen] == Role.GENERATE).all()
+    assert task_roles([task], 8, 0.0, g, "cpu") is None
+
+    # make_inputs takes them where >= 0 and draws the rest as in training, same random numbers
+    raw = random_batch(teacher, 8)
+    forced = {n: torch.full((8,), -1) for n in names}
+    forced[first][:4] = Role.GIVEN
+    forced[second][:4] = Role.GENERATE
+    drawn = make_inputs(teacher.modalities, raw, anydit.FlowConfig(), False, None,
+                        torch.Generator().manual_seed(1))  # fmt: skip
+    made = make_inputs(teacher.modalities, raw, anydit.FlowConfig(), False, None,
+                       torch.Generator().manual_seed(1), roles=forced)  # fmt: skip
+    assert (made.roles[first][:4] == Role.GIVEN).all()
+    assert (made.roles[second][:4] == Role.GENERATE).all()
+    for n in names:
+        assert torch.equal(made.roles[n][4:], drawn.roles[n][4:])
+        assert torch.equal(made.times[n][4:], drawn.times[n][4:]) or made.times[n].dim() > 1

@@ -242,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of the layer-wise (hidden-state) loss against the outputs' "
         "(default 0.1; 0: outputs only)",
     )
+    p.add_argument(
+        "--task",
+        action="append",
+        metavar="'GIVEN -> GENERATED'",
+        help="a task the pruned model is for, e.g. 'image -> label' (repeat for several); a "
+        "--task-share of the distillation's rows take one of them as their roles",
+    )
+    p.add_argument("--task-share", type=float, default=0.5, help="share of rows on --task patterns")
     _add_distill_precision(p)
     _add_common(p)
 
@@ -628,6 +636,7 @@ def cmd_prune(args) -> int:
     import anydit
     from anydit.compress import prune
     from anydit.compress.prune import LAYER_WEIGHT, LR
+    from anydit.train.distill import parse_task
     from anydit.train.optim import resolve_precision
 
     lr = LR if args.lr is None else args.lr
@@ -646,6 +655,8 @@ def cmd_prune(args) -> int:
         processes=args.processes,
         blocks=None if args.blocks is None else _block_list(args.blocks),
         precision=resolve_precision(args.precision),
+        tasks=[parse_task(t, model.modalities) for t in args.task or []],
+        task_share=args.task_share,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -656,6 +667,7 @@ def cmd_prune(args) -> int:
     report = {"removed": removed, "importance": scores, "distill_steps": len(losses)}
     report |= {"lr": lr, "layer_weight": layer_weight, "processes": args.processes}
     report["precision"] = resolve_precision(args.precision)
+    report["tasks"], report["task_share"] = args.task or [], args.task_share
     report["distill_loss"] = [losses[0], losses[-1]] if losses else []
     (out / "prune.json").write_text(json.dumps(report, indent=2))
     print(f"removed blocks {removed}; {len(losses)} distillation steps; model: {out}")

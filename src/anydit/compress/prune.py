@@ -133,6 +133,8 @@ def prune(
     processes: int = 1,
     blocks: list[int] | None = None,
     precision: str = "auto",
+    tasks: list[dict] | None = None,
+    task_share: float = 0.5,
 ):
     """Remove the ``k`` least important blocks, then distill from ``model`` (outputs, and with
     ``layer_weight`` > 0 each kept block's hidden state against the same block in the full
@@ -143,15 +145,16 @@ def prune(
     count). ``precision``: the distillation's arithmetic, ``"bf16"`` autocast, ``"fp32"`` or
     ``"auto"`` (bf16 where it is native: ``train.optim.resolve_precision``; on this project's
     AVX-512-bf16 CPU it takes 1.2x the steps of fp32 in the same minutes and recovered more).
-    Returns (the pruned model, the blocks removed, the importance scores, the
-    distillation losses)."""
+    ``tasks``: role patterns (``train.distill.parse_task``) that a ``task_share`` of the
+    distillation's rows take: the tasks the pruned model is for. Returns (the pruned model,
+    the blocks removed, the importance scores, the distillation losses)."""
     from anydit.train.distill import distill_local
     from anydit.train.optim import resolve_precision
 
-    if not lr > 0 or not layer_weight >= 0:
+    if not lr > 0 or not layer_weight >= 0 or not 0 <= task_share <= 1:
         raise ValueError(
-            f"prune: expected lr > 0 and layer_weight >= 0, got lr {lr!r}, "
-            f"layer_weight {layer_weight!r}"
+            f"prune: expected lr > 0, layer_weight >= 0 and task_share in [0, 1], got lr "
+            f"{lr!r}, layer_weight {layer_weight!r}, task_share {task_share!r}"
         )
     n = len(_all_blocks(model))
     if blocks is not None:
@@ -181,6 +184,6 @@ def prune(
         losses = distill_local(
             pruned, model, (lambda rank, world: batches) if one else opener, processes,
             steps=steps, minutes=minutes, lr=lr, layers=layers, log=log, layer_weight=layer_weight,
-            precision=resolve_precision(precision),
+            precision=resolve_precision(precision), tasks=tasks, task_share=task_share,
         )  # fmt: skip
     return pruned, sorted(remove), scores, losses

@@ -58,6 +58,7 @@ __all__ = [
     "parse_digit",
     "passes",
     "sample_task",
+    "task_patterns",
 ]
 
 MODALITIES = ("image", "label", "text", "audio")
@@ -535,3 +536,19 @@ def format_table(metrics: dict) -> str:
         mark = ("PASS" if ok[key] else "FAIL") if key in ok else ""
         lines.append(f"| {title} | {_cell(key, metrics[key])} | {_bar(key)} | {mark} |")
     return "\n".join(lines)
+
+
+def task_patterns(per_task: dict[str, TaskSampling] | None = None) -> list[str]:
+    """The role pattern of each of ``TASKS`` as ``anydit prune --task`` reads it
+    (``"image -> label text"``: the source given, the target and its ``via`` generated, the rest
+    dropped)."""
+    per_task = {} if per_task is None else per_task
+    out = []
+    for name in TASKS:
+        if name == "joint":
+            out.append("-> image audio label")
+            continue
+        source, target = name.split("_to_")
+        via = per_task.get(name, TaskSampling()).via
+        out.append(f"{source} -> {' '.join((target, *via))}")
+    return out

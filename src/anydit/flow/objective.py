@@ -82,6 +82,7 @@ def make_inputs(
     global_batch: int | None = None,
     times: dict[str, Tensor] | None = None,
     drop_tokens: bool = False,
+    roles: dict[str, Tensor] | None = None,
 ) -> TrainingInputs:
     """Noise a batch of raw data (name -> (b, *shape)) into network inputs and targets.
 
@@ -94,6 +95,9 @@ def make_inputs(
     (few-step distillation starts jumps on the sampler's grid). ``drop_tokens``: streams with
     a ``token_drop`` share keep a random subset of their tokens (``TrainingInputs.keep``), the
     same count in every row (training; distillation and evaluation see every token).
+    ``roles`` {modality: (B,) ``Role`` codes, -1 = draw}: replace the drawn roles where given
+    (distillation on chosen tasks, ``train.distill.task_roles``); the draws are made anyway,
+    so the other random numbers do not move.
     """
     missing = [n for n in modalities if n not in batch]
     if missing:
@@ -105,6 +109,9 @@ def make_inputs(
         raise ValueError(f"rows {rows} do not match the local batch of {b}")
     device = next(iter(batch.values())).device
     g_roles = draw_roles(modalities, total, generator, device)
+    for name, chosen in (roles or {}).items():
+        chosen = chosen.to(device)
+        g_roles[name] = torch.where(chosen >= 0, chosen, g_roles[name])
     plan = times
     out = TrainingInputs({}, {}, {}, {}, {})
     for name, m in modalities.items():

@@ -29,6 +29,7 @@ from torch import Tensor
 from anydit.config import FlowConfig
 from anydit.flow.flowmap import JUMPS, jump_targets, plan_jumps, teacher_jump
 from anydit.flow.objective import make_inputs
+from anydit.flow.roles import Role
 from anydit.train import distributed
 from anydit.train.optim import autocast_for, make_optimizer
 
@@ -98,6 +99,47 @@ def distill_loss(
     return total
 
 
+def parse_task(text: str, modalities) -> dict[str, Role]:
+    """A task pattern from ``"GIVEN... -> GENERATED..."`` (names separated by commas or
+    spaces; either side may be empty, ``"-> image label"`` is joint generation); modalities
+    not named are dropped. Returns {modality: Role} over every modality."""
+    if text.count("->") != 1:
+        raise ValueError(f"task {text!r}: expected 'GIVEN -> GENERATED', e.g. 'image -> label'")
+    left, right = (side.replace(",", " ").split() for side in text.split("->"))
+    unknown = [n for n in left + right if n not in modalities]
+    if unknown:
+        raise ValueError(f"task {text!r}: unknown modalities {unknown} (has {list(modalities)})")
+    if set(left) & set(right) or not right:
+        raise ValueError(f"task {text!r}: expected at least one generated modality, none given too")
+    fixed = [n for n in right if not modalities[n].cfg.generate]
+    if fixed:
+        raise ValueError(f"task {text!r}: {fixed} are conditions only and cannot be generated")
+    roles = {n: Role.DROP for n in modalities}
+    roles |= {n: Role.GIVEN for n in left} | {n: Role.GENERATE for n in right}
+    return roles
+
+
+def task_roles(
+    tasks: list[dict[str, Role]], b: int, share: float, generator, device
+) -> dict[str, Tensor] | None:
+    """{modality: (b,) role codes}: a ``share`` of the rows take one of ``tasks`` or their
+    guidance branches (the same with the given modalities dropped), uniformly; the others -1
+    (drawn as in training: ``make_inputs``'s ``roles``). Distilling on the tasks
+    a model will serve covers their role patterns, which training's independent draws reach
+    rarely (the digits demo's image -> label + text: 1.5% of rows)."""
+    if not tasks or share <= 0:
+        return None
+    unguided = [{n: Role.DROP if r == Role.GIVEN else r for n, r in t.items()} for t in tasks]
+    tasks = [t for i, t in enumerate(tasks + unguided) if t not in (tasks + unguided)[:i]]
+    rows = torch.rand(b, generator=generator, device=device) < share  # (b,)
+    which = torch.randint(len(tasks), (b,), generator=generator, device=device)  # (b,)
+    out = {}
+    for name in tasks[0]:
+        codes = torch.tensor([int(t[name]) for t in tasks], device=device)  # (tasks,)
+        out[name] = torch.where(rows, codes[which], torch.full_like(which, -1))
+    return out
+
+
 def cosine_factor(done: float) -> float:
     """The learning-rate factor of cosine decay after a share ``done`` in [0, 1] of training:
     1 at the start, 0.5 half-way, 0 at the end."""
@@ -118,6 +160,8 @@ def distill(
     log=print,
     guidance: float = 1.0,
     layer_weight: float = 1.0,
+    tasks: list[dict[str, Role]] | None = None,
+    task_share: float = 0.5,
 ) -> list[float]:
     """Train ``student`` towards ``teacher`` on raw batches for ``steps`` steps or ``minutes``
     of wall time (whichever comes first), AdamW with cosine decay over ``steps`` (or, when only
@@ -125,7 +169,9 @@ def distill(
     maps student block indices to teacher block indices whose outputs are matched, weighted by
     ``layer_weight`` (see the module docstring). A flow-map student (``cfg.flow_map``) learns
     jumps of sizes drawn from ``flowmap.JUMPS`` per batch, towards the teacher's ODE solution
-    guided by ``guidance``. Returns the losses.
+    guided by ``guidance``. ``tasks`` (``parse_task`` patterns): a ``task_share`` of each
+    batch's rows take one of them as its roles (``task_roles``), the rest training's. Returns
+    the losses.
 
     Inside a distributed job (``distributed.run_local`` or torchrun) each process reads its own
     ``batches`` and draws its own noise; the student is wrapped in DDP, and rank 0's clock
@@ -158,7 +204,7 @@ def distill(
             starts, ends = plan_jumps(student.modalities, b, size, picker)
         inputs = make_inputs(
             student.modalities, raw, flow, student.cfg.per_token_time, present or None, gen,
-            times=starts,
+            times=starts, roles=task_roles(tasks or [], b, task_share, gen, device),
         )  # fmt: skip
         jump = None
         if student.cfg.flow_map:
