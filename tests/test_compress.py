@@ -215,7 +215,7 @@ def test_cli_quantize_and_prune_a_run(tmp_path, capsys):
     )
     negative = ["prune", str(tmp_path / "run"), "--remove", "1", "--layer-weight", "-1"]
     assert main([*negative, "--out", str(tmp_path / "p3")]) == 2
-    assert "expected lr > 0 and layer_weight >= 0" in capsys.readouterr().err
+    assert "expected lr > 0, layer_weight >= 0 and task_share in [0, 1]" in capsys.readouterr().err
     bad = ["prune", str(tmp_path / "run"), "--remove", "3", "--steps", "1"]
     assert main([*bad, "--out", str(tmp_path / "p2")]) == 2
     assert "expected 0 <= remove < 3" in capsys.readouterr().err
