@@ -169,3 +169,15 @@ def test_task_patterns_set_the_roles_of_their_share_of_rows(pair):
     for n in names:
         assert torch.equal(made.roles[n][4:], drawn.roles[n][4:])
         assert torch.equal(made.times[n][4:], drawn.times[n][4:]) or made.times[n].dim() > 1
+
+
+def test_the_demo_task_patterns_follow_each_task_and_its_via():
+    from anydit.demo import TASK_SAMPLING
+    from anydit.eval.metrics import TASKS, TaskSampling, task_patterns
+
+    plain = task_patterns()
+    assert len(plain) == len(TASKS) and plain[TASKS.index("image_to_text")] == "image -> text"
+    assert plain[-1] == "-> image audio label"  # joint: text dropped
+    via = task_patterns({"image_to_text": TaskSampling(via=("label",))})
+    assert via[TASKS.index("image_to_text")] == "image -> text label"
+    assert task_patterns(TASK_SAMPLING)[TASKS.index("audio_to_text")] == "audio -> text label"
