@@ -250,6 +250,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--task-share of the distillation's rows take one of them as their roles",
     )
     p.add_argument("--task-share", type=float, default=0.5, help="share of rows on --task patterns")
+    p.add_argument(
+        "--freeze-front",
+        action="store_true",
+        help="train only the blocks from the first removed one on (and the output layers): "
+        "cheaper steps, fewer weights that adapt",
+    )
+    _add_distill_precision(p)
+    _add_common(p)
+
+    p = sub.add_parser("control", help="train a control branch on a frozen model")
+    p.add_argument("checkpoint", help="a run folder (its config names the data) or a model file")
+    p.add_argument("--control", required=True, help="the map: lowres:F (a factor) or edges")
+    p.add_argument("--stream", help="the image stream it steers (default: the only one)")
+    p.add_argument("--depth", type=int, default=2, help="blocks the branch copies (default 2)")
+    p.add_argument("--out", required=True, help="folder for control.safetensors and its report")
+    p.add_argument("--data", help="a run config whose data to train on (default: the run's)")
+    p.add_argument("--minutes", type=float, default=5.0, help="training wall time")
+    p.add_argument("--steps", type=int, help="training steps (instead of --minutes)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak lr, decayed to 0")
+    p.add_argument(
+        "--others",
+        choices=["drop", "draw"],
+        default="drop",
+        help="the other modalities while training: dropped (the control alone steers) or "
+        "drawn as in training",
+    )
+    p.add_argument(
+        "--evaluate",
+        choices=["val", "test"],
+        help="digits models: generate each held-out digit from its map and judge it",
+    )
+    p.add_argument("--strengths", default="1", help="comma-separated strengths to evaluate")
     _add_distill_precision(p)
     _add_common(p)
 
@@ -657,6 +690,7 @@ def cmd_prune(args) -> int:
         precision=resolve_precision(args.precision),
         tasks=[parse_task(t, model.modalities) for t in args.task or []],
         task_share=args.task_share,
+        freeze_front=args.freeze_front,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -668,6 +702,7 @@ def cmd_prune(args) -> int:
     report |= {"lr": lr, "layer_weight": layer_weight, "processes": args.processes}
     report["precision"] = resolve_precision(args.precision)
     report["tasks"], report["task_share"] = args.task or [], args.task_share
+    report["freeze_front"] = args.freeze_front
     report["distill_loss"] = [losses[0], losses[-1]] if losses else []
     (out / "prune.json").write_text(json.dumps(report, indent=2))
     print(f"removed blocks {removed}; {len(losses)} distillation steps; model: {out}")
@@ -694,6 +729,52 @@ def _run_data(args, model):
     cfg = load_config(source)
     dataset, _ = open_training_data(cfg.data, list(model.modality_configs), log=lambda *_: None)
     return cfg, RandomBatches(dataset, model.modalities, args.batch_size)
+
+
+def cmd_control(args) -> int:
+    import json
+
+    import anydit
+    from anydit.data.controls import control_channels, make_control
+    from anydit.model.control import ControlBranch, ControlConfig, save_control
+    from anydit.train.control import train_control
+    from anydit.train.optim import resolve_precision
+
+    model = anydit.load_model(model_file(args.checkpoint))
+    images = [n for n, m in model.modalities.items() if m.cfg.kind == "image"]
+    stream = args.stream or (images[0] if len(images) == 1 else None)
+    if stream is None:
+        raise ValueError(f"control: give --stream, one of the image streams {images}")
+    if stream not in images:
+        raise ValueError(f"control: --stream {stream!r} is not an image stream of {images}")
+    channels = control_channels(args.control, model.modalities[stream].cfg.shape[0])
+    branch = ControlBranch(model, ControlConfig(stream, channels, args.depth))
+    if args.evaluate and tuple(model.modalities[stream].cfg.shape) != (1, 8, 8):
+        raise ValueError(f"control: --evaluate reads digits; {stream!r} is not (1, 8, 8)")
+    strengths = tuple(float(x) for x in args.strengths.split(","))
+    _, batches = _run_data(args, model)
+    steps, minutes = (args.steps, None) if args.steps else (None, args.minutes)
+    losses = train_control(
+        model, branch, batches(), lambda x: make_control(args.control, x), steps=steps,
+        minutes=minutes, lr=args.lr, others=args.others,
+        precision=resolve_precision(args.precision),
+    )  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_control(branch, out / "control.safetensors")
+    report = {"control": args.control, "stream": stream, "depth": args.depth, "lr": args.lr}
+    report |= {"others": args.others, "steps": len(losses), "loss": [losses[0], losses[-1]]}
+    if args.evaluate:
+        from anydit.eval.control import evaluate_control
+
+        report["evaluation"] = evaluate_control(
+            model, branch, args.control, args.evaluate, strengths
+        )
+        for s, r in report["evaluation"]["strengths"].items():
+            print(f"strength {s}: judge accuracy {r['accuracy']:.3f}, pixel mse {r['mse']:.4f}")
+    (out / "control.json").write_text(json.dumps(report, indent=2))
+    print(f"{len(losses)} steps; branch: {out / 'control.safetensors'}")
+    return 0
 
 
 def cmd_distill(args) -> int:
@@ -748,6 +829,7 @@ COMMANDS = {
     "quantize": cmd_quantize,
     "prune": cmd_prune,
     "distill": cmd_distill,
+    "control": cmd_control,
     "data": cmd_data,
     "import": cmd_import,
     "export": cmd_export,

@@ -42,6 +42,11 @@ class BlockCache:
     def attach(self, model, groups: int, generated=()) -> None:
         """Replace ``model.run_blocks`` (undone by ``detach``); ``groups`` guidance branches;
         ``generated``: the streams being generated (read by ``RegionCache``)."""
+        if "run_blocks" in model.__dict__:
+            raise ValueError(
+                "sample: a cache cannot wrap blocks that are already wrapped (a control branch "
+                "attached by model.control.controlled); sample with cache '' there"
+            )
         self.model, self.groups = model, groups
         self.stats["blocks"] = len(model.all_blocks)
         model.run_blocks = self
