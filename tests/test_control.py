@@ -213,10 +213,35 @@ def test_cli_control_trains_saves_and_measures(tmp_path, capsys):
     assert measured["real_accuracy"] > 0.9  # the judge reads real val digits
     model = anydit.load_model(model_file(str(tmp_path / "run")))
     branch = load_control(tmp_path / "c" / "control.safetensors", model)
-    assert branch.cfg == ControlConfig("image", 1, 2)
+    assert branch.cfg == ControlConfig("image", 1, 2, "lowres:2")
     edges = ["control", str(tmp_path / "run"), "--control", "edges", "--steps", "2", "--depth", "1"]
     assert main([*edges, "--batch-size", "8", "--out", str(tmp_path / "e")]) == 0
     assert load_control(tmp_path / "e" / "control.safetensors", model).cfg.depth == 1
+    import numpy as np
+
+    source = tmp_path / "source.npy"
+    np.save(source, (np.random.default_rng(0).random((1, 8, 8)) * 2 - 1).astype(np.float32))
+    base = ["sample", "--checkpoint", str(tmp_path / "run"), "--generate", "image", "-n", "2",
+            "--steps", "2"]  # fmt: skip
+    ctrl = [
+        "--control",
+        str(tmp_path / "c" / "control.safetensors"),
+        "--control-input",
+        str(source),
+    ]
+
+    def arrays(name, *more):
+        assert main([*base, *more, "--out", str(tmp_path / name)]) == 0
+        return np.load(tmp_path / name / "samples.npz")["image"]
+
+    plain = arrays("s0")
+    assert np.array_equal(arrays("s1", *ctrl, "--control-strength", "0"), plain)
+    assert not np.allclose(arrays("s2", *ctrl), plain, atol=1e-5)
+    ref = ["--reference", f"image={source}"]
+    assert np.array_equal(arrays("s3", *ref, "--reference-weight", "0"), plain)
+    assert not np.array_equal(arrays("s4", *ref), plain)  # a barely trained model: small
+    assert main([*base, "--control", ctrl[1], "--out", str(tmp_path / "s5")]) == 2
+    assert "--control and --control-input go together" in capsys.readouterr().err
     assert main([*args, "--stream", "label", "--out", str(tmp_path / "x")]) == 2
     assert "is not an image stream" in capsys.readouterr().err
     assert main([*args[:3], "blur", "--steps", "1", "--out", str(tmp_path / "y")]) == 2

@@ -149,6 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="guide only while a modality's time is in [LOW, HIGH] (0 = noise, 1 = data)",
     )
     p.add_argument("--shift", type=float, help="time shift of the grids (default: trained)")
+    p.add_argument("--control", metavar="FILE", help="a control branch (anydit control) to apply")
+    p.add_argument(
+        "--control-input",
+        metavar="PATH",
+        help="with --control: a value of the branch's stream (an image file or .npy) that its "
+        "recipe turns into the map (lowres, edges), or the map itself for a branch without one",
+    )
+    p.add_argument("--control-strength", type=float, default=1.0, help="0 = no control")
+    p.add_argument(
+        "--reference",
+        metavar="NAME=VALUE",
+        help="share the keys and values of a reference value of a stream (an image file) with "
+        "that stream's generated tokens (training-free)",
+    )
+    p.add_argument("--reference-weight", type=float, default=1.0, help="0 = no reference")
     p.add_argument(
         "--isolation",
         type=float,
@@ -546,6 +561,36 @@ def parse_task(model, generate: str, given: list[str], drop: list[str], n: int) 
     return task
 
 
+def _conditioned(model, args):
+    """The scope ``anydit sample`` samples in: a control branch and a shared reference, when
+    asked for (``model.control``, ``sampling.reference``)."""
+    import contextlib
+
+    from anydit.data.controls import make_control
+    from anydit.model.control import controlled, load_control
+    from anydit.sampling.reference import shared_reference
+
+    stack = contextlib.ExitStack()
+    if (args.control is None) != (args.control_input is None):
+        raise ValueError("--control and --control-input go together")
+    if args.control:
+        branch = load_control(args.control, model)
+        m = model.modalities[branch.cfg.stream]
+        value = m.read_value(args.control_input, 1)  # (1, *shape)
+        value = value if value.dim() == len(m.cfg.shape) + 1 else value[None]
+        control = make_control(branch.cfg.recipe, value) if branch.cfg.recipe else value
+        stack.enter_context(controlled(model, branch, control.float(), args.control_strength))
+    if args.reference:
+        name, sep, path = args.reference.partition("=")
+        if not sep or name not in model.modalities:
+            raise ValueError(f"--reference {args.reference!r}: expected NAME=VALUE, NAME one of "
+                             f"{list(model.modalities)}")  # fmt: skip
+        value = model.modalities[name].read_value(path, 1)
+        value = value if value.dim() == len(model.modalities[name].cfg.shape) + 1 else value[None]
+        stack.enter_context(shared_reference(model, name, value.float(), args.reference_weight))
+    return stack
+
+
 def cmd_sample(args) -> int:
     import anydit
     from anydit.modalities.outputs import write_outputs
@@ -575,7 +620,8 @@ def cmd_sample(args) -> int:
         raise ValueError(f"-n: expected an integer >= 1, got {args.n}")
     task = parse_task(model, args.generate, args.given, args.drop, args.n)
     out = check_writable(args.out)
-    samples = anydit.sample(model, task, n=args.n, seed=args.seed, config=config)
+    with _conditioned(model, args):
+        samples = anydit.sample(model, task, n=args.n, seed=args.seed, config=config)
     written = write_outputs(out, model.modalities, samples)
     print(f"wrote {sum(len(v) for v in written.values())} files to {out}")
     return 0
@@ -748,7 +794,7 @@ def cmd_control(args) -> int:
     if stream not in images:
         raise ValueError(f"control: --stream {stream!r} is not an image stream of {images}")
     channels = control_channels(args.control, model.modalities[stream].cfg.shape[0])
-    branch = ControlBranch(model, ControlConfig(stream, channels, args.depth))
+    branch = ControlBranch(model, ControlConfig(stream, channels, args.depth, args.control))
     if args.evaluate and tuple(model.modalities[stream].cfg.shape) != (1, 8, 8):
         raise ValueError(f"control: --evaluate reads digits; {stream!r} is not (1, 8, 8)")
     strengths = tuple(float(x) for x in args.strengths.split(","))
@@ -765,7 +811,7 @@ def cmd_control(args) -> int:
     report = {"control": args.control, "stream": stream, "depth": args.depth, "lr": args.lr}
     report |= {"others": args.others, "steps": len(losses), "loss": [losses[0], losses[-1]]}
     if args.evaluate:
-        from anydit.eval.control import evaluate_control
+        from anydit.eval.conditioning import evaluate_control
 
         report["evaluation"] = evaluate_control(
             model, branch, args.control, args.evaluate, strengths

@@ -37,11 +37,14 @@ class ControlConfig:
     stream: the frozen model's continuous, patched stream it adds into (an image).
     channels: channels of the control map (1 for an edge map or a grey low-resolution image).
     depth: how many of the frozen model's first blocks the branch copies (1 .. its blocks).
+    recipe: how the map is made from a value of the stream (``data.controls``: "lowres:2",
+        "edges"), or "" when maps are given as they are.
     """
 
     stream: str
     channels: int = 1
     depth: int = 2
+    recipe: str = ""
 
 
 class ControlBranch(nn.Module):

@@ -409,6 +409,25 @@ class MMDiT(nn.Module):
         attend to (a sampler's isolation branch; default all). ``keep`` {stream: (b, k) sorted
         token indices}: training with ``token_drop``: after the stream's mixer, only these
         tokens go on through the backbone, and its outputs are theirs (b, k, ...)."""
+        x, c, rope, given = self.prepare(tokens, times, targets, mask)
+        if keep:
+            if mask is not None or given is not None:
+                raise ValueError("MMDiT.forward: keep (token_drop) takes no attention mask")
+            x, c, rope = self.kept(x, c, keep)
+        more = {} if mask is None else {"mask": mask}  # (a cache's run_blocks takes no mask)
+        x = self.run_blocks(x, c, rope, given=given, **more)
+        return {n: self.final[n](x[n], c[n]) for n in self.outputs}
+
+    def prepare(
+        self,
+        tokens: dict[str, Tensor],
+        times: dict[str, Tensor],
+        targets: dict[str, Tensor] | None = None,
+        mask: Tensor | None = None,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None, Tensor | None]:
+        """What ``forward`` feeds the blocks: each stream's embedded (and mixed) tokens x
+        (b, n, d), its conditioning c (b, 1|n, d), the rotary table (None without positions)
+        and, with ``isolate_given``, the given tokens (b, N) (else None)."""
         self._check_inputs(tokens, times)
         if targets is not None and self.jump_embed is None:
             raise ValueError(
@@ -431,14 +450,7 @@ class MMDiT(nn.Module):
             )
         c = self.conditioning(times, x, pooled, targets, given, reach)
         rope = None if self.positionless else self.rope
-        x = self.mix(x, c)
-        if keep:
-            if mask is not None or given is not None:
-                raise ValueError("MMDiT.forward: keep (token_drop) takes no attention mask")
-            x, c, rope = self.kept(x, c, keep)
-        more = {} if mask is None else {"mask": mask}  # (a cache's run_blocks takes no mask)
-        x = self.run_blocks(x, c, rope, given=given, **more)
-        return {n: self.final[n](x[n], c[n]) for n in self.outputs}
+        return self.mix(x, c), c, rope, given
 
     def stream_rope(self) -> dict[str, Tensor]:
         """Each stream's rows of the rotary table: (n, e/2, 2)."""

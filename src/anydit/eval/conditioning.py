@@ -1,7 +1,7 @@
-"""How well a control branch steers a frozen digits model (``model.control``): each held-out
-digit's control map (``data.controls``) is the only input, the image is generated from it,
-and the image judge reads the digit; pixel error against the digit the map came from says
-whether the branch kept that digit's own strokes (its style), not just its class.
+"""Measures of conditioning beyond paired streams on the digits: a control branch
+(``model.control``) and reference sharing (``sampling.reference``). The image judge reads the
+digit; pixel error against the source image, next to the error against the other images of its
+class, says whether a digit's own strokes (its style) were kept, not just its class.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from anydit.data.digits import load_digit_images
 from anydit.eval.judges import get_judges
 from anydit.model.control import ControlBranch, controlled
 from anydit.sampling import sample
+from anydit.sampling.reference import shared_reference
 
 
 def evaluate_control(
@@ -73,3 +74,47 @@ def _same_class_error(got, images, labels) -> float:
         others = images[(labels == labels[i]) & (torch.arange(len(labels)) != i)]
         total += float((others - got[i]).pow(2).mean())
     return total / len(labels)
+
+
+def evaluate_reference(
+    model,
+    split: str = "test",
+    weights: tuple[float, ...] = (0.0, 1.0),
+    steps: int = 16,
+    guidance: float = 1.5,
+    seed: int = 0,
+    limit: int | None = None,
+) -> dict:
+    """label -> image with each held-out image as the shared reference of its own sample
+    (``shared_reference``, at time 1): per weight, ``accuracy`` (the judge reads the asked
+    label), ``mse`` to the reference and ``mse_same_class``; and ``other_accuracy``, the
+    judge reading the asked label when the reference is an image of the next digit (the label
+    must still win over the reference's class), with ``other_mse`` to that reference."""
+    images, labels = load_digit_images(split)  # (N, 1, 8, 8), (N,)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    judge, _ = get_judges()
+    device = next(model.parameters()).device
+    # the reference of the "other" rows: an image of the next digit (same split, cycled)
+    by_class = {int(d): torch.nonzero(labels == d).flatten() for d in labels.unique()}
+    other = torch.stack(
+        [by_class[(int(y) + 1) % 10][i % len(by_class[(int(y) + 1) % 10])] for i, y in
+         enumerate(labels)]
+    )  # fmt: skip
+    task = {n: "drop" for n in model.modalities} | {"image": "generate", "label": labels}
+    kw = {"steps": steps, "guidance": guidance, "guidance_interval": (0.3, 1.0), "seed": seed}
+    out = {"split": split, "count": len(labels), "steps": steps, "guidance": guidance}
+    out["weights"] = {}
+    for w in weights:
+        row = {}
+        for name, refs in (("own", images), ("other", images[other])):
+            with shared_reference(model, "image", refs.to(device), w):
+                got = sample(model, task, n=len(labels), **kw)["image"].cpu().float().clamp(-1, 1)
+            read = torch.from_numpy(judge.predict(got))
+            prefix = "" if name == "own" else "other_"
+            row[prefix + "accuracy"] = float((read == labels).float().mean())
+            row[prefix + "mse"] = float(F.mse_loss(got, refs))
+            if name == "own":
+                row["mse_same_class"] = _same_class_error(got, images, labels)
+        out["weights"][str(w)] = row
+    return out
