@@ -25,7 +25,7 @@ ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # name -> nn.GELU(approxima
 class Attend(Protocol):
     """What a block's queries attend to: given the keys (rotated) and values (b, h, N, e) of
     the tokens being computed, returns the keys and values to attend over (b, h, M, e) and a
-    mask (b, 1, N, M) bool or None. ``MMDiT.run_blocks`` uses one to keep given tokens from
+    mask (b, 1, N, M) bool, a float bias like it, or None. ``MMDiT.run_blocks`` uses one to keep given tokens from
     reading noisy ones (``isolate_given``); a region cache (``sampling.region``) to add the
     kept keys and values of tokens it does not recompute."""
 
@@ -51,7 +51,8 @@ def isolate(given: Tensor) -> Tensor:
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
     """Scaled dot-product attention: q (b, h, Nq, e) over k, v (b, h, Nk, e); ``mask`` (b, 1,
-    Nq, Nk) bool, true where a query may attend to a key (None: everywhere).
+    Nq, Nk) bool, true where a query may attend to a key (None: everywhere), or a float bias
+    added to the logits (-inf: not at all).
 
     On a CPU, PyTorch's fused bfloat16 kernel is slow for short sequences (measured with torch
     2.13 on 2 cores, forward + backward at 6k tokens: N = 49 takes 60 ms in bf16 against 21 ms
@@ -59,6 +60,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Te
     autocast off: it would cast them back).
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[-2] < 256:
+        if mask is not None and mask.dtype != torch.bool:  # an additive bias: float32 too
+            mask = mask.float()
         with torch.autocast("cpu", enabled=False):
             o = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
         return o.to(q.dtype)
