@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import perturb
+from conftest import perturb, random_batch
 
 import anydit
 from anydit.cli import main
@@ -258,3 +258,21 @@ def test_freeze_front_trains_only_from_the_first_removed_block_on(processes):
     moved = {k for k in after if not torch.equal(after[k], before[k])}
     assert moved and all(k.startswith(("blocks.1.", "final.")) for k in moved), sorted(moved)
     assert any(k.startswith("blocks.1.") for k in moved)
+
+
+def test_freeze_front_starts_at_the_lowest_removed_block(monkeypatch):
+    """Blocks chosen by importance come least important first (here [2, 0]): the front that
+    stays frozen ends at block 0, so every kept block trains."""
+    import sys
+
+    pruning = sys.modules["anydit.compress.prune"]  # the package's name `prune` is the function
+
+    torch.manual_seed(0)
+    full = anydit.MMDiT(digits_modalities(), anydit.preset("debug", depth=3))
+    perturb(full, seed=1, std=0.05)
+    monkeypatch.setattr(pruning, "block_importance", lambda model, batches: [0.2, 0.9, 0.1])
+    batches = iter([(random_batch(full, 8), {})] * 3)
+    pruned, removed, _, _ = pruning.prune(full, 2, batches, steps=1, freeze_front=True, log=None)
+    assert removed == [0, 2]
+    assert all(p.requires_grad for p in pruned.blocks.parameters())
+    assert not any(p.requires_grad for p in pruned.embed.parameters())

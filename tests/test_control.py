@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import perturb, random_batch, randomize
+from conftest import four_modalities, perturb, random_batch, randomize
 
 import anydit
 from anydit.data.controls import control_channels, make_control, parse_control
@@ -68,10 +68,38 @@ def test_control_rows_tile_to_the_guidance_branches(model4):
     assert torch.allclose(tiled["image"], full["image"], atol=1e-6)
     four = make_control("lowres:2", raw["image"][:4])
     with (
-        pytest.raises(ValueError, match="4 control maps cannot serve a batch of 6 rows"),
+        pytest.raises(ValueError, match="control maps: 4 of them cannot serve 6 samples"),
         controlled(model4, branch, four),
     ):
         _outputs(model4, inputs)
+
+
+def test_each_sample_reads_its_own_map_in_every_row_group(model4):
+    """Rows (groups samples), as the sampler stacks guidance branches: a second group that
+    repeats the first's inputs gives the first's outputs."""
+    randomize(model4)
+    raw, inputs = _inputs(model4, b=3)
+    branch = ControlBranch(model4, ControlConfig("image", 1, depth=2))
+    perturb(branch, std=0.1)
+    tokens = {k: torch.cat([v, v]) for k, v in inputs.tokens.items()}  # (2 x 3, ...)
+    times = {k: torch.cat([v, v]) for k, v in inputs.times.items()}
+    with torch.no_grad(), controlled(model4, branch, make_control("lowres:2", raw["image"])):
+        model4.run_blocks.samples = 3
+        out = model4(tokens, times)["image"]
+    assert torch.allclose(out[3:], out[:3], atol=1e-6)
+
+
+def test_a_stream_of_its_own_width(model4):
+    mods, cfg = four_modalities()
+    mods[0] = anydit.ModalityConfig("image", "image", (1, 8, 8), patch=2, width=48)
+    model = anydit.MMDiT(mods, cfg)
+    randomize(model)
+    branch = ControlBranch(model, ControlConfig("image", 1, depth=1))
+    perturb(branch, std=0.1)
+    raw, inputs = _inputs(model)
+    with torch.no_grad(), controlled(model, branch, make_control("lowres:2", raw["image"])):
+        got = model(inputs.tokens, inputs.times)
+    assert got["image"].shape == inputs.tokens["image"].shape
 
 
 def test_sampling_with_a_branch_and_guidance(model4):
@@ -87,6 +115,8 @@ def test_sampling_with_a_branch_and_guidance(model4):
         on = anydit.sample(model4, task, n=3, steps=4, guidance=2.0, seed=1)
         with pytest.raises(ValueError, match="cache cannot wrap"):
             anydit.sample(model4, task, n=3, steps=4, cache="first_block", cache_threshold=0.1)
+        with pytest.raises(ValueError, match="control maps: 3 of them cannot serve 2 samples"):
+            anydit.sample(model4, task, n=2, steps=4)
     assert torch.equal(zero["image"], plain["image"])
     assert not torch.allclose(on["image"], plain["image"], atol=1e-4)
 
@@ -242,6 +272,10 @@ def test_cli_control_trains_saves_and_measures(tmp_path, capsys):
     assert not np.array_equal(arrays("s4", *ref), plain)  # a barely trained model: small
     assert main([*base, "--control", ctrl[1], "--out", str(tmp_path / "s5")]) == 2
     assert "--control and --control-input go together" in capsys.readouterr().err
+    assert main([*base, *ctrl, *ref, "--out", str(tmp_path / "s6")]) == 2
+    assert "--control and --reference do not combine" in capsys.readouterr().err
+    assert main([*base, "--control-strength", "2", "--out", str(tmp_path / "s7")]) == 2
+    assert "--control-strength needs --control" in capsys.readouterr().err
     assert main([*args, "--stream", "label", "--out", str(tmp_path / "x")]) == 2
     assert "is not an image stream" in capsys.readouterr().err
     assert main([*args[:3], "blur", "--steps", "1", "--out", str(tmp_path / "y")]) == 2

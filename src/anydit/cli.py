@@ -156,14 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --control: a value of the branch's stream (an image file or .npy) that its "
         "recipe turns into the map (lowres, edges), or the map itself for a branch without one",
     )
-    p.add_argument("--control-strength", type=float, default=1.0, help="0 = no control")
+    p.add_argument("--control-strength", type=float, help="with --control: 0 = none (default 1)")
     p.add_argument(
         "--reference",
         metavar="NAME=VALUE",
         help="share the keys and values of a reference value of a stream (an image file) with "
         "that stream's generated tokens (training-free)",
     )
-    p.add_argument("--reference-weight", type=float, default=1.0, help="0 = no reference")
+    p.add_argument("--reference-weight", type=float, help="with --reference: 0 = none (default 1)")
     p.add_argument(
         "--isolation",
         type=float,
@@ -573,13 +573,20 @@ def _conditioned(model, args):
     stack = contextlib.ExitStack()
     if (args.control is None) != (args.control_input is None):
         raise ValueError("--control and --control-input go together")
+    if args.control and args.reference:
+        raise ValueError("--control and --reference do not combine (each wraps the blocks)")
+    if args.control_strength is not None and not args.control:
+        raise ValueError("--control-strength needs --control")
+    if args.reference_weight is not None and not args.reference:
+        raise ValueError("--reference-weight needs --reference")
     if args.control:
         branch = load_control(args.control, model)
         m = model.modalities[branch.cfg.stream]
         value = m.read_value(args.control_input, 1)  # (1, *shape)
         value = value if value.dim() == len(m.cfg.shape) + 1 else value[None]
         control = make_control(branch.cfg.recipe, value) if branch.cfg.recipe else value
-        stack.enter_context(controlled(model, branch, control.float(), args.control_strength))
+        strength = 1.0 if args.control_strength is None else args.control_strength
+        stack.enter_context(controlled(model, branch, control.float(), strength))
     if args.reference:
         name, sep, path = args.reference.partition("=")
         if not sep or name not in model.modalities:
@@ -587,7 +594,8 @@ def _conditioned(model, args):
                              f"{list(model.modalities)}")  # fmt: skip
         value = model.modalities[name].read_value(path, 1)
         value = value if value.dim() == len(model.modalities[name].cfg.shape) + 1 else value[None]
-        stack.enter_context(shared_reference(model, name, value.float(), args.reference_weight))
+        weight = 1.0 if args.reference_weight is None else args.reference_weight
+        stack.enter_context(shared_reference(model, name, value.float(), weight))
     return stack
 
 

@@ -194,7 +194,7 @@ def prune(
     pruned = remove_blocks(model, remove)
     kept = [i for i in range(n) if i not in remove]
     if freeze_front and remove:
-        freeze_front_of(pruned, remove[0])
+        freeze_front_of(pruned, min(remove))
     layers = dict(enumerate(kept))  # student block j follows teacher block kept[j]
     if log is not None:
         log(f"prune: importance {[round(s, 4) for s in scores]}; removing blocks {remove}")

@@ -38,6 +38,7 @@ def evaluate_control(
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     maps = make_control(control, images)
+    comparable = maps.shape == images.shape and control.startswith("lowres")  # pixels vs pixels
     judge, _ = get_judges()
     device = next(model.parameters()).device
     task = {n: "drop" for n in model.modalities} | {stream: "generate"}
@@ -48,9 +49,9 @@ def evaluate_control(
         "steps": steps,
         "real_accuracy": float((torch.from_numpy(judge.predict(images)) == labels).float().mean()),
         "map_accuracy": float((torch.from_numpy(judge.predict(maps)) == labels).float().mean())
-        if maps.shape[1] == images.shape[1]
+        if comparable
         else None,
-        "map_mse": float(F.mse_loss(maps, images)) if maps.shape == images.shape else None,
+        "map_mse": float(F.mse_loss(maps, images)) if comparable else None,
         "strengths": {},
     }
     for strength in strengths:
@@ -95,19 +96,18 @@ def evaluate_reference(
         images, labels = images[:limit], labels[:limit]
     judge, _ = get_judges()
     device = next(model.parameters()).device
-    # the reference of the "other" rows: an image of the next digit (same split, cycled)
-    by_class = {int(d): torch.nonzero(labels == d).flatten() for d in labels.unique()}
-    other = torch.stack(
-        [by_class[(int(y) + 1) % 10][i % len(by_class[(int(y) + 1) % 10])] for i, y in
-         enumerate(labels)]
-    )  # fmt: skip
+    # the reference of the "other" rows: an image of the next digit (the whole split, cycled)
+    pool, pool_labels = load_digit_images(split)
+    by_class = [torch.nonzero(pool_labels == d).flatten() for d in range(10)]
+    nxt = [by_class[(int(y) + 1) % 10] for y in labels]
+    others = pool[torch.stack([ids[i % len(ids)] for i, ids in enumerate(nxt)])]
     task = {n: "drop" for n in model.modalities} | {"image": "generate", "label": labels}
     kw = {"steps": steps, "guidance": guidance, "guidance_interval": (0.3, 1.0), "seed": seed}
     out = {"split": split, "count": len(labels), "steps": steps, "guidance": guidance}
     out["weights"] = {}
     for w in weights:
         row = {}
-        for name, refs in (("own", images), ("other", images[other])):
+        for name, refs in (("own", images), ("other", others)):
             with shared_reference(model, "image", refs.to(device), w):
                 got = sample(model, task, n=len(labels), **kw)["image"].cpu().float().clamp(-1, 1)
             read = torch.from_numpy(judge.predict(got))

@@ -25,9 +25,10 @@ ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}  # name -> nn.GELU(approxima
 class Attend(Protocol):
     """What a block's queries attend to: given the keys (rotated) and values (b, h, N, e) of
     the tokens being computed, returns the keys and values to attend over (b, h, M, e) and a
-    mask (b, 1, N, M) bool, a float bias like it, or None. ``MMDiT.run_blocks`` uses one to keep given tokens from
-    reading noisy ones (``isolate_given``); a region cache (``sampling.region``) to add the
-    kept keys and values of tokens it does not recompute."""
+    mask (b, 1, N, M) bool, a float bias like it, or None. ``MMDiT.run_blocks`` uses one to
+    keep given tokens from reading noisy ones (``isolate_given``); a region cache
+    (``sampling.region``) to add the kept keys and values of tokens it does not recompute;
+    reference sharing (``sampling.reference``) to append a reference's."""
 
     def __call__(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]: ...
 

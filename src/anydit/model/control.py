@@ -12,8 +12,10 @@ Ein notation: b rows, n the stream's tokens, d width, c the control's channels.
 model's outputs bit for bit as they were. The branch attaches for a ``with controlled(...)``
 scope by replacing ``MMDiT.run_blocks`` on the instance -- the hook sampling caches use -- so
 ``sample``, ``training_loss`` and the judges run the controlled model unchanged. The sampler
-stacks guidance branches as row groups of the samples, so a control of b0 rows is tiled to the
-b rows it meets; every branch sees the control (it is not dropped for guidance).
+stacks guidance branches as row groups (groups x samples), so b0 maps (1, one per sample, or a
+divisor of the samples) tile each group alike (``tile_rows``); every guidance branch sees the
+control (it is not dropped for guidance). A branch needs every token of its stream (no
+``token_drop``) and replaces ``run_blocks`` as a shared reference does: the two do not combine.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class ControlBranch(nn.Module):
         m = model.modalities[cfg.stream]
         self.patch = m.cfg.patch
         self.grid = tuple(m.cfg.shape[1:])
-        width = model.cfg.width
+        width = m.cfg.width or model.cfg.width  # the stream's own width
         self.embed = nn.Linear(cfg.channels * self.patch**2, width)
         self.blocks = nn.ModuleList(copy.deepcopy(model.all_blocks[i]) for i in range(cfg.depth))
         self.out = nn.ModuleList(nn.Linear(width, width) for _ in range(cfg.depth))
@@ -67,6 +69,8 @@ class ControlBranch(nn.Module):
             nn.init.zeros_(layer.bias)
         for p in self.blocks.parameters():
             p.requires_grad_(True)
+        like = next(model.parameters())
+        self.to(device=like.device, dtype=like.dtype)
 
     def tokens(self, control: Tensor) -> Tensor:
         """(b0, c, H, W) control map -> (b0, n, d) embedded tokens, in the stream's order."""
@@ -103,6 +107,7 @@ class _ControlledBlocks:
     def __init__(self, model, branch: ControlBranch, control: Tensor, strength: float):
         self.model, self.branch, self.strength = model, branch, strength
         self.control = control
+        self.samples: int | None = None  # set by ``sample`` for its call: rows are (groups n)
 
     def __call__(self, x, c, rope, start=0, stop=None, given=None, mask=None):
         model, branch, s = self.model, self.branch, self.branch.cfg.stream
@@ -111,19 +116,37 @@ class _ControlledBlocks:
         if given is not None:
             mask = isolate(given) if mask is None else mask & isolate(given)
         attend = None if mask is None else Masked(mask)
-        rows, n0 = x[s].shape[0], self.control.shape[0]
-        if rows % n0:
-            raise ValueError(f"control: {n0} control maps cannot serve a batch of {rows} rows")
+        rows = x[s].shape[0]
+        tile = tile_rows(self.control.shape[0], rows, self.samples, "control maps")
         embedded = branch.tokens(self.control.to(x[s].device))  # (b0, n, d)
+        if embedded.shape[1] != x[s].shape[1]:
+            raise ValueError(
+                f"control: stream {s!r} has {x[s].shape[1]} tokens here, its map "
+                f"{embedded.shape[1]}: a branch needs every token (no token_drop)"
+            )
         h = dict(x)
-        h[s] = h[s] + embedded.repeat(rows // n0, 1, 1).to(x[s].dtype)
-        checkpointing = model.cfg.checkpointing and model.training
+        h[s] = h[s] + embedded.repeat(tile, 1, 1).to(x[s].dtype)
+        frozen = model.cfg.checkpointing and model.training
+        own = model.cfg.checkpointing and branch.training
         for i, block in enumerate(model.all_blocks):
-            x = run_block(block, x, c, rope, checkpointing, attend)
+            x = run_block(block, x, c, rope, frozen, attend)
             if i < len(branch.blocks):
-                h = run_block(branch.blocks[i], h, c, rope, checkpointing, attend)
+                h = run_block(branch.blocks[i], h, c, rope, own, attend)
                 x = {**x, s: x[s] + self.strength * branch.out[i](h[s])}
         return x
+
+
+def tile_rows(b0: int, rows: int, samples: int | None, what: str) -> int:
+    """How many times ``b0`` per-sample values repeat to fill ``rows`` rows laid out as
+    (groups samples) -- ``sample`` stacks its guidance branches so; a plain forward is one
+    group. b0 must be 1 or divide the samples, so every group sees each sample's own value."""
+    samples = rows if samples is None else samples
+    if rows % samples or samples % b0:
+        raise ValueError(
+            f"{what}: {b0} of them cannot serve {samples} samples (give 1, one per sample, "
+            f"or a divisor of the samples: sample i reads value i mod {b0})"
+        )
+    return rows // b0
 
 
 @contextmanager

@@ -44,8 +44,9 @@ class BlockCache:
         ``generated``: the streams being generated (read by ``RegionCache``)."""
         if "run_blocks" in model.__dict__:
             raise ValueError(
-                "sample: a cache cannot wrap blocks that are already wrapped (a control branch "
-                "attached by model.control.controlled); sample with cache '' there"
+                "sample: a cache cannot wrap blocks that are already wrapped (a control branch, "
+                "model.control.controlled, or a shared reference, sampling.reference); sample "
+                "with cache '' there"
             )
         self.model, self.groups = model, groups
         self.stats["blocks"] = len(model.all_blocks)

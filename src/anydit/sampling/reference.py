@@ -14,9 +14,12 @@ N tokens of all streams, n the shared stream's tokens, e head dim.
                      raised by log(weight), the other streams' queries do not read them
 
 ``weight`` 1 gives a reference token the pull of one of the sample's own tokens; 0 leaves the
-sampler bit for bit as without it (nothing is appended). The reference's keys carry its own
+sampler bit for bit as without it (nothing is appended). Every token of the stream reads the
+reference (known tokens of an inpainting too), except given tokens of a model that isolates
+them (``isolate_given``: they read given tokens only). The reference's keys carry its own
 rotary positions (the stream's grid), so a token reads the reference at its own place most
-easily. References tile to the rows as control maps do (``model.control``): b0 divides r.
+easily. References tile over the samples as control maps do (``model.control.tile_rows``: 1,
+one per sample, or a divisor), and the two do not combine (each replaces ``run_blocks``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 from torch import Tensor
 
 from anydit.model.block import Masked, isolate, run_block
+from anydit.model.control import tile_rows
 
 
 class _Capture:
@@ -44,17 +48,15 @@ class _Capture:
 class _Shared:
     """An ``Attend`` that appends the reference's keys and values of its next block."""
 
-    def __init__(self, refs: list[tuple[Tensor, Tensor]], bias: Tensor):
-        self.refs, self.bias, self.i = refs, bias, 0
+    def __init__(self, refs: list[tuple[Tensor, Tensor]], bias: Tensor, tile: int):
+        self.refs, self.bias, self.tile, self.i = refs, bias, tile, 0
 
     def __call__(self, k: Tensor, v: Tensor):
         k_ref, v_ref = self.refs[self.i]  # (b0, h, n, e)
         self.i += 1
-        rows = k.shape[0]
-        tile = rows // k_ref.shape[0]
-        k = torch.cat([k, k_ref.repeat(tile, 1, 1, 1).to(k.dtype)], 2)  # (r, h, N + n, e)
-        v = torch.cat([v, v_ref.repeat(tile, 1, 1, 1).to(v.dtype)], 2)
-        return k, v, self.bias.to(k.dtype)
+        k = torch.cat([k, k_ref.repeat(self.tile, 1, 1, 1).to(k.dtype)], 2)  # (r, h, N + n, e)
+        v = torch.cat([v, v_ref.repeat(self.tile, 1, 1, 1).to(v.dtype)], 2)
+        return k, v, self.bias  # float32: log(weight) unrounded (SDPA adds it in any dtype)
 
 
 def _reference_kv(model, stream: str, value: Tensor, time: float, seed: int) -> list:
@@ -106,28 +108,30 @@ class _SharedBlocks:
 
     def __init__(self, model, stream: str, refs, weight: float):
         self.model, self.stream, self.refs, self.weight = model, stream, refs, weight
+        self.samples: int | None = None  # set by ``sample`` for its call: rows are (groups n)
 
     def __call__(self, x, c, rope, start=0, stop=None, given=None, mask=None):
         model = self.model
         if start != 0 or stop is not None:
             raise ValueError("reference: a model sharing a reference runs all its blocks at once")
         rows = next(iter(x.values())).shape[0]
-        b0 = self.refs[0][0].shape[0]
-        if rows % b0:
-            raise ValueError(f"reference: {b0} references cannot serve a batch of {rows} rows")
-        if given is not None:
-            mask = isolate(given) if mask is None else mask & isolate(given)
+        tile = tile_rows(self.refs[0][0].shape[0], rows, self.samples, "references")
         sizes, names = model.stream_sizes, model.streams
         total, n = sum(sizes), sizes[names.index(self.stream)]
+        if x[self.stream].shape[1] != n:
+            raise ValueError(f"reference: stream {self.stream!r} lacks tokens (no token_drop)")
         lo = sum(sizes[: names.index(self.stream)])
         device = next(iter(x.values())).device
+        reads = torch.full((rows, total), float("-inf"), device=device)
+        reads[:, lo : lo + n] = math.log(self.weight)  # the stream's queries read the reference
+        if given is not None:  # isolate_given: a given token reads given tokens only
+            reads = reads.masked_fill(given, float("-inf"))
+            mask = isolate(given) if mask is None else mask & isolate(given)
         own = torch.zeros(rows, 1, total, total, device=device)
         if mask is not None:
             own = own.masked_fill(~mask[:, None], float("-inf"))
-        reads = torch.full((total,), float("-inf"), device=device)
-        reads[lo : lo + n] = math.log(self.weight)  # only the stream's queries read the reference
-        ref = reads[None, None, :, None].expand(rows, 1, total, n)
-        attend = _Shared(self.refs, torch.cat([own, ref], -1))  # (r, 1, N, N + n)
+        ref = reads[:, None, :, None].expand(rows, 1, total, n)
+        attend = _Shared(self.refs, torch.cat([own, ref], -1), tile)  # (r, 1, N, N + n)
         checkpointing = model.cfg.checkpointing and model.training
         for block in model.all_blocks:
             x = run_block(block, x, c, rope, checkpointing, attend)
@@ -145,9 +149,9 @@ def shared_reference(
     if stream not in model.modalities or model.modalities[stream].discrete:
         have = [n for n, m in model.modalities.items() if not m.discrete]
         raise ValueError(f"reference: stream {stream!r} must be a continuous stream of {have}")
-    if not weight >= 0 or not 0 <= time <= 1:
+    if not (0 <= weight < math.inf) or not 0 <= time <= 1:
         raise ValueError(
-            f"reference: expected weight >= 0 and time in [0, 1], got {weight}, {time}"
+            f"reference: expected a finite weight >= 0 and time in [0, 1], got {weight}, {time}"
         )
     if "run_blocks" in model.__dict__:
         raise ValueError("reference: the model's blocks are already wrapped (a cache or a branch)")

@@ -312,6 +312,9 @@ def sample(
     model.eval()
     if cache is not None:
         cache.attach(model, len(sets), generated)
+    wrapped = model.__dict__.get("run_blocks")  # a control branch or a shared reference
+    if hasattr(wrapped, "samples"):
+        wrapped.samples = n  # per-sample values tile over the guidance branches' row groups
     try:
         x = SOLVERS[cfg.solver](
             velocity_fn, x_init, grids, discrete, gen, cfg.temperature, cfg.unmasking
@@ -320,6 +323,8 @@ def sample(
         model.train(was_training)
         if cache is not None:
             cache.detach()
+        if hasattr(wrapped, "samples"):
+            wrapped.samples = None
     if stats is not None:
         stats.update(cache.stats if cache is not None else {})
         if hasattr(cache, "trace"):  # region / kv reuse: per evaluation, the tokens computed

@@ -42,7 +42,8 @@ def train_control(
     seed: int = 0,
     log=print,
 ) -> list[float]:
-    """Train ``branch`` (``model`` frozen: no gradient reaches it) for ``steps`` or ``minutes``
+    """Train ``branch`` (``model`` frozen: left in eval mode with ``requires_grad`` off, so
+    no gradient reaches it) for ``steps`` or ``minutes``
     of wall time, AdamW with cosine decay to 0, on raw ``batches`` (batch, present);
     ``control_of`` maps the stream's raw values (b, c, H, W) to the control (b, c', H, W).
     Returns the losses."""
