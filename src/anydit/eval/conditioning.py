@@ -85,9 +85,10 @@ def evaluate_reference(
     guidance: float = 1.5,
     seed: int = 0,
     limit: int | None = None,
+    time: float = 1.0,
 ) -> dict:
     """label -> image with each held-out image as the shared reference of its own sample
-    (``shared_reference``, at time 1): per weight, ``accuracy`` (the judge reads the asked
+    (``shared_reference`` at ``time``): per weight, ``accuracy`` (the judge reads the asked
     label), ``mse`` to the reference and ``mse_same_class``; and ``other_accuracy``, the
     judge reading the asked label when the reference is an image of the next digit (the label
     must still win over the reference's class), with ``other_mse`` to that reference."""
@@ -104,11 +105,12 @@ def evaluate_reference(
     task = {n: "drop" for n in model.modalities} | {"image": "generate", "label": labels}
     kw = {"steps": steps, "guidance": guidance, "guidance_interval": (0.3, 1.0), "seed": seed}
     out = {"split": split, "count": len(labels), "steps": steps, "guidance": guidance}
+    out["time"] = time
     out["weights"] = {}
     for w in weights:
         row = {}
         for name, refs in (("own", images), ("other", others)):
-            with shared_reference(model, "image", refs.to(device), w):
+            with shared_reference(model, "image", refs.to(device), w, time=time):
                 got = sample(model, task, n=len(labels), **kw)["image"].cpu().float().clamp(-1, 1)
             read = torch.from_numpy(judge.predict(got))
             prefix = "" if name == "own" else "other_"
