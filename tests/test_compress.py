@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import perturb, random_batch
+from conftest import perturb
 
 import anydit
 from anydit.cli import main
@@ -14,7 +14,6 @@ from anydit.compress import calibrate, quantize, quantize_weight, remove_blocks,
 from anydit.compress.quantize import PeakRecorder
 from anydit.data.digits import digits_modalities
 from anydit.model.quant import QuantLinear, pack_int4, unpack_int4
-from anydit.run_config import model_file
 from anydit.train.optim import bf16_is_fast, resolve_precision
 
 CFG = anydit.SampleConfig(steps=4)
@@ -226,53 +225,9 @@ def test_cli_quantize_and_prune_a_run(tmp_path, capsys):
     assert report["removed"] == [0] and report["processes"] == 2 and report["distill_steps"] == 2
     assert main([*chosen[:3], "5", "--out", str(tmp_path / "p5")]) == 2
     assert "prune: blocks: expected indices in 0..2" in capsys.readouterr().err
-    frozen = ["prune", str(tmp_path / "run"), "--blocks", "1", "--steps", "2", "--freeze-front"]
-    assert main([*frozen, "--batch-size", "8", "--out", str(tmp_path / "p6")]) == 0
-    assert json.loads((tmp_path / "p6" / "prune.json").read_text())["freeze_front"] is True
-    full = anydit.load_model(model_file(str(tmp_path / "run"))).state_dict()
-    front = anydit.load_model(tmp_path / "p6" / "model.safetensors").state_dict()
-    assert all(torch.equal(front[k], full[k]) for k in front if k.startswith("blocks.0."))
 
 
 def test_auto_precision_is_bf16_exactly_where_it_is_native():
     assert resolve_precision("auto") == ("bf16" if bf16_is_fast() else "fp32")
     assert resolve_precision("auto", "cuda") == "bf16"
     assert (resolve_precision("fp32"), resolve_precision("bf16")) == ("fp32", "bf16")
-
-
-@pytest.mark.parametrize("processes", [1, 2])
-def test_freeze_front_trains_only_from_the_first_removed_block_on(processes):
-    from anydit.compress import prune
-    from anydit.data.digits import DigitsDataset
-    from anydit.data.sources import RandomBatches
-
-    torch.manual_seed(0)
-    full = anydit.MMDiT(digits_modalities(), anydit.preset("debug", depth=3))
-    perturb(full, seed=1, std=0.05)
-    batches = RandomBatches(DigitsDataset("train"), full.modalities, 8)
-    pruned, removed, _, losses = prune(
-        full, 1, batches, steps=2, blocks=[1], processes=processes, freeze_front=True, log=None
-    )
-    assert removed == [1] and len(losses) == 2
-    before, after = remove_blocks(full, [1]).state_dict(), pruned.state_dict()
-    moved = {k for k in after if not torch.equal(after[k], before[k])}
-    assert moved and all(k.startswith(("blocks.1.", "final.")) for k in moved), sorted(moved)
-    assert any(k.startswith("blocks.1.") for k in moved)
-
-
-def test_freeze_front_starts_at_the_lowest_removed_block(monkeypatch):
-    """Blocks chosen by importance come least important first (here [2, 0]): the front that
-    stays frozen ends at block 0, so every kept block trains."""
-    import sys
-
-    pruning = sys.modules["anydit.compress.prune"]  # the package's name `prune` is the function
-
-    torch.manual_seed(0)
-    full = anydit.MMDiT(digits_modalities(), anydit.preset("debug", depth=3))
-    perturb(full, seed=1, std=0.05)
-    monkeypatch.setattr(pruning, "block_importance", lambda model, batches: [0.2, 0.9, 0.1])
-    batches = iter([(random_batch(full, 8), {})] * 3)
-    pruned, removed, _, _ = pruning.prune(full, 2, batches, steps=1, freeze_front=True, log=None)
-    assert removed == [0, 2]
-    assert all(p.requires_grad for p in pruned.blocks.parameters())
-    assert not any(p.requires_grad for p in pruned.embed.parameters())

@@ -265,12 +265,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--task-share of the distillation's rows take one of them as their roles",
     )
     p.add_argument("--task-share", type=float, default=0.5, help="share of rows on --task patterns")
-    p.add_argument(
-        "--freeze-front",
-        action="store_true",
-        help="train only the blocks from the first removed one on (and the output layers): "
-        "cheaper steps, fewer weights that adapt",
-    )
     _add_distill_precision(p)
     _add_common(p)
 
@@ -744,7 +738,6 @@ def cmd_prune(args) -> int:
         precision=resolve_precision(args.precision),
         tasks=[parse_task(t, model.modalities) for t in args.task or []],
         task_share=args.task_share,
-        freeze_front=args.freeze_front,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -756,7 +749,6 @@ def cmd_prune(args) -> int:
     report |= {"lr": lr, "layer_weight": layer_weight, "processes": args.processes}
     report["precision"] = resolve_precision(args.precision)
     report["tasks"], report["task_share"] = args.task or [], args.task_share
-    report["freeze_front"] = args.freeze_front
     report["distill_loss"] = [losses[0], losses[-1]] if losses else []
     (out / "prune.json").write_text(json.dumps(report, indent=2))
     print(f"removed blocks {removed}; {len(losses)} distillation steps; model: {out}")

@@ -121,21 +121,6 @@ def remove_blocks(model, remove: list[int]):
     return pruned
 
 
-def freeze_front_of(model, first: int) -> list[str]:
-    """Stop training everything that runs before block ``first`` (embeddings, time and
-    pooled conditions, mixers, the blocks before it): in a model pruned from ``first`` on it
-    computes what the full model computes, so the distillation's backward can stop there.
-    Returns the names of the parameters still trained (the blocks from ``first`` on and the
-    output layers)."""
-    names = {f"{kind}.{i}." for kind, i in _all_blocks(model)[first:]}
-    trained = []
-    for name, p in model.named_parameters():
-        keep = name.startswith("final.") or any(name.startswith(h) for h in names)
-        p.requires_grad_(keep)
-        trained += [name] if keep else []
-    return trained
-
-
 def prune(
     model,
     k: int,
@@ -150,7 +135,6 @@ def prune(
     precision: str = "auto",
     tasks: list[dict] | None = None,
     task_share: float = 0.5,
-    freeze_front: bool = False,
 ):
     """Remove the ``k`` least important blocks, then distill from ``model`` (outputs, and with
     ``layer_weight`` > 0 each kept block's hidden state against the same block in the full
@@ -162,10 +146,8 @@ def prune(
     ``"auto"`` (bf16 where it is native: ``train.optim.resolve_precision``; on this project's
     AVX-512-bf16 CPU it takes 1.2x the steps of fp32 in the same minutes and recovered more).
     ``tasks``: role patterns (``train.distill.parse_task``) that a ``task_share`` of the
-    distillation's rows take: the tasks the pruned model is for. ``freeze_front``: train only
-    the blocks from the first removed one on and the output layers (``freeze_front_of``).
-    Returns (the pruned model, the blocks removed, the importance scores, the distillation
-    losses)."""
+    distillation's rows take: the tasks the pruned model is for. Returns (the pruned model,
+    the blocks removed, the importance scores, the distillation losses)."""
     from anydit.train.distill import distill_local
     from anydit.train.optim import resolve_precision
 
@@ -193,8 +175,6 @@ def prune(
     remove = sorted(range(n), key=lambda i: scores[i])[:k] if blocks is None else blocks
     pruned = remove_blocks(model, remove)
     kept = [i for i in range(n) if i not in remove]
-    if freeze_front and remove:
-        freeze_front_of(pruned, min(remove))
     layers = dict(enumerate(kept))  # student block j follows teacher block kept[j]
     if log is not None:
         log(f"prune: importance {[round(s, 4) for s in scores]}; removing blocks {remove}")
