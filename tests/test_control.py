@@ -55,6 +55,28 @@ def test_fresh_branch_and_strength_zero_leave_the_model_bit_identical(model4):
     assert not torch.allclose(twice["image"], on["image"], atol=1e-4)
 
 
+def test_guidance_on_the_control_is_without_plus_w_times_the_difference(model4):
+    randomize(model4)
+    raw, inputs = _inputs(model4)
+    branch = ControlBranch(model4, ControlConfig("image", 1, depth=2))
+    perturb(branch, std=0.1)
+    control = make_control("lowres:2", raw["image"])
+    with controlled(model4, branch, control, strength=1.5):
+        cond = _outputs(model4, inputs)
+    without = _outputs(model4, inputs)
+    with controlled(model4, branch, control, strength=1.5, guidance=2.5):
+        guided = _outputs(model4, inputs)
+        assert "forward" in model4.__dict__
+    assert "forward" not in model4.__dict__ and "run_blocks" not in model4.__dict__
+    for name in cond:
+        want = without[name] + 2.5 * (cond[name] - without[name])
+        assert torch.allclose(guided[name], want, atol=1e-5), name
+    with controlled(model4, branch, control, guidance=1.0):
+        assert "forward" not in model4.__dict__  # w = 1: one run, no wrapper
+    with pytest.raises(ValueError, match="expected guidance > 0"):
+        controlled(model4, branch, control, guidance=0.0).__enter__()
+
+
 def test_control_rows_tile_to_the_guidance_branches(model4):
     randomize(model4)
     raw, inputs = _inputs(model4, b=6)
@@ -275,7 +297,9 @@ def test_cli_control_trains_saves_and_measures(tmp_path, capsys):
     assert main([*base, *ctrl, *ref, "--out", str(tmp_path / "s6")]) == 2
     assert "--control and --reference do not combine" in capsys.readouterr().err
     assert main([*base, "--control-strength", "2", "--out", str(tmp_path / "s7")]) == 2
-    assert "--control-strength needs --control" in capsys.readouterr().err
+    assert "--control-strength and --control-guidance need --control" in capsys.readouterr().err
+    guided = arrays("s8", *ctrl, "--control-guidance", "3")
+    assert not np.allclose(guided, arrays("s9", *ctrl), atol=1e-6)
     assert main([*args, "--stream", "label", "--out", str(tmp_path / "x")]) == 2
     assert "is not an image stream" in capsys.readouterr().err
     assert main([*args[:3], "blur", "--steps", "1", "--out", str(tmp_path / "y")]) == 2

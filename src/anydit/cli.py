@@ -158,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--control-strength", type=float, help="with --control: 0 = none (default 1)")
     p.add_argument(
+        "--control-guidance",
+        type=float,
+        help="with --control: guidance w on the control, without + w (with - without) (default 1)",
+    )
+    p.add_argument(
         "--reference",
         metavar="NAME=VALUE",
         help="share the keys and values of a reference value of a stream (an image file) with "
@@ -569,8 +574,10 @@ def _conditioned(model, args):
         raise ValueError("--control and --control-input go together")
     if args.control and args.reference:
         raise ValueError("--control and --reference do not combine (each wraps the blocks)")
-    if args.control_strength is not None and not args.control:
-        raise ValueError("--control-strength needs --control")
+    if (
+        args.control_strength is not None or args.control_guidance is not None
+    ) and not args.control:
+        raise ValueError("--control-strength and --control-guidance need --control")
     if args.reference_weight is not None and not args.reference:
         raise ValueError("--reference-weight needs --reference")
     if args.control:
@@ -580,7 +587,8 @@ def _conditioned(model, args):
         value = value if value.dim() == len(m.cfg.shape) + 1 else value[None]
         control = make_control(branch.cfg.recipe, value) if branch.cfg.recipe else value
         strength = 1.0 if args.control_strength is None else args.control_strength
-        stack.enter_context(controlled(model, branch, control.float(), strength))
+        w = 1.0 if args.control_guidance is None else args.control_guidance
+        stack.enter_context(controlled(model, branch, control.float(), strength, w))
     if args.reference:
         name, sep, path = args.reference.partition("=")
         if not sep or name not in model.modalities:

@@ -26,9 +26,11 @@ def evaluate_control(
     steps: int = 16,
     seed: int = 0,
     limit: int | None = None,
+    guidance: float = 1.0,
 ) -> dict:
-    """Per strength: ``accuracy`` (the judge reads the source digit in the generated image),
-    ``mse`` (mean squared pixel error against the source image, pixels in [-1, 1]) and
+    """Per strength (with ``guidance`` on the control, ``controlled``): ``accuracy`` (the judge
+    reads the source digit in the generated image), ``mse`` (mean squared pixel error against
+    the source image, pixels in [-1, 1]) and
     ``mse_same_class`` (against the other images of the source's class, averaged: the error
     a right digit in another hand would have). Baselines: the judge on the real images and
     on the control maps themselves (for ``lowres``, the blocky upscale), and the control map's
@@ -47,6 +49,7 @@ def evaluate_control(
         "split": split,
         "count": len(labels),
         "steps": steps,
+        "guidance": guidance,
         "real_accuracy": float((torch.from_numpy(judge.predict(images)) == labels).float().mean()),
         "map_accuracy": float((torch.from_numpy(judge.predict(maps)) == labels).float().mean())
         if comparable
@@ -55,7 +58,7 @@ def evaluate_control(
         "strengths": {},
     }
     for strength in strengths:
-        with controlled(model, branch, maps.to(device), strength):
+        with controlled(model, branch, maps.to(device), strength, guidance):
             got = sample(model, task, n=len(labels), steps=steps, seed=seed)[stream].cpu()
         got = got.float().clamp(-1, 1)
         read = torch.from_numpy(judge.predict(got))

@@ -113,6 +113,9 @@ class _ControlledBlocks:
         model, branch, s = self.model, self.branch, self.branch.cfg.stream
         if start != 0 or stop is not None:
             raise ValueError("control: a controlled model runs all its blocks at once")
+        if self.strength == 0:  # the frozen model alone
+            more = {} if mask is None else {"mask": mask}
+            return type(model).run_blocks(model, x, c, rope, given=given, **more)
         if given is not None:
             mask = isolate(given) if mask is None else mask & isolate(given)
         attend = None if mask is None else Masked(mask)
@@ -150,16 +153,38 @@ def tile_rows(b0: int, rows: int, samples: int | None, what: str) -> int:
 
 
 @contextmanager
-def controlled(model, branch: ControlBranch, control: Tensor, strength: float = 1.0):
+def controlled(
+    model, branch: ControlBranch, control: Tensor, strength: float = 1.0, guidance: float = 1.0
+):
     """Within the scope, ``model`` runs with ``branch`` reading ``control`` (b0, c, H, W),
-    its residuals scaled by ``strength`` (0: the frozen model, bit for bit)."""
-    if "run_blocks" in model.__dict__:
+    its residuals scaled by ``strength`` (0: the frozen model, bit for bit). ``guidance`` w != 1:
+    every call of the model also runs it without the branch and returns
+    ``without + w * (with - without)`` per output (classifier-free guidance on the control, as
+    ControlNet samplers do: velocities and logits alike; twice the compute)."""
+    if "run_blocks" in model.__dict__ or "forward" in model.__dict__:
         raise ValueError("control: the model's blocks are already wrapped (a cache or a branch)")
-    model.run_blocks = _ControlledBlocks(model, branch, control, float(strength))
+    if not guidance > 0:
+        raise ValueError(f"control: expected guidance > 0, got {guidance!r}")
+    blocks = _ControlledBlocks(model, branch, control, float(strength))
+    model.run_blocks = blocks
+    if guidance != 1:
+
+        def guided(*args, **kwargs):
+            cond = type(model).forward(model, *args, **kwargs)
+            blocks.strength = 0.0
+            try:
+                base = type(model).forward(model, *args, **kwargs)
+            finally:
+                blocks.strength = float(strength)
+            return {k: base[k] + guidance * (cond[k] - base[k]) for k in cond}
+
+        model.forward = guided
     try:
         yield model
     finally:
         del model.run_blocks
+        if "forward" in model.__dict__:
+            del model.forward
 
 
 def save_control(branch: ControlBranch, path: str | Path) -> None:
