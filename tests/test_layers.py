@@ -12,6 +12,7 @@ ROOT = Path(anydit.__file__).parent
 # Lowest first. A module may import from its own layer and the ones before it.
 LAYERS = [
     {"errors", "storage"},
+    {"encoders"},
     {"modalities"},
     {"config"},
     {"model"},
@@ -20,7 +21,8 @@ LAYERS = [
     {"data"},
     {"train"},
     {"eval", "interop", "compress"},
-    {"run_config", "demo", "demo_strings", "cli", "serve", "__init__", "__main__"},
+    {"run_config", "demo", "demo_strings", "demo_conditioning", "cli", "serve", "__init__"},
+    {"__main__"},
 ]
 
 

@@ -300,6 +300,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distill_precision(p)
     _add_common(p)
 
+    p = sub.add_parser(
+        "distill-encoder", help="a small text encoder that reproduces a pretrained one's features"
+    )
+    p.add_argument("teacher", help="a local transformers folder (safetensors weights)")
+    p.add_argument("--texts", required=True, help="a .txt file, one text a line, to distil on")
+    p.add_argument("--val-texts", help="a .txt file of held-out texts to report the error on")
+    p.add_argument("--length", type=int, required=True, help="tokens a text (the modality's L)")
+    p.add_argument("--layers", type=int, default=1, help="the teacher's last hidden states kept")
+    p.add_argument("--width", type=int, default=128, help="the student's width")
+    p.add_argument("--depth", type=int, default=2, help="the student's layers")
+    p.add_argument("--minutes", type=float, default=2.0, help="training wall time")
+    p.add_argument("--steps", type=int, help="training steps (instead of --minutes)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak lr, decayed to 0")
+    p.add_argument("--out", required=True, help="the student's folder (a codec_path)")
+    _add_common(p)
+
     p = sub.add_parser("distill", help="a few-step model (a flow map) from a trained model")
     p.add_argument("checkpoint", help="a run folder (its config names the data) or a model file")
     p.add_argument("--out", required=True, help="folder for the few-step model")
@@ -327,9 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
         "dataset",
         nargs="?",
         default="digits",
-        choices=["digits", "digit-strings"],
-        help="digits (images, labels, captions, speech) or digit-strings (audio and video on "
-        "one clock: docs/video.md)",
+        choices=["digits", "digit-strings", "digit-edits", "digit-layouts"],
+        help="digits (images, labels, captions, speech), digit-strings (audio and video on "
+        "one clock: docs/video.md), digit-edits (editing and in-context examples in one "
+        "slots stream) or digit-layouts (digits placed by a layout of boxes): "
+        "docs/conditioning.md",
     )
     p.add_argument(
         "--seed",
@@ -483,6 +501,7 @@ def cmd_export(args) -> int:
 def cmd_data(args) -> int:
     """``anydit data check``: every problem at once, counts per kind, non-zero exit if any;
     ``anydit data pack``: a manifest into tar shards; ``anydit data encode``: an arrays folder."""
+    from anydit.config import BUILT_IN
     from anydit.data import own
     from anydit.data.sources import build_dataset
     from anydit.run_config import load_config
@@ -517,7 +536,7 @@ def cmd_data(args) -> int:
         if bad:
             print("problems: " + ", ".join(f"{k} {v}" for k, v in sorted(dataset.skipped.items())))
         return 1 if bad or not n else 0
-    if cfg.data.source in ("digits", "digit-strings"):
+    if cfg.data.source in BUILT_IN:
         print(f"data: built-in {cfg.data.source}, {len(dataset)} samples")
         return 0
     filled = own.fill_label_classes(cfg.modalities, dataset)
@@ -670,6 +689,26 @@ def cmd_eval(args) -> int:
 def cmd_demo(args) -> int:
     from anydit.demo import run_demo
 
+    if args.dataset in ("digit-edits", "digit-layouts"):
+        from anydit.demo_conditioning import run_task_demo
+
+        if args.guidance is not None or args.guidance_interval is not None:
+            raise ValueError(
+                f"demo {args.dataset}: --guidance and --guidance-interval are the digits demo's; "
+                "set sampling in anydit.demo_conditioning.DEMOS"
+            )
+        default = "runs/demo-" + args.dataset.removeprefix("digit-")
+        run_task_demo(
+            args.dataset,
+            Path(args.out if args.out != "runs/demo" else default),
+            minutes=args.minutes,
+            seed=args.seed,
+            overrides=args.set,
+            resume=not args.no_resume,
+            progress=not args.no_progress,
+            **({} if args.processes is None else {"processes": args.processes}),
+        )
+        return 0
     if args.dataset == "digit-strings":
         from anydit.demo_strings import run_strings_demo
 
@@ -864,6 +903,41 @@ def cmd_distill(args) -> int:
     return 0
 
 
+def _read_texts(path: str, what: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} file '{p}' does not exist")
+    texts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise ValueError(f"{what} file '{p}' has no texts (one a line)")
+    return texts
+
+
+def cmd_distill_encoder(args) -> int:
+    import json
+
+    from anydit.train.encoder import distill_encoder
+
+    check_writable(Path(args.out))
+    result = distill_encoder(
+        args.teacher,
+        _read_texts(args.texts, "--texts"),
+        args.out,
+        args.length,
+        layers=args.layers,
+        val_texts=_read_texts(args.val_texts, "--val-texts") if args.val_texts else None,
+        width=args.width,
+        depth=args.depth,
+        steps=args.steps,
+        minutes=None if args.steps else args.minutes,
+        lr=args.lr,
+    )
+    (Path(args.out) / "distill.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
+    print(f"student: {args.out} (use it as codec_path in place of {args.teacher})")
+    return 0
+
+
 def cmd_serve(args) -> int:
     try:
         from anydit.serve import serve
@@ -884,6 +958,7 @@ COMMANDS = {
     "prune": cmd_prune,
     "distill": cmd_distill,
     "control": cmd_control,
+    "distill-encoder": cmd_distill_encoder,
     "data": cmd_data,
     "import": cmd_import,
     "export": cmd_export,

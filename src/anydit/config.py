@@ -77,18 +77,20 @@ def _finite(obj: Any, prefix: str) -> None:
 class ModalityConfig:
     """One modality: its kind, raw shape, tokenisation and training knobs.
 
-    ``shape`` is the shape of one raw sample: image (C, H, W); video (T, C, H, W);
-    sequence (L, C); vector (D,); label (); text (L,) where L is the maximum token length.
+    ``shape`` is the shape of one raw sample: image (C, H, W); video (T, C, H, W); slots
+    (S, C, H, W); sequence (L, C); vector (D,); label (); layout (N, 5), N boxes of x0, y0,
+    x1, y1, class; text (L,) where L is the maximum token length.
     Kind-only fields are marked with their kinds.
     """
 
     name: str
     kind: str
     shape: tuple[int, ...] = ()
-    patch: int = 1  # image/video: square spatial patch; sequence: frames per token
+    patch: int = 1  # image/video/slots: square spatial patch; sequence: frames per token
     patch_t: int = 1  # video: frames per token
-    num_classes: int = 0  # label: K classes (names may be given in `classes`); 0 = from data
-    classes: tuple[str, ...] = ()  # label: optional class names, index = class id
+    num_classes: int = 0  # label/layout: K classes (names may be given in `classes`); label: 0
+    # = from data
+    classes: tuple[str, ...] = ()  # label/layout: optional class names, index = class id
     tokenizer: str = "bytes"  # text: "bytes", a built-in name ("digits-words") or a path to a
     # `tokenizers` JSON file
     codec: str = ""  # "" = raw arrays; sequence "logmel": normalised log-mel frames (L, mels);
@@ -156,7 +158,7 @@ class ModalityConfig:
                     f"{w}.{name}: does not apply to kind '{self.kind}' (only to {users}); "
                     f"remove it, got {value!r}"
                 )
-        if self.kind == "label" and self.classes and not self.num_classes:
+        if self.kind in ("label", "layout") and self.classes and not self.num_classes:
             self.num_classes = len(self.classes)
         if self.pooled:
             self.generate = False
@@ -694,16 +696,30 @@ class TrainConfig:
         )
 
 
-DATA_SOURCES = ("digits", "digit-strings", "arrays", "manifest", "folder", "shards")
-BUILT_IN = ("digits", "digit-strings")  # data the package makes; no path
+DATA_SOURCES = (
+    "digits",
+    "digit-strings",
+    "digit-edits",
+    "digit-layouts",
+    "arrays",
+    "manifest",
+    "folder",
+    "shards",
+)
+BUILT_IN = (
+    "digits",
+    "digit-strings",
+    "digit-edits",
+    "digit-layouts",
+)  # data the package makes; no path
 
 
 @dataclass
 class DataConfig:
     """Where training data comes from (see ``anydit.data.own`` for the layouts)."""
 
-    source: str = "digits"  # built in: digits | digit-strings; own: arrays | manifest | folder
-    # | shards
+    source: str = "digits"  # built in: digits | digit-strings | digit-edits |
+    # digit-layouts; own: arrays | manifest | folder | shards
     path: str = ""  # arrays: .npz or NAME.npy folder; manifest: .jsonl/.csv/.parquet; folder
     # of CLASS/ folders; shards: a folder written by `anydit data pack`
     seed: int = 0  # pairing/caption draws of the built-in dataset

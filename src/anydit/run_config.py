@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from anydit.config import Config, ConfigError, DataConfig, from_dict
+
+# The modalities each built-in dataset makes (module, function), used where a config lists none.
+BUILT_IN_MODALITIES = {
+    "digits": ("anydit.data.digits", "digits_modalities"),
+    "digit-strings": ("anydit.data.digit_strings", "digit_strings_modalities"),
+    "digit-edits": ("anydit.data.digit_edits", "digit_edits_modalities"),
+    "digit-layouts": ("anydit.data.digit_layouts", "digit_layouts_modalities"),
+}
 
 
 def _set_path(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -76,14 +85,10 @@ def config_from_tree(tree: Any, overrides: list[str] | tuple[str, ...] = ()) -> 
     tree["model"] = model
     if not tree.get("modalities"):
         source = (tree.get("data") or {}).get("source", DataConfig.source)
-        if source == "digits":
-            from anydit.data.digits import digits_modalities
-
-            tree["modalities"] = [dataclasses.asdict(m) for m in digits_modalities()]
-        elif source == "digit-strings":
-            from anydit.data.digit_strings import digit_strings_modalities
-
-            tree["modalities"] = [dataclasses.asdict(m) for m in digit_strings_modalities()]
+        if source in BUILT_IN_MODALITIES:
+            module, function = BUILT_IN_MODALITIES[source]
+            made = getattr(importlib.import_module(module), function)()
+            tree["modalities"] = [dataclasses.asdict(m) for m in made]
     return from_dict(Config, tree)
 
 

@@ -11,6 +11,7 @@ Local by default (127.0.0.1), no share links, no analytics.
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import tempfile
@@ -116,7 +117,7 @@ def show(m, x: Tensor) -> Shown:
         if pixels is None:
             return Shown(text=_numbers(x))
         return Shown(pictures=_pictures(pixels))
-    if kind == "video" and x.shape[2] in (1, 3, 4):
+    if kind in ("video", "slots") and x.shape[2] in (1, 3, 4):
         return Shown(pictures=[_strip(v) for v in x])
     if kind == "sequence" and m.cfg.codec == "logmel":
         from anydit.modalities.logmel import logmel_image, mel_to_wave
@@ -135,6 +136,8 @@ def show(m, x: Tensor) -> Shown:
         )
     if kind == "text":
         return Shown(text="\n".join(m.decode(x)))
+    if kind == "layout":
+        return Shown(text="\n".join(json.dumps(boxes) for boxes in m.decode(x)))
     return Shown(text=_numbers(x))
 
 
@@ -160,7 +163,7 @@ def default_roles(model) -> dict[str, str]:
     label if there is one; the rest dropped."""
     out = {n: "drop" for n in model.names}
     labels = [n for n, m in model.modalities.items() if m.kind == "label"]
-    order = ("image", "video", "sequence", "vector", "text", "label")
+    order = ("image", "video", "slots", "sequence", "vector", "layout", "text", "label")
     targets = sorted(model.outputs, key=lambda n: order.index(model.modalities[n].kind))
     targets = [n for n in targets if n not in labels] or targets
     out[targets[0]] = "generate"
@@ -403,7 +406,7 @@ def _output(gr, m, visible: bool) -> list:
     kind has them, a label's shares, and the values as text where nothing else shows them."""
     label = f"{m.name}: generated"
     pictures = (m.kind == "image" and (m.pixels or m.cfg.codec == "vae")) or (
-        m.kind == "video" and m.shape[1] in (1, 3, 4)
+        m.kind in ("video", "slots") and m.shape[1] in (1, 3, 4)
     )
     sounds = m.kind == "sequence" and m.cfg.codec == "logmel"
     out = []

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from anydit.config import DataConfig, ModalityConfig
+from anydit.config import BUILT_IN, DataConfig, ModalityConfig
 from anydit.errors import DataError, Failed
 
 
@@ -23,6 +23,14 @@ def build_dataset(cfg: DataConfig, split: str = "train", modalities=None):
         from anydit.data.digit_strings import DigitStringsDataset
 
         return DigitStringsDataset(split, seed=cfg.seed)
+    if cfg.source == "digit-edits":
+        from anydit.data.digit_edits import DigitEditsDataset
+
+        return DigitEditsDataset(split, seed=cfg.seed)
+    if cfg.source == "digit-layouts":
+        from anydit.data.digit_layouts import DigitLayoutsDataset
+
+        return DigitLayoutsDataset(split, seed=cfg.seed)
     from anydit.data import own
 
     if modalities is None:
@@ -52,7 +60,7 @@ def open_training_data(cfg: DataConfig, modalities: list[ModalityConfig], log=pr
     Returns (dataset, {problem kind: count}).
     """
     dataset = build_dataset(cfg, "train", modalities)
-    if cfg.source in ("digits", "digit-strings"):
+    if cfg.source in BUILT_IN:
         return dataset, {}
     from anydit.data import own
 

@@ -138,9 +138,7 @@ def make_inputs(
         token_role = role
         if per_token and m.cfg.p_partial > 0:
             partial = torch.rand(total, generator=generator, device=device) < m.cfg.p_partial
-            share = torch.rand(total, 1, generator=generator, device=device)  # share given
-            known = torch.rand(total, n_tok, generator=generator, device=device) < share
-            known &= partial[:, None] & scored
+            known = m.draw_known(total, generator, device) & partial[:, None] & scored
             token_role = torch.where(known, Role.GIVEN, role[:, None])  # (B, n)
             scored &= ~known
         tokens, times = assemble(token_role, t, t, None, None, n_tok, per_token)  # times only

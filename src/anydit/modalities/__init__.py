@@ -6,13 +6,15 @@ from __future__ import annotations
 from anydit.modalities.base import Modality
 from anydit.modalities.image import Image
 from anydit.modalities.label import Label
+from anydit.modalities.layout import Layout
 from anydit.modalities.sequence import Sequence
+from anydit.modalities.slots import Slots
 from anydit.modalities.text import ByteTokenizer, HFTokenizer, Text
 from anydit.modalities.vector import Vector
 from anydit.modalities.video import Video
 
 KIND_CLASSES: dict[str, type[Modality]] = {
-    cls.kind: cls for cls in (Image, Video, Sequence, Vector, Label, Text)
+    cls.kind: cls for cls in (Image, Video, Slots, Sequence, Vector, Label, Layout, Text)
 }
 KINDS = tuple(KIND_CLASSES)
 
@@ -64,8 +66,10 @@ __all__ = [
     "HFTokenizer",
     "Image",
     "Label",
+    "Layout",
     "Modality",
     "Sequence",
+    "Slots",
     "Text",
     "Vector",
     "Video",

@@ -155,6 +155,13 @@ class Modality:
         """(n, 3) float rotary coordinates (time, row, column) of each token."""
         raise NotImplementedError
 
+    def draw_known(self, total: int, generator, device) -> Tensor:
+        """Training's partial roles (``p_partial``): (total, n) bool, True = the token is
+        given. Each sample draws a share and each token is given with that chance; a kind
+        may give larger units (``Slots``: whole slots)."""
+        share = torch.rand(total, 1, generator=generator, device=device)  # share given
+        return torch.rand(total, self.num_tokens, generator=generator, device=device) < share
+
     def token_mask(self, mask: Tensor) -> Tensor:
         """Data-space bool mask (b, *shape), True = known, -> (b, n): a token is known only if
         every element it covers is known."""

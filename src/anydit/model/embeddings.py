@@ -86,3 +86,34 @@ class PositionTable(nn.Module):
         grid = self.table.view(self.side, self.side, -1)
         crop = grid[top : top + self.rows, left : left + self.cols].reshape(-1, grid.shape[-1])
         return x + crop.to(x.dtype)
+
+
+class EncoderConnector(nn.Module):
+    """A pretrained encoder's features (b, n, K * D) -> stream tokens (b, n, width).
+
+    A learned softmax-weighted sum over the K layers' features (UniFusion's layer-wise
+    pooling; the weights start equal), then a connector of ``depth`` linear layers with GELU
+    between (EMMA's connector; depth 1 is one linear embedding, what a plain sequence gets).
+    """
+
+    def __init__(self, layers: int, dim: int, width: int, depth: int = 1):
+        super().__init__()
+        self.layers, self.dim = layers, dim
+        self.layer_logits = nn.Parameter(torch.zeros(layers))
+        parts: list[nn.Module] = []
+        for i in range(depth):
+            parts.append(nn.Linear(dim if i == 0 else width, width))
+            if i < depth - 1:
+                parts.append(nn.GELU(approximate="tanh"))
+        self.connector = nn.Sequential(*parts)
+
+    @property
+    def layer_weights(self) -> Tensor:
+        """(K,) the pooling weights, summing to 1."""
+        return self.layer_logits.softmax(0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        x = x.reshape(b, n, self.layers, self.dim)
+        pooled = torch.einsum("bnkd,k->bnd", x, self.layer_weights.to(x.dtype))
+        return self.connector(pooled)

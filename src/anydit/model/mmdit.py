@@ -26,7 +26,7 @@ from anydit.model.block import (
     modulate,
     run_block,
 )
-from anydit.model.embeddings import PositionTable, TimeEmbedder, TimeSummary
+from anydit.model.embeddings import EncoderConnector, PositionTable, TimeEmbedder, TimeSummary
 from anydit.model.lora import add_lora
 from anydit.model.mup import apply_mup, base_config, width_multiplier
 from anydit.model.rotary import rotary_angles, rotary_table
@@ -82,6 +82,24 @@ def expert_options(cfg: ModelConfig, streams: list[str]) -> dict[str, dict]:
     return {n: options for n in names}
 
 
+def token_embedding(m, width: int) -> nn.Module:
+    """A stream's input embedding: ids -> vectors (discrete kinds), a linear map of token
+    features, or for a pretrained encoder's features (``codec: encoder``) layer pooling and a
+    connector (``EncoderConnector``)."""
+    if m.discrete:
+        return nn.Embedding(m.token_dim + 1, width)
+    if getattr(m.cfg, "codec", "") == "encoder":
+        layers = m.encoder_layers
+        depth = int(m.cfg.codec_args.get("connector", 1))
+        if m.token_dim % layers:
+            raise ValueError(
+                f"modality '{m.name}': {m.token_dim} channels do not split into "
+                f"codec_args.layers = {layers} layers"
+            )
+        return EncoderConnector(layers, m.token_dim // layers, width, depth)
+    return nn.Linear(m.token_dim, width)
+
+
 class MMDiT(nn.Module):
     """Any-to-any diffusion transformer over the given modalities.
 
@@ -106,13 +124,7 @@ class MMDiT(nn.Module):
         widths = {n: self.modalities[n].cfg.width or cfg.width for n in streams}
         reverse = cfg.time_input == "sigma"
         self.embed = nn.ModuleDict(
-            {
-                n: nn.Embedding(m.token_dim + 1, widths[n])
-                if m.discrete
-                else nn.Linear(m.token_dim, widths[n])
-                for n, m in self.modalities.items()
-                if n in widths
-            }
+            {n: token_embedding(m, widths[n]) for n, m in self.modalities.items() if n in widths}
         )
         self.pos_embed = nn.ModuleDict(
             {
