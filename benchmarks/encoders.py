@@ -101,6 +101,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=600, help="training steps per variant")
     ap.add_argument("--distill-minutes", type=float, default=1.0)
+    ap.add_argument("--n", type=int, help="held-out digits judged (default: all 360)")
     ap.add_argument("--work", default="runs/encoders", help="folder for models and encoders")
     ap.add_argument("--out", default="benchmarks/encoders.json")
     args = ap.parse_args()
@@ -123,7 +124,7 @@ def main() -> None:
         run_local(train, (cfg, out, False, False), 2)
         trained = time.perf_counter() - t
         models[kind] = anydit.load_model(out / "model.safetensors").eval()
-        acc = caption_to_image(models[kind])
+        acc = caption_to_image(models[kind], args.n)
         result[kind] = {"accuracy": acc, "train_seconds": trained}
         if kind == "pooled":
             w = models[kind].embed["text"].layer_weights.tolist()
@@ -136,7 +137,7 @@ def main() -> None:
     )
     model = models["pooled"]
     model.modalities["text"].cfg.codec_path = str(work / "student")
-    report["accuracy"] = caption_to_image(model)
+    report["accuracy"] = caption_to_image(model, args.n)
     result["student"] = report
     print("student", json.dumps(report), flush=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -54,6 +54,8 @@ def test_slots_options_and_masks_are_checked():
     assert mask.shape == (2, 3, 1, 8, 8) and mask[:, [0, 2]].all() and not mask[:, 1].any()
     with pytest.raises(ValueError, match=r"slots \[3\] out of range; it has 3 slots"):
         m.slot_mask((3,))
+    with pytest.raises(ValueError, match=r"'s' \(slots\): expected shape \(3, 1, 8, 8\)"):
+        m.prepare(torch.zeros(4, 1, 8, 8))  # more slots than declared
 
 
 def test_training_gives_whole_slots_and_leaves_one_to_make():
