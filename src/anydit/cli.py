@@ -689,36 +689,22 @@ def cmd_eval(args) -> int:
 def cmd_demo(args) -> int:
     from anydit.demo import run_demo
 
-    if args.dataset in ("digit-edits", "digit-layouts"):
-        from anydit.demo_conditioning import run_task_demo
+    if args.dataset != "digits":  # the other built-in demos: their sampling is fixed
+        from functools import partial
 
-        if args.guidance is not None or args.guidance_interval is not None:
-            raise ValueError(
-                f"demo {args.dataset}: --guidance and --guidance-interval are the digits demo's; "
-                "set sampling in anydit.demo_conditioning.DEMOS"
-            )
-        default = "runs/demo-" + args.dataset.removeprefix("digit-")
-        run_task_demo(
-            args.dataset,
-            Path(args.out if args.out != "runs/demo" else default),
-            minutes=args.minutes,
-            seed=args.seed,
-            overrides=args.set,
-            resume=not args.no_resume,
-            progress=not args.no_progress,
-            **({} if args.processes is None else {"processes": args.processes}),
-        )
-        return 0
-    if args.dataset == "digit-strings":
+        from anydit.demo_conditioning import run_task_demo
         from anydit.demo_strings import run_strings_demo
 
         if args.guidance is not None or args.guidance_interval is not None:
             raise ValueError(
-                "demo digit-strings: --guidance and --guidance-interval are the "
-                "digits demo's; set sampling in anydit.demo_strings.SAMPLING"
+                f"demo {args.dataset}: --guidance and --guidance-interval are the digits "
+                "demo's; this demo's sampling is set in its module"
             )
-        run_strings_demo(
-            Path(args.out if args.out != "runs/demo" else "runs/demo-strings"),
+        strings = args.dataset == "digit-strings"
+        run = run_strings_demo if strings else partial(run_task_demo, args.dataset)
+        default = "runs/demo-" + ("strings" if strings else args.dataset.removeprefix("digit-"))
+        run(
+            Path(args.out if args.out != "runs/demo" else default),
             minutes=args.minutes,
             seed=args.seed,
             overrides=args.set,
