@@ -63,6 +63,25 @@ def test_the_boxes_are_a_set_for_the_model():
     assert a["lay"].shape == (1, 3, 5)
 
 
+def test_box_tokens_are_embedded_with_fourier_features_of_their_geometry():
+    from anydit.model.embeddings import BoxEmbedding
+
+    model = layout_model()
+    embed = model.embed["lay"]
+    assert isinstance(embed, BoxEmbedding)
+    a = model.modalities["lay"].tokenize(boxes([0.1, 0.2, 0.3, 0.4, 1])[None])
+    b = model.modalities["lay"].tokenize(boxes([0.5, 0.6, 0.9, 0.8, 1])[None])
+    with torch.no_grad():  # not affine in the corners, as a linear embedding would be
+        gap = embed((a + b) / 2) - (embed(a) + embed(b)) / 2
+        assert gap.abs().max() > 1e-3
+        torch.testing.assert_close(embed.fourier(a)[..., 0], torch.sin(torch.pi * a[..., 0]))
+        # the class part reaches the embedding linearly, the geometry through the features
+        c = a.clone()
+        c[..., 4:] = -c[..., 4:].flip(-1)
+        assert not torch.allclose(embed(a), embed(c))
+        assert torch.equal(embed.fourier(a), embed.fourier(c))
+
+
 def test_bad_layouts_get_a_message_naming_the_box():
     m = layout_model().modalities["lay"]
     with pytest.raises(ValueError, match=r"sample 0, box 1 .* lies outside the canvas"):

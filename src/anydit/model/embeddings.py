@@ -88,6 +88,37 @@ class PositionTable(nn.Module):
         return x + crop.to(x.dtype)
 
 
+class BoxEmbedding(nn.Module):
+    """Layout tokens (b, n, 4 + K + 1) -> (b, n, width): a linear map of the token plus an MLP
+    of Fourier features of its box (corners and centre at ``octaves`` frequencies), GLIGEN's
+    box embedding. A linear map of the corners alone cannot say "this image position lies in
+    this box" to attention; sines and cosines of the geometry can (a key's phase set by the
+    box's place).
+    """
+
+    def __init__(self, token_dim: int, width: int, octaves: int = 6):
+        super().__init__()
+        self.register_buffer(
+            "freqs", math.pi * 2.0 ** torch.arange(octaves, dtype=torch.float32), persistent=False
+        )
+        self.linear = nn.Linear(token_dim, width)
+        features = 6 * 2 * octaves  # x0, y0, x1, y1, centre x, centre y; sine and cosine
+        self.mlp = nn.Sequential(
+            nn.Linear(features, width), nn.GELU(approximate="tanh"), nn.Linear(width, width)
+        )
+
+    def fourier(self, tokens: Tensor) -> Tensor:
+        """(b, n, 4 + ...) corners in [-1, 1] -> (b, n, 12 * octaves) features."""
+        corners = tokens[..., :4]
+        centre = (corners[..., :2] + corners[..., 2:]) / 2
+        geometry = torch.cat([corners, centre], dim=-1)  # (b, n, 6)
+        args = geometry[..., None] * self.freqs.to(tokens.dtype)  # (b, n, 6, o)
+        return torch.cat([args.sin(), args.cos()], dim=-1).flatten(-2)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.linear(tokens) + self.mlp(self.fourier(tokens))
+
+
 class EncoderConnector(nn.Module):
     """A pretrained encoder's features (b, n, K * D) -> stream tokens (b, n, width).
 

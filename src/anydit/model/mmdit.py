@@ -26,7 +26,13 @@ from anydit.model.block import (
     modulate,
     run_block,
 )
-from anydit.model.embeddings import EncoderConnector, PositionTable, TimeEmbedder, TimeSummary
+from anydit.model.embeddings import (
+    BoxEmbedding,
+    EncoderConnector,
+    PositionTable,
+    TimeEmbedder,
+    TimeSummary,
+)
 from anydit.model.lora import add_lora
 from anydit.model.mup import apply_mup, base_config, width_multiplier
 from anydit.model.rotary import rotary_angles, rotary_table
@@ -85,7 +91,8 @@ def expert_options(cfg: ModelConfig, streams: list[str]) -> dict[str, dict]:
 def token_embedding(m, width: int) -> nn.Module:
     """A stream's input embedding: ids -> vectors (discrete kinds), a linear map of token
     features, or for a pretrained encoder's features (``codec: encoder``) layer pooling and a
-    connector (``EncoderConnector``)."""
+    connector (``EncoderConnector``); layouts add Fourier features of their boxes
+    (``BoxEmbedding``)."""
     if m.discrete:
         return nn.Embedding(m.token_dim + 1, width)
     if getattr(m.cfg, "codec", "") == "encoder":
@@ -97,6 +104,8 @@ def token_embedding(m, width: int) -> nn.Module:
                 f"codec_args.layers = {layers} layers"
             )
         return EncoderConnector(layers, m.token_dim // layers, width, depth)
+    if m.kind == "layout":
+        return BoxEmbedding(m.token_dim, width)
     return nn.Linear(m.token_dim, width)
 
 
