@@ -113,6 +113,12 @@ ROLE_CASES = [  # CLI flags, generated modalities, the same task and settings in
         {"discrete_first": True},
     ),
     (
+        ["--generate", "image,label", "--first", "label"],
+        {"image", "label"},
+        {},
+        {"first": ("label",)},
+    ),
+    (
         [
             "--generate",
             "image",

@@ -213,7 +213,7 @@ def test_per_task_settings_reach_the_sampler_and_are_checked(monkeypatch) -> Non
     model = anydit.MMDiT(digits_modalities(), anydit.preset("debug"))
     setting = TaskSampling(guidance=2.0, steps=3, interval=(0.1, 0.9), temperature=0.5)
     per_task = {
-        "image_to_audio": TaskSampling(via=("label",), solver="heun", steps=2),
+        "image_to_audio": TaskSampling(via=("label",), solver="heun", steps=2, first=("label",)),
         "image_to_label": setting,
     }
     tasks = ("image_to_audio", "image_to_label", "audio_to_label")
@@ -221,6 +221,7 @@ def test_per_task_settings_reach_the_sampler_and_are_checked(monkeypatch) -> Non
     (t_audio, kw_audio), (t_label, kw_label), (t_plain, kw_plain) = calls
     assert t_audio["label"] == "generate" and t_audio["audio"] == "generate"
     assert kw_audio["solver"] == "heun" and kw_audio["steps"] == 2
+    assert kw_audio["first"] == ("label",) and kw_label["first"] == ()
     assert set(out["samples"]["image_to_audio"]["generated"]) == {"audio"}  # label discarded
     assert kw_label["guidance"] == 2.0 and kw_label["steps"] == 3
     assert kw_label["guidance_interval"] == (0.1, 0.9) and kw_label["temperature"] == 0.5
@@ -255,6 +256,8 @@ def test_per_task_settings_are_checked_before_anything_runs(monkeypatch) -> None
         ({"image_to_label": TaskSampling(steps=0)}, r"per_task\['image_to_label'\].*steps"),
         ({"label_to_image": TaskSampling(solver="rk9")}, r"per_task\['label_to_image'\]"),
         ({"joint": TaskSampling(via=("text",))}, r"joint samples every modality"),
+        ({"image_to_text": TaskSampling(first=("label",))}, r"first: expected a tuple of its via"),
+        ({"image_to_text": TaskSampling(via=("label",), first="label")}, r"first: expected a"),
     ]:
         with pytest.raises(ValueError, match=match):
             evaluate_digits(model, n_per_class=1, per_task=per_task)

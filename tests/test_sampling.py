@@ -358,3 +358,30 @@ def test_isolation_cuts_generated_streams_apart_and_guides_away_from_it(model):
         anydit.sample(model, {"image": "generate", "label": 3}, n=1, steps=2, isolation=2.0)
     with pytest.raises(ValueError, match="use cache '' and kv_reuse false"):
         anydit.sample(model, task, n=1, steps=2, isolation=2.0, cache="taylor")
+
+
+def test_first_samples_the_named_stream_to_the_end_before_the_rest_moves(model):
+    """``first``: ancestral sampling through a stream (the label before the image): while the
+    label is masked the image stays at noise; once it is revealed the image moves, reading it."""
+    seen, forward = [], model.forward
+    model.forward = lambda tokens, times, **kw: (
+        seen.append((tokens["label"].clone(), times["label"].clone(), times["image"].clone()))
+        or forward(tokens, times, **kw)
+    )
+    task = {"image": "generate", "label": "generate", "audio": torch.randn(2, 16, 4)}
+    out = anydit.sample(model, task, n=2, steps=3, first=["label"], seed=3)
+    assert len(seen) == 6  # three steps of the label, then three of the image
+    mask = model.modalities["label"].mask_id
+    for _, t_label, t_image in seen[:3]:
+        assert (t_image == 0).all() and (t_label < 1).all()
+    assert (seen[0][0] == mask).all()
+    for label, t_label, _ in seen[3:]:
+        assert (t_label == 1).all() and torch.equal(label[:, 0], out["label"])
+    assert [float(t[2].max()) for t in seen[3:]] == pytest.approx([0.0, 1 / 3, 2 / 3], abs=1e-6)
+    seen.clear()
+    together = anydit.sample(model, task, n=2, steps=3, seed=3)
+    assert len(seen) == 3 and not torch.equal(together["image"], out["image"])
+    with pytest.raises(ValueError, match=r"sample.first: \['text'\] are not generated"):
+        anydit.sample(model, task, n=2, steps=3, first=("text",))
+    with pytest.raises(ValueError, match="sample.first: expected a list of modality names"):
+        anydit.sample(model, task, n=2, steps=3, first="label")

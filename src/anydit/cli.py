@@ -201,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="reveal generated labels and text before the other streams move (few-step joint)",
     )
+    p.add_argument(
+        "--first",
+        help="generated streams sampled to the end before the rest moves, e.g. label (the "
+        "digit decided first: ancestral sampling through it); comma-separated",
+    )
     p.add_argument("--temperature", type=float, help="softmax temperature of discrete unmasking")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["fp32", "bf16"])
@@ -643,6 +648,7 @@ def cmd_sample(args) -> int:
         cache_ratio=args.cache_ratio,
         kv_reuse=args.kv_reuse,
         discrete_first=args.discrete_first,
+        first=None if args.first is None else tuple(args.first.split(",")),
         isolation=args.isolation,
     )
     if args.n < 1:

@@ -521,6 +521,9 @@ class SampleConfig:
     # its steps) keep their keys and values: exact for given tokens of a model trained with
     # isolate_given, an approximation otherwise
     discrete_first: bool = False  # reveal generated labels/text fully before the rest moves
+    first: tuple[str, ...] = ()  # these generated modalities are sampled to the end (their own
+    # steps) before the rest moves: ancestral sampling through them, e.g. the digit's label
+    # before the image of a speech -> image task
     isolation: float = 1.0  # != 1: one more branch where each generated stream reads only
     # itself and the conditions (LTX-2's modality isolation); pushed away from it by w - 1
 
@@ -586,6 +589,14 @@ class SampleConfig:
             "sample.discrete_first",
             "true or false",
             self.discrete_first,
+        )
+        if isinstance(self.first, list):
+            self.first = tuple(self.first)
+        _check(
+            isinstance(self.first, tuple) and all(isinstance(n, str) for n in self.first),
+            "sample.first",
+            "a list of modality names",
+            self.first,
         )
         caches = ("", "first_block", "taylor", "taylor_attention", "region")
         _check(

@@ -108,6 +108,9 @@ class TaskSampling:
     via: modalities generated together with the target and then discarded, e.g.
     ``("label",)`` for image -> audio: the pair is sampled from p(audio, label | image), so the
     digit is decided once and the speech follows it.
+    first: of the ``via`` modalities, those sampled to the end before the target moves
+    (``SampleConfig.first``): p(label | image), then p(text | label, image) -- ancestral
+    sampling through the digit, which is all that links image and caption in the data.
     """
 
     guidance: float | None = None
@@ -116,6 +119,7 @@ class TaskSampling:
     temperature: float | None = None
     solver: str | None = None
     via: tuple[str, ...] = ()
+    first: tuple[str, ...] = ()
 
 
 _WORD = re.compile(r"[a-z]+|[0-9]+")
@@ -229,6 +233,7 @@ def sample_task(
         guidance_interval=setting.interval,
         temperature=setting.temperature,
         solver=setting.solver,
+        first=setting.first,
     )
     return {k: v.detach().cpu() for k, v in out.items()}
 
@@ -382,6 +387,12 @@ def _check_setting(name: str, setting: TaskSampling, config: SampleConfig) -> No
         raise ValueError(
             f"{where}.via: {bad} cannot be sampled along ({what}; choose from "
             f"{[m for m in MODALITIES if m not in ends]})"
+        )
+    first = setting.first
+    if not isinstance(first, tuple) or any(f not in via for f in first):
+        raise ValueError(
+            f"{where}.first: expected a tuple of its via modalities {list(via)}, got "
+            f"{setting.first!r}"
         )
     try:
         sampling_settings(

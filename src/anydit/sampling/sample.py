@@ -214,10 +214,16 @@ def sample(
     for k in generated:  # known discrete tokens start revealed, so they spend no reveal budget
         if mods[k].discrete and roles[k].known is not None:
             x_init[k] = torch.where(roles[k].known, roles[k].tokens, x_init[k])
+    stray = [k for k in cfg.first if k not in generated]
+    if stray:
+        raise ValueError(
+            f"sample.first: {stray} are not generated in this task (generated: {generated})"
+        )
+    first = {k for k in generated if mods[k].discrete} if cfg.discrete_first else set()
     grids = joint_grids(
         {k: roles[k].steps or cfg.steps for k in generated},
         {k: mods[k].time_shift if cfg.shift is None else cfg.shift for k in generated},
-        first={k for k in generated if mods[k].discrete} if cfg.discrete_first else (),
+        first=first | set(cfg.first),
     )
     grids = {k: g.to(device) for k, g in grids.items()}
     branches = guidance_branches(roles, cfg.guidance)
