@@ -95,7 +95,12 @@ def main() -> None:
     )
     ap.add_argument("--per-class", type=int, default=20, help="evaluation samples per digit")
     ap.add_argument("--out", default="benchmarks/compress.json")
+    ap.add_argument(
+        "--variants",
+        help="only these, comma-separated (e.g. 'fp32,bf16,pruned 25%%'; default all)",
+    )
     args = ap.parse_args()
+    wanted = None if args.variants is None else set(args.variants.split(","))
 
     import torch
 
@@ -115,7 +120,7 @@ def main() -> None:
         "bf16": (run / "model.safetensors", "bf16"),
     }
     notes: dict[str, dict] = {}
-    for scheme in ("w8", "w8a8", "w4a8"):
+    for scheme in [s for s in ("w8", "w8a8", "w4a8") if wanted is None or s in wanted]:
         t = time.perf_counter()
         q = quantize(model, scheme, rounds=4, config=anydit.SampleConfig(steps=32))
         files[scheme] = (anydit.save_model(q, folder / f"{scheme}.safetensors"), "fp32")
@@ -125,6 +130,12 @@ def main() -> None:
     blocks = len(model.blocks) + len(model.single_blocks)
     for share in (0.25, 0.5):
         k = max(1, round(share * blocks))
+        if (
+            wanted is not None
+            and not {f"pruned {int(share * 100)}%", f"pruned {int(share * 100)}%, no recovery"}
+            & wanted
+        ):
+            continue
         batches = RandomBatches(dataset, model.modalities, args.batch_size)
         t = time.perf_counter()
         pruned, removed, _, losses = prune(
@@ -149,6 +160,8 @@ def main() -> None:
     rows = {}
     base_bytes = weight_bytes(model)
     for name, (path, precision) in files.items():
+        if wanted is not None and name not in wanted:
+            continue
         m = anydit.load_model(path)
         config = demo_sampling()
         config = anydit.sampling.settings(config, precision=precision)
