@@ -1,6 +1,7 @@
 """Smaller models from a trained digits model: quantization and depth pruning, measured.
 
-    python benchmarks/compress.py --checkpoint runs/demo [--minutes 3]
+    python benchmarks/compress.py --checkpoint runs/demo [--minutes 3] [--variants 'bf16,pruned 25%']
+        [--task 'audio -> image label' --task ... --task-share 0.2]
 
 Variants: fp32 (the model as trained), bf16 (the same weights, bf16 autocast), w8, w8a8, w4a8
 (``anydit quantize``, 4 calibration rounds), and pruned by 25% and 50% of the blocks with
@@ -99,6 +100,12 @@ def main() -> None:
         "--variants",
         help="only these, comma-separated (e.g. 'fp32,bf16,pruned 25%%'; default all)",
     )
+    ap.add_argument(
+        "--task",
+        action="append",
+        help="a role pattern the distillation's rows take (anydit prune --task), repeatable",
+    )
+    ap.add_argument("--task-share", type=float, default=0.5, help="rows that take a --task")
     args = ap.parse_args()
     wanted = None if args.variants is None else set(args.variants.split(","))
 
@@ -110,6 +117,7 @@ def main() -> None:
     from anydit.demo import TASK_SAMPLING, demo_sampling
     from anydit.eval.metrics import TASKS, evaluate_digits
     from anydit.run_config import load_config
+    from anydit.train.distill import parse_task
     from anydit.train.optim import resolve_precision
 
     run = Path(args.checkpoint)
@@ -128,6 +136,7 @@ def main() -> None:
     cfg = load_config(run / "config.yaml")
     dataset, _ = open_training_data(cfg.data, list(model.modality_configs), log=lambda *_: None)
     blocks = len(model.blocks) + len(model.single_blocks)
+    tasks = [parse_task(t, model.modalities) for t in args.task or []]
     for share in (0.25, 0.5):
         k = max(1, round(share * blocks))
         if (
@@ -140,7 +149,7 @@ def main() -> None:
         t = time.perf_counter()
         pruned, removed, _, losses = prune(
             model, k, batches, minutes=args.minutes, log=None, processes=args.processes,
-            precision=args.precision,
+            precision=args.precision, tasks=tasks, task_share=args.task_share,
         )  # fmt: skip
         name = f"pruned {int(share * 100)}%"
         files[name] = (anydit.save_model(pruned, folder / f"pruned{k}.safetensors"), "fp32")
@@ -150,6 +159,8 @@ def main() -> None:
             "distill_processes": args.processes,
             "distill_batch": args.batch_size,
             "distill_precision": resolve_precision(args.precision),
+            "distill_tasks": args.task or [],
+            "distill_task_share": args.task_share,
             "distill_loss": [losses[0], losses[-1]],
             "seconds_to_make": time.perf_counter() - t,
         }
