@@ -1,7 +1,7 @@
 """Smaller models from a trained digits model: quantization and depth pruning, measured.
 
-    python benchmarks/compress.py --checkpoint runs/demo [--minutes 3] [--variants 'bf16,pruned 25%']
-        [--task 'audio -> image label' --task ... --task-share 0.2]
+    python benchmarks/compress.py --checkpoint runs/demo [--minutes 3]
+        [--variants 'bf16,pruned 25%'] [--task 'audio -> image label' --task-share 0.2]
 
 Variants: fp32 (the model as trained), bf16 (the same weights, bf16 autocast), w8, w8a8, w4a8
 (``anydit quantize``, 4 calibration rounds), and pruned by 25% and 50% of the blocks with
