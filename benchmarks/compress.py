@@ -108,6 +108,12 @@ def main() -> None:
     ap.add_argument("--task-share", type=float, default=0.5, help="rows that take a --task")
     args = ap.parse_args()
     wanted = None if args.variants is None else set(args.variants.split(","))
+    known = ["fp32", "bf16", "w8", "w8a8", "w4a8"]
+    known += [f"pruned {p}%{r}" for p in (25, 50) for r in ("", ", no recovery")]
+    if wanted is not None and wanted - set(known):
+        raise SystemExit(
+            f"--variants: unknown {sorted(wanted - set(known))}; expected some of {known}"
+        )
 
     import torch
 
