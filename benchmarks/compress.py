@@ -1,16 +1,20 @@
-"""Smaller models from a trained digits model: quantization and depth pruning, measured.
+"""Smaller models from a trained digits model: quantization, depth pruning and timestep-dynamic
+width, measured.
 
     python benchmarks/compress.py --checkpoint runs/demo [--minutes 3]
         [--variants 'bf16,pruned 25%'] [--task 'audio -> image label' --task-share 0.2]
+        [--keep 0.4,0.3]
 
 Variants: fp32 (the model as trained), bf16 (the same weights, bf16 autocast), w8, w8a8, w4a8
 (``anydit quantize``, 4 calibration rounds), and pruned by 25% and 50% of the blocks with
 ``--minutes`` of distillation each (``anydit prune --processes 2 --batch-size 128``, bf16
-autocast where the CPU has it: the recipe chosen on val). For each: file size, weight bytes, peak
-resident memory while sampling and samples/s of label -> image (200 samples, the demo's 32
-steps; each variant in its own process), and the demo's judge accuracies and Frechet distances
-(``evaluate_digits`` with the demo's sampler settings, all 13 tasks, ``--per-class`` samples
-per digit, and their mean). Every number comes from this one run.
+autocast where the CPU has it: the recipe chosen on val), and dynamic width at each ``--keep``
+(``anydit slim --groups 8 --keep K``, the same distillation budget and recipe; its rows add the
+sampling FLOPs as a share of the dense network's, ``flops_share``). For each: file size,
+weight bytes, peak resident memory while sampling and samples/s of label -> image (200 samples,
+the demo's 32 steps; each variant in its own process), and the demo's judge accuracies and
+Frechet distances (``evaluate_digits`` with the demo's sampler settings, all 13 tasks,
+``--per-class`` samples per digit, and their mean). Every number comes from this one run.
 """
 
 from __future__ import annotations
@@ -106,10 +110,15 @@ def main() -> None:
         help="a role pattern the distillation's rows take (anydit prune --task), repeatable",
     )
     ap.add_argument("--task-share", type=float, default=0.5, help="rows that take a --task")
+    ap.add_argument(
+        "--keep", default="0.4", help="dynamic width: targets of MLP share kept, comma-separated"
+    )
     args = ap.parse_args()
     wanted = None if args.variants is None else set(args.variants.split(","))
+    keeps = [float(k) for k in args.keep.split(",")]
     known = ["fp32", "bf16", "w8", "w8a8", "w4a8"]
     known += [f"pruned {p}%{r}" for p in (25, 50) for r in ("", ", no recovery")]
+    known += [f"dynamic {k:g}" for k in keeps]
     if wanted is not None and wanted - set(known):
         raise SystemExit(
             f"--variants: unknown {sorted(wanted - set(known))}; expected some of {known}"
@@ -119,6 +128,7 @@ def main() -> None:
 
     import anydit
     from anydit.compress import prune, quantize, weight_bytes
+    from anydit.compress.slim import slim
     from anydit.data.sources import RandomBatches, open_training_data
     from anydit.demo import TASK_SAMPLING, demo_sampling
     from anydit.eval.metrics import TASKS, evaluate_digits
@@ -174,6 +184,26 @@ def main() -> None:
             anydit.compress.remove_blocks(model, removed), folder / f"cut{k}.safetensors"
         )
         files[f"{name}, no recovery"] = (unrecovered, "fp32")
+    for keep in keeps:
+        name = f"dynamic {keep:g}"
+        if wanted is not None and name not in wanted:
+            continue
+        batches = RandomBatches(dataset, model.modalities, args.batch_size)
+        t = time.perf_counter()
+        slimmed, losses = slim(
+            model, batches, groups=8, keep=keep, minutes=args.minutes, log=None,
+            processes=args.processes, precision=args.precision, tasks=tasks,
+            task_share=args.task_share,
+        )  # fmt: skip
+        files[name] = (anydit.save_model(slimmed, folder / f"dynamic{keep:g}.safetensors"), "fp32")
+        notes[name] = {
+            "distill_steps": len(losses),
+            "distill_processes": args.processes,
+            "distill_batch": args.batch_size,
+            "distill_precision": resolve_precision(args.precision),
+            "distill_loss": [losses[0], losses[-1]],
+            "seconds_to_make": time.perf_counter() - t,
+        }
     rows = {}
     base_bytes = weight_bytes(model)
     for name, (path, precision) in files.items():
@@ -206,15 +236,15 @@ def main() -> None:
     print(
         "\n| variant | file MiB | weight bytes | peak MiB | samples/s | "
         + " | ".join(t.replace("_to_", " → ") for t in tasks)
-        + " | FID image | FID audio |"
+        + " | FID image | FID audio | sampling FLOPs |"
     )
-    print("|---|" + "---:|" * (6 + len(tasks)))
+    print("|---|" + "---:|" * (7 + len(tasks)))
     for name, r in rows.items():
         accs = " | ".join(f"{100 * r[t]:.1f}%" for t in tasks)
         print(
             f"| {name} | {r['file_mib']:.2f} | {r['weight_bytes_ratio']:.2f}x | "
             f"{r['peak_mib']:.0f} | {r['samples_per_s']:.1f} | {accs} | "
-            f"{r['fid_image']:.2f} | {r['fid_audio']:.1f} |"
+            f"{r['fid_image']:.2f} | {r['fid_audio']:.1f} | {r.get('flops_share', 1.0):.2f}x |"
         )
     print("\n| matmul | fp32 ms | bf16 ms | int8 _int_mm ms | int8 weights, bf16 x ms |")
     print("|---|---:|---:|---:|---:|")

@@ -254,29 +254,21 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument(
         "--blocks", metavar="I,J", help="remove these blocks (0-based, dual-stream first)"
     )
-    p.add_argument("--out", required=True, help="folder for the pruned model")
-    p.add_argument("--data", help="a run config whose data to distill on (default: the run's)")
-    p.add_argument("--minutes", type=float, default=3.0, help="distillation wall time")
-    p.add_argument("--steps", type=int, help="distillation steps (instead of --minutes)")
-    p.add_argument("--batch-size", type=int, default=64, help="the global batch")
-    p.add_argument("--lr", type=float, help="peak lr, decayed to 0 (default 1e-3)")
-    _add_processes(p, "distil")
+    _add_recovery(p, "pruned")
+
+    p = sub.add_parser(
+        "slim", help="timestep-dynamic MLP width for a trained model, distilled from it (DyDiT)"
+    )
+    p.add_argument("checkpoint", help="a run folder (its config names the data) or a model file")
+    p.add_argument("--groups", type=int, default=8, help="channel groups per MLP (default 8)")
     p.add_argument(
-        "--layer-weight",
+        "--keep",
         type=float,
-        help="weight of the layer-wise (hidden-state) loss against the outputs' "
-        "(default 0.1; 0: outputs only)",
+        default=0.4,
+        help="target share of MLP multiply-adds kept, averaged over training's inputs (0.4)",
     )
-    p.add_argument(
-        "--task",
-        action="append",
-        metavar="'GIVEN -> GENERATED'",
-        help="a task the pruned model is for, e.g. 'image -> label' (repeat for several); a "
-        "--task-share of the distillation's rows take one of them as their roles",
-    )
-    p.add_argument("--task-share", type=float, default=0.5, help="share of rows on --task patterns")
-    _add_distill_precision(p)
-    _add_common(p)
+    p.add_argument("--width-weight", type=float, default=1.0, help="weight of the width loss")
+    _add_recovery(p, "slimmed")
 
     p = sub.add_parser("control", help="train a control branch on a frozen model")
     p.add_argument("checkpoint", help="a run folder (its config names the data) or a model file")
@@ -417,6 +409,33 @@ def _interval(text: str) -> tuple[float, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected LOW,HIGH (two times), got {text!r}") from None
     return lo, hi
+
+
+def _add_recovery(p, what: str) -> None:
+    """The options of a distillation from the full model (``prune``, ``slim``)."""
+    p.add_argument("--out", required=True, help=f"folder for the {what} model")
+    p.add_argument("--data", help="a run config whose data to distill on (default: the run's)")
+    p.add_argument("--minutes", type=float, default=3.0, help="distillation wall time")
+    p.add_argument("--steps", type=int, help="distillation steps (instead of --minutes)")
+    p.add_argument("--batch-size", type=int, default=64, help="the global batch")
+    p.add_argument("--lr", type=float, help="peak lr, decayed to 0 (default 1e-3)")
+    _add_processes(p, "distil")
+    p.add_argument(
+        "--layer-weight",
+        type=float,
+        help="weight of the layer-wise (hidden-state) loss against the outputs' "
+        "(default 0.1; 0: outputs only)",
+    )
+    p.add_argument(
+        "--task",
+        action="append",
+        metavar="'GIVEN -> GENERATED'",
+        help=f"a task the {what} model is for, e.g. 'image -> label' (repeat for several); a "
+        "--task-share of the distillation's rows take one of them as their roles",
+    )
+    p.add_argument("--task-share", type=float, default=0.5, help="share of rows on --task patterns")
+    _add_distill_precision(p)
+    _add_common(p)
 
 
 def _add_processes(p, what: str) -> None:
@@ -628,6 +647,7 @@ def _conditioned(model, args):
 def cmd_sample(args) -> int:
     import anydit
     from anydit.modalities.outputs import write_outputs
+    from anydit.model.dynamic import network_share, width_counts
     from anydit.sampling import settings
 
     model = anydit.load_model(model_file(args.checkpoint))
@@ -655,10 +675,16 @@ def cmd_sample(args) -> int:
         raise ValueError(f"-n: expected an integer >= 1, got {args.n}")
     task = parse_task(model, args.generate, args.given, args.drop, args.n)
     out = check_writable(args.out)
+    width_counts(model, reset=True)
     with _conditioned(model, args):
         samples = anydit.sample(model, task, n=args.n, seed=args.seed, config=config)
     written = write_outputs(out, model.modalities, samples)
     print(f"wrote {sum(len(v) for v in written.values())} files to {out}")
+    ran, dense = width_counts(model)
+    if dense:  # timestep-dynamic width: what the routers saved
+        share = network_share(model, ran, dense)
+        print(f"dynamic width: the MLPs ran {ran / dense:.1%} of their multiply-adds; sampling "
+              f"FLOPs {share:.1%} of the dense network's")  # fmt: skip
     return 0
 
 
@@ -749,10 +775,6 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    import json
-
-    import yaml
-
     import anydit
     from anydit.compress import prune
     from anydit.compress.prune import LAYER_WEIGHT, LR
@@ -778,19 +800,58 @@ def cmd_prune(args) -> int:
         tasks=[parse_task(t, model.modalities) for t in args.task or []],
         task_share=args.task_share,
     )
+    report = {"removed": removed, "importance": scores}
+    _save_recovered(args, cfg, pruned, losses, lr, layer_weight, report)
+    print(f"removed blocks {removed}; {len(losses)} distillation steps; model: {args.out}")
+    return 0
+
+
+def _save_recovered(args, cfg, model, losses, lr, layer_weight, report: dict) -> None:
+    """Write a distilled model (``prune``, ``slim``): model.safetensors, its config.yaml and
+    a report of the recipe (``report`` first, then the distillation's settings)."""
+    import json
+
+    import yaml
+
+    import anydit
+    from anydit.train.optim import resolve_precision
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    anydit.save_model(pruned, out / "model.safetensors")
+    anydit.save_model(model, out / "model.safetensors")
     tree = cfg.to_dict()
-    tree["model"] = json.loads(json.dumps(pruned.cfg.__dict__, default=list))
+    tree["model"] = json.loads(json.dumps(model.cfg.__dict__, default=list))
     (out / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
-    report = {"removed": removed, "importance": scores, "distill_steps": len(losses)}
-    report |= {"lr": lr, "layer_weight": layer_weight, "processes": args.processes}
-    report["precision"] = resolve_precision(args.precision)
+    report = {**report, "distill_steps": len(losses), "lr": lr, "layer_weight": layer_weight}
+    report |= {"processes": args.processes, "precision": resolve_precision(args.precision)}
     report["tasks"], report["task_share"] = args.task or [], args.task_share
     report["distill_loss"] = [losses[0], losses[-1]] if losses else []
-    (out / "prune.json").write_text(json.dumps(report, indent=2))
-    print(f"removed blocks {removed}; {len(losses)} distillation steps; model: {out}")
+    (out / "prune.json" if args.command == "prune" else out / "slim.json").write_text(
+        json.dumps(report, indent=2)
+    )
+
+
+def cmd_slim(args) -> int:
+    import anydit
+    from anydit.compress.prune import LAYER_WEIGHT, LR
+    from anydit.compress.slim import slim
+    from anydit.train.distill import parse_task
+
+    lr = LR if args.lr is None else args.lr
+    layer_weight = LAYER_WEIGHT if args.layer_weight is None else args.layer_weight
+    model = anydit.load_model(model_file(args.checkpoint))
+    cfg, batches = _run_data(args, model)
+    steps, minutes = (args.steps, None) if args.steps else (None, args.minutes)
+    slimmed, losses = slim(
+        model, batches, groups=args.groups, keep=args.keep, width_weight=args.width_weight,
+        steps=steps, minutes=minutes, lr=lr, layer_weight=layer_weight, processes=args.processes,
+        precision=args.precision, tasks=[parse_task(t, model.modalities) for t in args.task or []],
+        task_share=args.task_share,
+    )  # fmt: skip
+    report = {"groups": args.groups, "keep": args.keep, "width_weight": args.width_weight}
+    _save_recovered(args, cfg, slimmed, losses, lr, layer_weight, report)
+    print(f"dynamic width, {args.groups} groups, target {args.keep:g}; {len(losses)} "
+          f"distillation steps; model: {args.out}")  # fmt: skip
     return 0
 
 
@@ -948,6 +1009,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "quantize": cmd_quantize,
     "prune": cmd_prune,
+    "slim": cmd_slim,
     "distill": cmd_distill,
     "control": cmd_control,
     "distill-encoder": cmd_distill_encoder,

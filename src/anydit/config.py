@@ -275,6 +275,11 @@ class ModelConfig:
     expert_streams: tuple[str, ...] = ()  # streams with experts (names, "shared"); () = all
     expert_balance: float = 0.01  # weight of the router's load-balancing loss
     expert_z: float = 0.001  # weight of the router z-loss
+    dynamic_width: int = 0  # > 1: each stream MLP's hidden channels in this many groups,
+    # switched on and off by a router from the stream's conditioning (DyDiT's timestep-dynamic
+    # width; 0: dense); model.dynamic
+    dynamic_keep: float = 0.5  # training's target share of MLP multiply-adds kept
+    dynamic_weight: float = 1.0  # weight of the width loss (kept - dynamic_keep)^2
     mixer_depth: int = 0  # light blocks per stream, over its own tokens, before the backbone
     # (and before token_drop leaves tokens out: they mix what is dropped into what is kept)
     isolate_given: bool = False  # given tokens (time 1) attend only to given tokens, and their
@@ -379,6 +384,29 @@ class ModelConfig:
                 "streams without Flux's parallel single-stream layers (their MLP shares the "
                 "attention's matmul): set model.expert_streams to dual-stream names",
                 self.experts,
+            )
+        if self.dynamic_width:
+            hidden = int(self.width * self.mlp_ratio)
+            _check(
+                self.dynamic_width >= 2 and hidden % self.dynamic_width == 0,
+                "model.dynamic_width",
+                f"0 (dense) or a number of groups >= 2 dividing the MLP's hidden width {hidden}",
+                self.dynamic_width,
+            )
+            _check(0 < self.dynamic_keep <= 1, "model.dynamic_keep", "in (0, 1]", self.dynamic_keep)
+            _check(self.dynamic_weight >= 0, "model.dynamic_weight", ">= 0", self.dynamic_weight)
+            _check(
+                not self.experts,
+                "model.dynamic_width",
+                "0 with model.experts (the MLP is experts; a width router has no channels to "
+                "switch)",
+                self.dynamic_width,
+            )
+            _check(
+                not self.mup_base_width,
+                "model.dynamic_width",
+                "0 with model.mup_base_width (μP does not place width routers yet)",
+                self.dynamic_width,
             )
         _check(
             not self.rope_axes

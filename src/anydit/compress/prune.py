@@ -148,9 +148,6 @@ def prune(
     ``tasks``: role patterns (``train.distill.parse_task``) that a ``task_share`` of the
     distillation's rows take: the tasks the pruned model is for. Returns (the pruned model,
     the blocks removed, the importance scores, the distillation losses)."""
-    from anydit.train.distill import distill_local
-    from anydit.train.optim import resolve_precision
-
     if not lr > 0 or not layer_weight >= 0 or not 0 <= task_share <= 1:
         raise ValueError(
             f"prune: expected lr > 0, layer_weight >= 0 and task_share in [0, 1], got lr "
@@ -167,10 +164,7 @@ def prune(
         k = len(blocks)
     if not isinstance(k, int) or k < 0 or k >= n:
         raise ValueError(f"prune: expected 0 <= remove < {n} (the model's blocks), got {k!r}")
-    opener = batches if callable(batches) else None
-    if opener is None and processes != 1:
-        raise ValueError("prune: several processes need batches(rank, world), not an iterator")
-    batches = opener(0, 1) if opener else batches
+    opener, batches = open_batches(batches, processes)
     scores = block_importance(model, batches)
     remove = sorted(range(n), key=lambda i: scores[i])[:k] if blocks is None else blocks
     pruned = remove_blocks(model, remove)
@@ -180,10 +174,32 @@ def prune(
         log(f"prune: importance {[round(s, 4) for s in scores]}; removing blocks {remove}")
     losses = []
     if k and (steps or minutes):
-        one = processes == 1  # one process continues the iterator the ranking read
-        losses = distill_local(
-            pruned, model, (lambda rank, world: batches) if one else opener, processes,
+        losses = recover(
+            pruned, model, batches, opener, processes,
             steps=steps, minutes=minutes, lr=lr, layers=layers, log=log, layer_weight=layer_weight,
-            precision=resolve_precision(precision), tasks=tasks, task_share=task_share,
+            precision=precision, tasks=tasks, task_share=task_share,
         )  # fmt: skip
     return pruned, sorted(remove), scores, losses
+
+
+def open_batches(batches, processes: int) -> tuple:
+    """(the opener ``batches(rank, world)`` or None, an iterator of rank 0's batches) from an
+    iterator or an opener; several processes need an opener."""
+    opener = batches if callable(batches) else None
+    if opener is None and processes != 1:
+        raise ValueError("several processes need batches(rank, world), not an iterator")
+    return opener, opener(0, 1) if opener else batches
+
+
+def recover(student, teacher, batches: Iterator, opener, processes: int, precision="auto", **kw):
+    """Distil ``student`` from ``teacher`` (``train.distill.distill_local``; ``kw`` its
+    options): one process continues ``batches``, the iterator already read from; several open
+    their own with ``opener``. ``precision``: ``train.optim.resolve_precision``'s choices."""
+    from anydit.train.distill import distill_local
+    from anydit.train.optim import resolve_precision
+
+    one = processes == 1
+    source = (lambda rank, world: batches) if one else opener
+    return distill_local(
+        student, teacher, source, processes, precision=resolve_precision(precision), **kw
+    )

@@ -43,6 +43,7 @@ from anydit.eval.judges import (
     real_diversity,
     real_nearest_train_distance,
 )
+from anydit.model.dynamic import network_share, routers, width_counts
 from anydit.sampling import sample
 from anydit.sampling import settings as sampling_settings
 
@@ -483,9 +484,19 @@ def evaluate_digits(
         "judge_audio_real_acc": run.judge_audio.accuracy_on_real(split),
     }
     samples: dict[str, dict] = {}
+    dynamic = bool(routers(model))  # timestep-dynamic width: what each task's sampling cost
+    width_counts(model, reset=True)
+    counted = [0, 0]
     for name in tqdm(list(tasks), desc="evaluate", disable=not progress):
         samples[name] = _run_task(run, name)
         metrics.update(_task_metrics(name, samples[name]))
+        if dynamic:
+            ran, dense = width_counts(model, reset=True)
+            counted = [counted[0] + ran, counted[1] + dense]
+            metrics[f"flops_share/{name}"] = network_share(model, ran, dense)
+    if dynamic:
+        metrics["mlp_share"] = counted[0] / counted[1]
+        metrics["flops_share"] = network_share(model, *counted)
     if "label_to_image" in samples:
         s = samples["label_to_image"]
         metrics.update(_image_statistics(run, s["generated"]["image"], s["labels"]))
@@ -518,8 +529,15 @@ _OTHER_ROWS = (
     ("fid_audio", "FID audio (judge features)"),
     ("judge_image_real_acc", "image judge on the real given data"),
     ("judge_audio_real_acc", "audio judge on the real given data"),
+    ("mlp_share", "dynamic width: MLP multiply-adds run, share of dense"),
+    ("flops_share", "dynamic width: sampling FLOPs, share of the dense network's"),
 )
-_PERCENT = {k for k, _ in _ROWS} | {"judge_image_real_acc", "judge_audio_real_acc"}
+_PERCENT = {k for k, _ in _ROWS} | {
+    "judge_image_real_acc",
+    "judge_audio_real_acc",
+    "mlp_share",
+    "flops_share",
+}
 
 
 def _cell(key: str, value: float) -> str:

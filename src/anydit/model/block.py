@@ -155,6 +155,7 @@ class StreamLayer(nn.Module):
         pre_only: bool = False,
         self_attention: bool = False,
         moe: dict | None = None,
+        dynamic: int = 0,
     ):
         super().__init__()
         inner = heads * head_dim
@@ -175,6 +176,11 @@ class StreamLayer(nn.Module):
                 self.mlp = Experts(width, hidden, activation, **moe)
             else:
                 self.mlp = _mlp(width, hidden, activation)
+        self.width_router = None  # timestep-dynamic width (anydit.model.dynamic)
+        if dynamic and not pre_only:
+            from anydit.model.dynamic import WidthRouter
+
+            self.width_router = WidthRouter(width, hidden, dynamic)
         self.attn2 = SelfAttention(width, heads, head_dim, qk_norm) if self_attention else None
 
     def begin(self, x: Tensor, mod: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -203,6 +209,8 @@ class StreamLayer(nn.Module):
         if self.attn2 is not None:
             out = out + mod[8] * self.attn2(modulate(normed, mod[6], mod[7]), rope)
         h = modulate(self.norm2(out), shift2, scale2)
+        if self.width_router is not None:  # only the groups on for this time
+            return out + gate2 * self.width_router(self.mlp, h, scale2)
         if isinstance(self.mlp, nn.Sequential):
             return out + gate2 * self.mlp(h)
         return out + gate2 * self.mlp(h, scale2)  # experts: the router also sees the time
@@ -287,6 +295,7 @@ class DualStreamBlock(nn.Module):
         pre_only: tuple[str, ...] = (),
         self_attention: tuple[str, ...] = (),
         moe: dict[str, dict] | None = None,
+        dynamic: int = 0,
     ):
         super().__init__()
         moe = moe or {}
@@ -298,6 +307,7 @@ class DualStreamBlock(nn.Module):
                     pre_only=name in pre_only,
                     self_attention=name in self_attention,
                     moe=moe.get(name),
+                    dynamic=dynamic,
                 )
                 for name, w in widths.items()
             }
@@ -318,12 +328,19 @@ class SingleStreamBlock(nn.Module):
     (``parallel`` false) or a ``ParallelLayer``. Each token is still modulated by its own
     stream's conditioning vector."""
 
-    def __init__(self, width: int, *layer_args, parallel: bool = False, moe: dict | None = None):
+    def __init__(
+        self,
+        width: int,
+        *layer_args,
+        parallel: bool = False,
+        moe: dict | None = None,
+        dynamic: int = 0,
+    ):
         super().__init__()
-        if parallel:
+        if parallel:  # (its MLP shares the attention's matmul: no dynamic width)
             self.layer = ParallelLayer(width, *layer_args)
         else:
-            self.layer = StreamLayer(width, *layer_args, moe=moe)
+            self.layer = StreamLayer(width, *layer_args, moe=moe, dynamic=dynamic)
 
     def forward(
         self, x: dict[str, Tensor], c: dict[str, Tensor], rope: Tensor, attend: Attend | None = None

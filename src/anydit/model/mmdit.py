@@ -198,6 +198,7 @@ class MMDiT(nn.Module):
                     pre_only=conditions if i == cfg.depth - 1 and not cfg.single_depth else (),
                     self_attention=tuple(outputs) if i in cfg.dual_attention else (),
                     moe={n: v for n, v in moe.items() if n != "shared"},
+                    dynamic=cfg.dynamic_width,
                 )
                 for i in range(cfg.depth)
             ]
@@ -206,7 +207,11 @@ class MMDiT(nn.Module):
         self.single_blocks = nn.ModuleList(
             [
                 SingleStreamBlock(
-                    widths[streams[0]], *block_args, parallel=parallel, moe=moe.get("shared")
+                    widths[streams[0]],
+                    *block_args,
+                    parallel=parallel,
+                    moe=moe.get("shared"),
+                    dynamic=cfg.dynamic_width,
                 )
                 for _ in range(cfg.single_depth)
             ]
@@ -301,6 +306,9 @@ class MMDiT(nn.Module):
         for emb in (self.jump_embed or {}).values():  # a new jump input starts unheard
             nn.init.zeros_(emb.mlp[-1].weight)
             nn.init.zeros_(emb.mlp[-1].bias)
+        for layer in layers:  # width routers start with every group on
+            if getattr(layer, "width_router", None) is not None:
+                layer.width_router.reset()
 
     def _check_inputs(self, tokens: dict[str, Tensor], times: dict[str, Tensor]) -> None:
         for what, d in (("tokens", tokens), ("times", times)):

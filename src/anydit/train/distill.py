@@ -30,6 +30,7 @@ from anydit.config import FlowConfig
 from anydit.flow.flowmap import JUMPS, jump_targets, plan_jumps, teacher_jump
 from anydit.flow.objective import make_inputs
 from anydit.flow.roles import Role
+from anydit.model.dynamic import width_loss
 from anydit.train import distributed
 from anydit.train.optim import autocast_for, make_optimizer
 
@@ -189,6 +190,7 @@ def distill(
     gen = torch.Generator(device).manual_seed(seed + 1000 * info.rank)
     picker = torch.Generator().manual_seed(seed + 1 + 1000 * info.rank)  # jump sizes and plans
     losses: list[float] = []
+    kept: list[float] = []  # dynamic width: each step's share of MLP multiply-adds kept
     start = time.perf_counter()
 
     def done() -> float:  # the share of the wall time spent, rank 0's
@@ -214,6 +216,10 @@ def distill(
             jump = (targets, {**average, **logits})
         with autocast_for(device, precision):
             loss = distill_loss(student, teacher, inputs, layers, jump, layer_weight, net)
+            width = width_loss(student)  # dynamic width's share of the MLPs kept, to its target
+            if width is not None:
+                loss = loss + width[0]
+                kept.append(width[1].item())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -226,7 +232,8 @@ def distill(
                 group["lr"] = lr * factor
         losses.append(loss.item())
         if log and len(losses) % 50 == 0:
-            log(f"distill: step {len(losses)}, loss {loss.item():.4f}")
+            share = f", MLP share kept {sum(kept[-50:]) / len(kept[-50:]):.3f}" if kept else ""
+            log(f"distill: step {len(losses)}, loss {loss.item():.4f}{share}")
     return losses
 
 

@@ -23,6 +23,7 @@ from anydit.flow.objective import (
     scored_counts,
     training_objective,
 )
+from anydit.model.dynamic import width_loss
 from anydit.model.experts import router_losses
 from anydit.train import distributed as D
 from anydit.train.optim import autocast_for, make_optimizer
@@ -69,17 +70,23 @@ def micro_inputs(
 
 
 def with_router_losses(model, loss: Loss, micro: int = 1) -> Loss:
-    """``loss`` plus the expert routers' weighted load-balancing and z-losses of the forward
-    just run (``model.experts``), each logged per stream (``balance/NAME``, ``z/NAME``). Each
-    of ``micro`` micro-batches adds its share. Not scaled by the world size: each process's
-    router losses are means over its own tokens, and data parallel averages them."""
+    """``loss`` plus the routers' losses of the forward just run: the expert routers' weighted
+    load-balancing and z-losses (``model.experts``), each logged per stream (``balance/NAME``,
+    ``z/NAME``), and the width loss of dynamic width (``model.dynamic_width``:
+    ``dynamic_weight x (kept - dynamic_keep)^2``, the share kept logged as ``width/kept``).
+    Each of ``micro`` micro-batches adds its share. Not scaled by the world size: each
+    process's router losses are means over its own tokens, and data parallel averages them."""
     aux = router_losses(model)
+    weights = {"balance": model.cfg.expert_balance, "z": model.cfg.expert_z}
+    extra = sum(weights[k.split("/")[0]] * v for k, v in aux.items())
+    width = width_loss(model)
+    if width is not None:
+        extra = extra + width[0]
+        aux["width/kept"] = width[1]
     if not aux:
         return loss
-    weights = {"balance": model.cfg.expert_balance, "z": model.cfg.expert_z}
-    extra = sum(weights[k.split("/")[0]] * v for k, v in aux.items()) / micro
     parts = {**loss.parts, **{k: v.detach() / micro for k, v in aux.items()}}
-    return Loss(loss.total + extra, parts)
+    return Loss(loss.total + extra / micro, parts)
 
 
 def forward_backward(

@@ -1,0 +1,190 @@
+"""Timestep-dynamic width (DyDiT's TDW): each stream MLP's hidden channels, in G groups, are
+switched on or off by a small router that reads the stream's conditioning vector (its time,
+the other streams' times and the pooled conditions), so a step at a time that needs less
+computes less.
+
+Training (``model.dynamic_width: G``): the router's logits per group go through a Gumbel
+sigmoid, rounded to 0 / 1 on the forward pass with the sigmoid's gradient on the backward
+(straight-through); the hidden channels of a group that is off are zeroed. A width loss,
+``dynamic_weight x (kept - dynamic_keep)^2``, pulls the share of MLP multiply-adds kept
+(weighted by each layer's tokens and size) to the target. At sampling the router is
+deterministic (a group is on where its logit is > 0) and the MLP runs only the groups that are
+on: the rows of its two weight matrices are sliced, once per distinct on/off pattern in the
+batch (one, when every sample shares its time), so the multiply-adds saved are real; each
+layer counts what it ran and what the dense MLP would have run (``width_counts``).
+
+``make_dynamic(model, groups)`` turns a dense model into a dynamic one whose routers start with
+every group on (zero weights, a positive bias): the outputs are the dense model's, exactly
+(tested). ``anydit slim`` then distils it from the dense model with the width loss.
+
+Ein notation: T tokens (flattened rows and positions), d width, f hidden width, G groups.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ON_BIAS = 3.0  # a new router's bias: every group on (a logistic draw below -3: 4.7% of them)
+
+
+class WidthRouter(nn.Module):
+    """On/off decisions for the G channel groups of one MLP, from the conditioning vector."""
+
+    def __init__(self, width: int, hidden: int, groups: int):
+        super().__init__()
+        if groups < 2 or hidden % groups:
+            raise ValueError(
+                f"model.dynamic_width: expected a number of groups >= 2 that divides the MLP's "
+                f"hidden width {hidden}, got {groups}"
+            )
+        self.groups, self.hidden = groups, hidden
+        self.proj = nn.Linear(width, groups)
+        self.reset()
+        self.kept: tuple[Tensor, int] | None = None  # the last training forward's share of
+        # groups on (a scalar) and the dense MLP's multiply-adds it is a share of
+        self.macs = [0, 0]  # multiply-adds run / of the dense MLP, in eval forwards
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Every group on: zero weights, a bias of ``ON_BIAS``."""
+        nn.init.zeros_(self.proj.weight)
+        nn.init.constant_(self.proj.bias, ON_BIAS)
+
+    def gates(self, c: Tensor) -> Tensor:
+        """c (b, 1|n, d) -> (b, 1|n, G) in {0, 1}: straight-through Gumbel-sigmoid gates in
+        training, the logits' signs otherwise."""
+        logits = self.proj(c).float()
+        if not self.training:
+            return (logits > 0).float()
+        u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
+        soft = torch.sigmoid(logits + torch.log(u) - torch.log1p(-u))
+        hard = (soft > 0.5).float()
+        return hard + soft - soft.detach()
+
+    def forward(self, mlp: nn.Sequential, h: Tensor, c: Tensor) -> Tensor:
+        """The MLP ``mlp`` (Linear, activation, Linear) on h (b, n, d) with the groups the
+        router turns on for c (b, 1|n, d)."""
+        b, n, d = h.shape
+        up, act, down = mlp[0], mlp[1], mlp[2]
+        g = self.gates(c)  # (b, 1|n, G)
+        f = up.out_features
+        dense = b * n * 2 * d * f
+        if self.training or not (isinstance(up, nn.Linear) and isinstance(down, nn.Linear)):
+            hidden = act(up(h))  # (b, n, f)
+            mask = g.to(hidden.dtype).repeat_interleave(f // self.groups, -1)  # (b, 1|n, f)
+            if self.training:
+                self.kept = (g.expand(b, n, -1).mean(), dense)
+            else:
+                self.macs[0] += dense
+                self.macs[1] += dense
+            return down(hidden * mask)
+        return self._sliced(h, g.expand(b, n, -1).reshape(b * n, -1) > 0, up, act, down, dense)
+
+    def _sliced(self, h: Tensor, on: Tensor, up, act, down, dense: int) -> Tensor:
+        """Eval: per distinct on/off pattern (rows of ``on`` (T, G)), the MLP over only its
+        groups' channels: the sliced rows of ``up`` and columns of ``down``."""
+        b, n, d = h.shape
+        flat = h.reshape(b * n, d)  # (T, d)
+        f = up.out_features
+        size = f // self.groups
+        patterns, which = torch.unique(on, dim=0, return_inverse=True)  # (P, G), (T,)
+        out = h.new_zeros(b * n, down.out_features)
+        for p, pattern in enumerate(patterns):
+            rows = (which == p).nonzero().squeeze(1)  # (t,)
+            channels = torch.arange(f, device=h.device).view(self.groups, size)[pattern].reshape(-1)
+            x = flat[rows]
+            if len(channels):
+                hidden = act(F.linear(x, up.weight[channels], up.bias[channels]))
+                y = F.linear(hidden, down.weight[:, channels], down.bias)
+            else:  # every group off: the bias alone
+                y = down.bias.to(x.dtype).expand(len(rows), -1)
+            out[rows] = y.to(out.dtype)
+            self.macs[0] += len(rows) * 2 * d * len(channels)
+        self.macs[1] += dense
+        return out.view(b, n, -1)
+
+
+def routers(model) -> list[WidthRouter]:
+    """Every ``WidthRouter`` of ``model``, in module order."""
+    return [m for m in model.modules() if isinstance(m, WidthRouter)]
+
+
+def width_kept(model) -> Tensor | None:
+    """The last training forward's share of MLP multiply-adds kept, over every dynamic layer
+    (each weighted by its dense multiply-adds: its tokens times its MLP's size), or None for a
+    model without dynamic width."""
+    parts = [r.kept for r in routers(model) if r.kept is not None]
+    if not parts:
+        return None
+    total = sum(w for _, w in parts)
+    return sum(k * (w / total) for k, w in parts)
+
+
+def width_loss(model) -> tuple[Tensor, Tensor] | None:
+    """(``dynamic_weight x (kept - dynamic_keep)^2``, kept) of the last training forward
+    (``width_kept``), or None for a model without dynamic width."""
+    kept = width_kept(model)
+    if kept is None:
+        return None
+    return model.cfg.dynamic_weight * (kept - model.cfg.dynamic_keep) ** 2, kept
+
+
+def width_counts(model, reset: bool = False) -> tuple[int, int]:
+    """(multiply-adds the dynamic MLPs ran, what their dense MLPs would have run) over the eval
+    forwards since the last reset; ``reset``: start counting again afterwards."""
+    run = sum(r.macs[0] for r in routers(model))
+    dense = sum(r.macs[1] for r in routers(model))
+    if reset:
+        for r in routers(model):
+            r.macs = [0, 0]
+    return run, dense
+
+
+@torch.no_grad()
+def network_share(model, run: int, dense: int) -> float:
+    """The share of the dense network's FLOPs that forwards which ran ``run`` of ``dense`` MLP
+    multiply-adds (``width_counts``) cost, routers included: the FLOPs of one forward of one
+    sample (every stream at time 0.5, counted by ``torch.utils.flop_counter``) split into its
+    MLPs, its routers and the rest; forwards compute every stream's tokens whatever the task,
+    so the rest is the same in each."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layers = routers(model)
+    saved = [list(r.macs) for r in layers]
+    for r in layers:
+        r.macs = [0, 0]
+    tokens, times = {}, {}
+    device = next(model.parameters()).device
+    for n, m in model.modalities.items():
+        shape = (1, m.num_tokens) if m.discrete else (1, m.num_tokens, m.token_dim)
+        kind = torch.long if m.discrete else torch.float32
+        tokens[n] = torch.zeros(shape, dtype=kind, device=device)
+        times[n] = torch.full((1,), 0.5, device=device)
+    training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(tokens, times)
+        one_run, one_dense = width_counts(model)
+    finally:
+        model.train(training)
+        for r, macs in zip(layers, saved, strict=True):  # the caller's counts back
+            r.macs = macs
+    counts = counter.get_flop_counts()
+    routing = sum(sum(counts[k].values()) for k in counts if k.endswith(".width_router.proj"))
+    rest = counter.get_total_flops() - routing - 2 * one_run  # one forward, MLPs and routers out
+    forwards = dense / one_dense  # one-sample forwards the counted MLPs make
+    return (forwards * (rest + routing) + 2 * run) / (forwards * (rest + 2 * one_dense))
+
+
+def make_dynamic(model, groups: int, keep: float = 0.5, weight: float = 1.0):
+    """A copy of the dense ``model`` with timestep-dynamic MLP width in ``groups`` groups, the
+    training target ``keep`` (the share of MLP multiply-adds kept) and the width loss's
+    ``weight``, every group on: it computes what ``model`` computes."""
+    from anydit.model.extend import extend
+
+    if model.cfg.dynamic_width:
+        raise ValueError("make_dynamic: the model has dynamic width already")
+    return extend(model, [], dynamic_width=groups, dynamic_keep=keep, dynamic_weight=weight)
