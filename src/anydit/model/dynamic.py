@@ -80,29 +80,43 @@ class WidthRouter(nn.Module):
                 self.macs[0] += dense
                 self.macs[1] += dense
             return down(hidden * mask)
-        return self._sliced(h, g.expand(b, n, -1).reshape(b * n, -1) > 0, up, act, down, dense)
+        on = g > 0  # (b, 1|n, G)
+        self.macs[1] += dense
+        first = on.reshape(-1, self.groups)[0]  # (G,)
+        if bool((on == first).all()):  # one pattern for every token: sampling's usual case
+            self.macs[0] += b * n * 2 * d * int(first.sum()) * (f // self.groups)
+            return self._groups(h, first, up, act, down)
+        return self._patterns(h, on, up, act, down)
 
-    def _sliced(self, h: Tensor, on: Tensor, up, act, down, dense: int) -> Tensor:
-        """Eval: per distinct on/off pattern (rows of ``on`` (T, G)), the MLP over only its
-        groups' channels: the sliced rows of ``up`` and columns of ``down``."""
+    def _groups(self, x: Tensor, on: Tensor, up: nn.Linear, act, down: nn.Linear) -> Tensor:
+        """The MLP over only the channels of the groups ``on`` (G,) bool: the rows of ``up``
+        and the columns of ``down`` that belong to them. x (..., d) -> (..., d)."""
+        if bool(on.all()):
+            return down(act(up(x)))
+        if not bool(on.any()):  # every group off: the bias alone
+            return down.bias.to(x.dtype).expand(*x.shape[:-1], -1)
+        d, size = up.in_features, up.out_features // self.groups
+        w1 = up.weight.view(self.groups, size, d)[on].reshape(-1, d)  # (k, d)
+        b1 = up.bias.view(self.groups, size)[on].reshape(-1)
+        w2 = down.weight.view(-1, self.groups, size)[:, on].reshape(down.out_features, -1)
+        return F.linear(act(F.linear(x, w1, b1)), w2, down.bias)
+
+    def _patterns(self, h: Tensor, on: Tensor, up, act, down) -> Tensor:
+        """Eval with several on/off patterns (rows or tokens that differ): each pattern's
+        tokens through ``_groups``. on (b, 1|n, G)."""
         b, n, d = h.shape
+        patterns, which = torch.unique(on.reshape(-1, self.groups), dim=0, return_inverse=True)
+        if on.shape[1] == 1:  # a pattern per row: each of its n tokens
+            which = which.repeat_interleave(n)
         flat = h.reshape(b * n, d)  # (T, d)
-        f = up.out_features
-        size = f // self.groups
-        patterns, which = torch.unique(on, dim=0, return_inverse=True)  # (P, G), (T,)
-        out = h.new_zeros(b * n, down.out_features)
+        out = None
+        size = up.out_features // self.groups
         for p, pattern in enumerate(patterns):
             rows = (which == p).nonzero().squeeze(1)  # (t,)
-            channels = torch.arange(f, device=h.device).view(self.groups, size)[pattern].reshape(-1)
-            x = flat[rows]
-            if len(channels):
-                hidden = act(F.linear(x, up.weight[channels], up.bias[channels]))
-                y = F.linear(hidden, down.weight[:, channels], down.bias)
-            else:  # every group off: the bias alone
-                y = down.bias.to(x.dtype).expand(len(rows), -1)
+            y = self._groups(flat[rows], pattern, up, act, down)
+            out = y.new_zeros(b * n, y.shape[-1]) if out is None else out
             out[rows] = y.to(out.dtype)
-            self.macs[0] += len(rows) * 2 * d * len(channels)
-        self.macs[1] += dense
+            self.macs[0] += len(rows) * 2 * d * int(pattern.sum()) * size
         return out.view(b, n, -1)
 
 
