@@ -127,6 +127,11 @@ def test_network_share_counts_the_mlps_against_the_whole_network():
     assert 1.0 < everything < 1.02  # every group on: the dense network plus the routers
     nothing = network_share(m, 0, full)
     assert 0.1 < nothing < 0.9  # the MLPs are a real share of the FLOPs
+    for r in routers(m):  # every group off where FLOPs are counted too
+        torch.nn.init.constant_(r.proj.bias, -10.0)
+    assert network_share(m, 0, full) == pytest.approx(nothing, rel=1e-6)
+    for r in routers(m):
+        r.reset()
     half = network_share(m, full // 2, full)
     assert half == pytest.approx((everything + nothing) / 2, rel=1e-6)
     assert width_counts(m) == (ran, full)  # the caller's counts are left as they were
@@ -177,3 +182,36 @@ def test_cli_slim_writes_a_model_that_samples_and_reports_its_flops(tmp_path, ca
     assert "model.dynamic_keep: expected in (0, 1]" in capsys.readouterr().err
     assert main(["slim", str(tmp_path / "s"), "--steps", "1", "--out", str(tmp_path / "b2")]) == 2
     assert "slim: the model has dynamic width already" in capsys.readouterr().err
+
+
+def _routed_model(kind: str):
+    torch.manual_seed(0)
+    mods, cfg = four_modalities(depth=2)
+    change = {"dynamic_width": 4} if kind == "width" else {"experts": 4, "expert_top_k": 2}
+    m = anydit.MMDiT(mods, dataclasses.replace(cfg, **change)).eval()
+    perturb(m, seed=0, std=0.05)
+    with torch.no_grad():  # routers that depend on the time
+        for name, p in m.named_parameters():
+            if "router" in name:
+                p.normal_(0.0, 1.0)
+    return m
+
+
+@pytest.mark.parametrize("kind", ["width", "experts"])
+def test_route_reuse_keeps_decisions_while_the_times_barely_move(kind):
+    m = _routed_model(kind)
+    task = {"image": "generate", "label": torch.arange(3)}
+    runs = {}
+    for reuse in (0.0, 1e-9, 0.2, 1.0):
+        stats: dict = {}
+        out = anydit.sample(m, task, n=3, steps=8, seed=0, route_reuse=reuse, stats=stats)
+        runs[reuse] = (out["image"], stats.get("routings"), stats.get("route_calls"))
+    assert runs[0.0][1] is None  # off: no routing reuse at all
+    assert runs[1e-9][1] == runs[1e-9][2] == 8  # every time moves: routes at every call
+    torch.testing.assert_close(runs[1e-9][0], runs[0.0][0], rtol=0, atol=0)
+    assert runs[1.0][1] == 1 and runs[1.0][2] == 8  # the first call's decisions throughout
+    assert 1 < runs[0.2][1] < 8  # routes again once the image's time moved 0.2
+    assert not torch.equal(runs[1.0][0], runs[0.0][0])  # stale decisions change the samples
+    assert all(r.reuse is None for r in m.modules() if hasattr(r, "reuse"))  # detached
+    with pytest.raises(ValueError, match="sample.route_reuse: expected a time distance"):
+        anydit.sample(m, task, n=3, steps=2, route_reuse=1.5)

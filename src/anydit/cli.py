@@ -196,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         "model.isolate_given, an approximation otherwise",
     )
     p.add_argument(
+        "--route-reuse",
+        type=float,
+        help="expert / width routers keep their decisions while no generated stream's time "
+        "moved this far (MoDE's routing cache; 0: route every call)",
+    )
+    p.add_argument(
         "--discrete-first",
         action="store_true",
         default=None,
@@ -667,6 +673,7 @@ def cmd_sample(args) -> int:
         cache_order=args.cache_order,
         cache_ratio=args.cache_ratio,
         kv_reuse=args.kv_reuse,
+        route_reuse=args.route_reuse,
         discrete_first=args.discrete_first,
         first=None if args.first is None else tuple(args.first.split(",")),
         isolation=args.isolation,

@@ -548,6 +548,9 @@ class SampleConfig:
     kv_reuse: bool = False  # tokens whose time does not move (given; a stream holding between
     # its steps) keep their keys and values: exact for given tokens of a model trained with
     # isolate_given, an approximation otherwise
+    route_reuse: float = 0.0  # > 0: expert and width routers keep their decisions while no
+    # generated stream's time has moved this far since they last routed (MoDE's routing
+    # cache; sampling.routes)
     discrete_first: bool = False  # reveal generated labels/text fully before the rest moves
     first: tuple[str, ...] = ()  # these generated modalities are sampled to the end (their own
     # steps) before the rest moves: ancestral sampling through them, e.g. the digit's label
@@ -640,6 +643,12 @@ class SampleConfig:
             self.cache_ratio,
         )
         _check(isinstance(self.kv_reuse, bool), "sample.kv_reuse", "true or false", self.kv_reuse)
+        _check(
+            isinstance(self.route_reuse, int | float) and 0 <= self.route_reuse <= 1,
+            "sample.route_reuse",
+            "a time distance in [0, 1] (0: route at every evaluation)",
+            self.route_reuse,
+        )
         _check(
             not (self.kv_reuse and self.cache in ("first_block", "taylor", "taylor_attention")),
             "sample.kv_reuse",

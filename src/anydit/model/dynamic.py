@@ -45,6 +45,7 @@ class WidthRouter(nn.Module):
         self.kept: tuple[Tensor, int] | None = None  # the last training forward's share of
         # groups on (a scalar) and the dense MLP's multiply-adds it is a share of
         self.macs = [0, 0]  # multiply-adds run / of the dense MLP, in eval forwards
+        self.reuse, self.decision = None, None  # sampling's routing reuse (sampling.routes)
 
     @torch.no_grad()
     def reset(self) -> None:
@@ -66,9 +67,11 @@ class WidthRouter(nn.Module):
     def forward(self, mlp: nn.Sequential, h: Tensor, c: Tensor) -> Tensor:
         """The MLP ``mlp`` (Linear, activation, Linear) on h (b, n, d) with the groups the
         router turns on for c (b, 1|n, d)."""
+        from anydit.sampling.routes import decide
+
         b, n, d = h.shape
         up, act, down = mlp[0], mlp[1], mlp[2]
-        g = self.gates(c)  # (b, 1|n, G)
+        g = decide(self, lambda: self.gates(c), b * c.shape[1])  # (b, 1|n, G)
         f = up.out_features
         dense = b * n * 2 * d * f
         if self.training or not (isinstance(up, nn.Linear) and isinstance(down, nn.Linear)):
@@ -93,8 +96,8 @@ class WidthRouter(nn.Module):
         and the columns of ``down`` that belong to them. x (..., d) -> (..., d)."""
         if bool(on.all()):
             return down(act(up(x)))
-        if not bool(on.any()):  # every group off: the bias alone
-            return down.bias.to(x.dtype).expand(*x.shape[:-1], -1)
+        if not bool(on.any()):  # every group off: the bias alone (a new tensor, not a view)
+            return x.new_zeros(*x.shape[:-1], down.out_features) + down.bias.to(x.dtype)
         d, size = up.in_features, up.out_features // self.groups
         w1 = up.weight.view(self.groups, size, d)[on].reshape(-1, d)  # (k, d)
         b1 = up.bias.view(self.groups, size)[on].reshape(-1)

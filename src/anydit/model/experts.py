@@ -68,6 +68,7 @@ class Experts(nn.Module):
         nn.init.zeros_(self.router.weight)
         nn.init.zeros_(self.router_time.weight)
         self.aux: dict[str, Tensor] = {}
+        self.reuse, self.decision = None, None  # sampling's routing reuse (sampling.routes)
 
     def slots(self, tokens: int) -> int:
         """C: how many tokens one expert takes."""
@@ -77,17 +78,24 @@ class Experts(nn.Module):
 
     def forward(self, h: Tensor, c: Tensor) -> Tensor:
         """h (b, n, d) the MLP's input, c (b, 1|n, d) the stream's conditioning -> (b, n, d)."""
+        from anydit.sampling.routes import decide
+
         b, n, d = h.shape
         x = h.reshape(b * n, d)  # (T, d)
-        logits = self.router(h) + self.router_time(c)  # (b, n, E)
-        logits = logits.reshape(b * n, self.experts).float()
-        probs = logits.softmax(-1)  # (T, E)
-        slots = self.slots(b * n)
-        if self.routing == "expert_choice":
-            weight, token = probs.t().topk(slots, dim=1)  # (E, C) each
-            keep = torch.ones_like(weight, dtype=torch.bool)
-        else:
-            token, weight, keep = self._top_k(probs, slots)
+        routed = []
+
+        def route() -> tuple[Tensor, Tensor, Tensor]:
+            logits = self.router(h) + self.router_time(c)  # (b, n, E)
+            logits = logits.reshape(b * n, self.experts).float()
+            probs = logits.softmax(-1)  # (T, E)
+            routed.append((logits, probs))
+            slots = self.slots(b * n)
+            if self.routing == "expert_choice":
+                weight, token = probs.t().topk(slots, dim=1)  # (E, C) each
+                return token, weight, torch.ones_like(weight, dtype=torch.bool)
+            return self._top_k(probs, slots)
+
+        token, weight, keep = decide(self, route, b * n)
         # one batched matmul for all experts over their (E, C, d) buffer
         buffer = x[token] * keep[..., None].to(x.dtype)  # (E, C, d)
         hidden = self.act(torch.baddbmm(self.b1[:, None].to(x.dtype), buffer, self.w1.to(x.dtype)))
@@ -96,6 +104,9 @@ class Experts(nn.Module):
         out = torch.zeros_like(x).index_add_(0, token.flatten(), y.reshape(-1, d))
         if self.shared is not None:
             out = out + self.shared(x)
+        if not routed:  # decisions reused at sampling: no router ran, no router losses
+            return out.reshape(b, n, d)
+        logits, probs = routed[0]
         first = probs.argmax(-1)  # (T,): Switch's f_e counts each token's first choice
         share = torch.bincount(first, minlength=self.experts).to(probs.dtype) / (b * n)
         self.aux = {

@@ -18,6 +18,7 @@ from anydit.flow.roles import Role, assemble
 from anydit.modalities import Modality
 from anydit.sampling.cache import clock_of, make_cache
 from anydit.sampling.grids import joint_grids
+from anydit.sampling.routes import RouteReuse
 from anydit.sampling.solvers import SOLVERS
 from anydit.sampling.tasks import ResolvedRole, resolve_task
 
@@ -175,7 +176,9 @@ def sample(
         stats: a dict to fill with what the network ran: ``evaluations`` (samples x calls,
             guidance branches included) and, with a cache, ``block_runs`` and ``blocks``; with
             ``region`` or ``kv_reuse``, ``tokens``, ``tokens_computed`` and ``computed`` (per
-            evaluation, {stream: (rows, tokens) bool}, rows = guidance branches x n).
+            evaluation, {stream: (rows, tokens) bool}, rows = guidance branches x n); with
+            ``route_reuse`` on a model with routers, ``route_calls`` (network calls) and
+            ``routings`` (those whose routers ran).
 
     Returns:
         {name: (n, *shape) raw values} for every generated and every given modality.
@@ -274,6 +277,7 @@ def sample(
         cfg.cache_ratio, cfg.kv_reuse,
     )  # fmt: skip
     continuous = [k for k in generated if not mods[k].discrete]
+    routes = RouteReuse(cfg.route_reuse) if cfg.route_reuse > 0 else None
 
     def velocity_fn(x: dict[str, Tensor], t: dict[str, Tensor]) -> dict[str, Tensor]:
         done[0] += 1
@@ -288,6 +292,8 @@ def sample(
             held |= set(discrete) if inner else set()  # they update from the first evaluation
             given = {k: torch.cat([p[2][k] for p in parts]) for k in mods}
             cache.tick(clock_of(t, continuous or generated), still_tokens(model, given, held))
+        if routes is not None:
+            routes.tick({k: float(t[k]) for k in generated})
         with autocast:
             if jump:
                 steps_now = next_steps(t, grids, continuous)
@@ -318,6 +324,8 @@ def sample(
     model.eval()
     if cache is not None:
         cache.attach(model, len(sets), generated)
+    if routes is not None and not routes.attach(model):
+        routes = None  # a model without routers: nothing to reuse
     wrapped = model.__dict__.get("run_blocks")  # a control branch or a shared reference
     if hasattr(wrapped, "samples"):
         wrapped.samples = n  # per-sample values tile over the guidance branches' row groups
@@ -329,6 +337,8 @@ def sample(
         model.train(was_training)
         if cache is not None:
             cache.detach()
+        if routes is not None:
+            routes.detach()
         if hasattr(wrapped, "samples"):
             wrapped.samples = None
     if stats is not None:
@@ -336,6 +346,9 @@ def sample(
         if hasattr(cache, "trace"):  # region / kv reuse: per evaluation, the tokens computed
             stats["computed"] = cache.trace
         stats["evaluations"] = done[0] * n * len(sets)
+        if routes is not None:  # evaluations (calls) and those whose routers ran
+            stats["route_calls"] = routes.stats["evaluations"]
+            stats["routings"] = routes.stats["routings"]
     samples = {}
     for k, r in roles.items():
         m = mods[k]
