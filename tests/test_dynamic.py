@@ -172,6 +172,11 @@ def test_cli_slim_writes_a_model_that_samples_and_reports_its_flops(tmp_path, ca
     assert main([*sample, "--given", "label=3", "-n", "2", "--steps", "2", "--out",
                  str(tmp_path / "x")]) == 0  # fmt: skip
     assert "sampling FLOPs" in capsys.readouterr().out
+    assert main([*sample, "--given", "label=3", "-n", "2", "--steps", "4", "--route-reuse",
+                 "0.5", "--out", str(tmp_path / "y")]) == 0  # fmt: skip
+    assert "dynamic width: the MLPs ran" in capsys.readouterr().out
+    assert main([*sample, "--route-reuse", "2", "--out", str(tmp_path / "z")]) == 2
+    assert "sample.route_reuse: expected a time distance in [0, 1]" in capsys.readouterr().err
     out = tmp_path / "e"
     assert main(["eval", "--checkpoint", str(tmp_path / "s"), "--n-per-class", "1", "--steps",
                  "1", "--out", str(out)]) == 0  # fmt: skip

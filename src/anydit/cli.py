@@ -270,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep",
         type=float,
-        default=0.4,
-        help="target share of MLP multiply-adds kept, averaged over training's inputs (0.4)",
+        default=0.3,
+        help="target share of MLP multiply-adds kept, averaged over training's inputs (0.3)",
     )
     p.add_argument("--width-weight", type=float, default=1.0, help="weight of the width loss")
     _add_recovery(p, "slimmed")

@@ -18,7 +18,7 @@ def slim(
     model,
     batches: Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]],
     groups: int = 8,
-    keep: float = 0.4,
+    keep: float = 0.3,
     width_weight: float = 1.0,
     steps: int | None = None,
     minutes: float | None = None,
