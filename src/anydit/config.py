@@ -550,7 +550,7 @@ class SampleConfig:
     # isolate_given, an approximation otherwise
     route_reuse: float = 0.0  # > 0: expert and width routers keep their decisions while no
     # generated stream's time has moved this far since they last routed (MoDE's routing
-    # cache; sampling.routes)
+    # cache; model.routes)
     discrete_first: bool = False  # reveal generated labels/text fully before the rest moves
     first: tuple[str, ...] = ()  # these generated modalities are sampled to the end (their own
     # steps) before the rest moves: ancestral sampling through them, e.g. the digit's label

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anydit.model.routes import decide
+
 ON_BIAS = 3.0  # a new router's bias: every group on (a logistic draw below -3: 4.7% of them)
 
 
@@ -45,7 +47,7 @@ class WidthRouter(nn.Module):
         self.kept: tuple[Tensor, int] | None = None  # the last training forward's share of
         # groups on (a scalar) and the dense MLP's multiply-adds it is a share of
         self.macs = [0, 0]  # multiply-adds run / of the dense MLP, in eval forwards
-        self.reuse, self.decision = None, None  # sampling's routing reuse (sampling.routes)
+        self.reuse, self.decision = None, None  # sampling's routing reuse (model.routes)
 
     @torch.no_grad()
     def reset(self) -> None:
@@ -67,8 +69,6 @@ class WidthRouter(nn.Module):
     def forward(self, mlp: nn.Sequential, h: Tensor, c: Tensor) -> Tensor:
         """The MLP ``mlp`` (Linear, activation, Linear) on h (b, n, d) with the groups the
         router turns on for c (b, 1|n, d)."""
-        from anydit.sampling.routes import decide
-
         b, n, d = h.shape
         up, act, down = mlp[0], mlp[1], mlp[2]
         g = decide(self, lambda: self.gates(c), b * c.shape[1])  # (b, 1|n, G)

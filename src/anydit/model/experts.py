@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anydit.model.routes import decide
+
 ROUTINGS = ("top_k", "expert_choice")
 
 
@@ -68,7 +70,7 @@ class Experts(nn.Module):
         nn.init.zeros_(self.router.weight)
         nn.init.zeros_(self.router_time.weight)
         self.aux: dict[str, Tensor] = {}
-        self.reuse, self.decision = None, None  # sampling's routing reuse (sampling.routes)
+        self.reuse, self.decision = None, None  # sampling's routing reuse (model.routes)
 
     def slots(self, tokens: int) -> int:
         """C: how many tokens one expert takes."""
@@ -78,8 +80,6 @@ class Experts(nn.Module):
 
     def forward(self, h: Tensor, c: Tensor) -> Tensor:
         """h (b, n, d) the MLP's input, c (b, 1|n, d) the stream's conditioning -> (b, n, d)."""
-        from anydit.sampling.routes import decide
-
         b, n, d = h.shape
         x = h.reshape(b * n, d)  # (T, d)
         routed = []

@@ -16,9 +16,9 @@ from torch import Tensor
 from anydit.config import SampleConfig
 from anydit.flow.roles import Role, assemble
 from anydit.modalities import Modality
+from anydit.model.routes import RouteReuse
 from anydit.sampling.cache import clock_of, make_cache
 from anydit.sampling.grids import joint_grids
-from anydit.sampling.routes import RouteReuse
 from anydit.sampling.solvers import SOLVERS
 from anydit.sampling.tasks import ResolvedRole, resolve_task
 
