@@ -116,9 +116,20 @@ def test_the_width_loss_reaches_the_training_loss_and_moves_the_share_kept():
 
 
 def test_network_share_counts_the_mlps_against_the_whole_network():
+    from torch.utils.flop_counter import FlopCounterMode
+
     torch.manual_seed(0)
     mods, cfg = four_modalities(depth=2)
-    m = make_dynamic(anydit.MMDiT(mods, cfg), 4).eval()
+    dense = anydit.MMDiT(mods, cfg).eval()
+    m = make_dynamic(dense, 4).eval()
+    tokens, times = _inputs(dense, b=1)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:  # the dense network itself
+        dense(tokens, times)
+    counts = counter.get_flop_counts()
+    mlps = sum(  # the blocks' MLPs (not the time embedders' .mlp)
+        sum(counts[k].values()) for k in counts if k.endswith(".mlp") and "blocks." in k
+    )
+    without_mlps = 1 - mlps / counter.get_total_flops()
     tokens, times = _inputs(m, b=2)
     with torch.no_grad():
         m(tokens, times)
@@ -126,7 +137,9 @@ def test_network_share_counts_the_mlps_against_the_whole_network():
     everything = network_share(m, ran, full)
     assert 1.0 < everything < 1.02  # every group on: the dense network plus the routers
     nothing = network_share(m, 0, full)
-    assert 0.1 < nothing < 0.9  # the MLPs are a real share of the FLOPs
+    assert 0.1 < without_mlps < 0.9  # the MLPs are a real share of the FLOPs
+    # all on minus all off is the dense network's own MLP share, counted on it directly
+    assert everything - nothing == pytest.approx(1 - without_mlps, rel=1e-6)
     for r in routers(m):  # every group off where FLOPs are counted too
         torch.nn.init.constant_(r.proj.bias, -10.0)
     assert network_share(m, 0, full) == pytest.approx(nothing, rel=1e-6)
@@ -183,6 +196,12 @@ def test_cli_slim_writes_a_model_that_samples_and_reports_its_flops(tmp_path, ca
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 < metrics["flops_share"] <= 1.01 and 0 <= metrics["mlp_share"] <= 1
     assert "flops_share/label_to_image" in metrics
+    weightless = [*args, "--width-weight", "0", "--batch-size", "8"]
+    assert main([*weightless, "--out", str(tmp_path / "w")]) == 0
+    unweighted = json.loads((tmp_path / "w" / "slim.json").read_text())
+    assert unweighted["width_weight"] == 0.0
+    # a new model keeps ~all of its MLPs against a target of 0.3: the width loss is the gap
+    assert unweighted["distill_loss"][0] < report["distill_loss"][0] - 0.1
     assert main([*args, "--keep", "1.5", "--out", str(tmp_path / "bad")]) == 2
     assert "model.dynamic_keep: expected in (0, 1]" in capsys.readouterr().err
     assert main(["slim", str(tmp_path / "s"), "--steps", "1", "--out", str(tmp_path / "b2")]) == 2

@@ -782,38 +782,46 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    import anydit
     from anydit.compress import prune
-    from anydit.compress.prune import LAYER_WEIGHT, LR
-    from anydit.train.distill import parse_task
-    from anydit.train.optim import resolve_precision
 
-    lr = LR if args.lr is None else args.lr
-    layer_weight = LAYER_WEIGHT if args.layer_weight is None else args.layer_weight
-    model = anydit.load_model(model_file(args.checkpoint))
-    cfg, batches = _run_data(args, model)
-    steps, minutes = (args.steps, None) if args.steps else (None, args.minutes)
+    model, cfg, batches, options = _recovery_setup(args)
     pruned, removed, scores, losses = prune(
         model,
         args.remove or 0,
         batches,
-        steps=steps,
-        minutes=minutes,
-        lr=lr,
-        layer_weight=layer_weight,
-        processes=args.processes,
         blocks=None if args.blocks is None else _block_list(args.blocks),
-        precision=resolve_precision(args.precision),
-        tasks=[parse_task(t, model.modalities) for t in args.task or []],
-        task_share=args.task_share,
+        **options,
     )
     report = {"removed": removed, "importance": scores}
-    _save_recovered(args, cfg, pruned, losses, lr, layer_weight, report)
+    _save_recovered(args, cfg, pruned, losses, options, report)
     print(f"removed blocks {removed}; {len(losses)} distillation steps; model: {args.out}")
     return 0
 
 
-def _save_recovered(args, cfg, model, losses, lr, layer_weight, report: dict) -> None:
+def _recovery_setup(args) -> tuple:
+    """What ``prune`` and ``slim`` share: the model, its run config, batches of its data and
+    the distillation's options (``steps`` or ``minutes``, ``lr``, ``layer_weight``,
+    ``processes``, ``precision``, ``tasks``, ``task_share``)."""
+    import anydit
+    from anydit.compress.prune import LAYER_WEIGHT, LR
+    from anydit.train.distill import parse_task
+
+    model = anydit.load_model(model_file(args.checkpoint))
+    cfg, batches = _run_data(args, model)
+    options = {
+        "steps": args.steps or None,
+        "minutes": None if args.steps else args.minutes,
+        "lr": LR if args.lr is None else args.lr,
+        "layer_weight": LAYER_WEIGHT if args.layer_weight is None else args.layer_weight,
+        "processes": args.processes,
+        "precision": args.precision,
+        "tasks": [parse_task(t, model.modalities) for t in args.task or []],
+        "task_share": args.task_share,
+    }
+    return model, cfg, batches, options
+
+
+def _save_recovered(args, cfg, model, losses, options: dict, report: dict) -> None:
     """Write a distilled model (``prune``, ``slim``): model.safetensors, its config.yaml and
     a report of the recipe (``report`` first, then the distillation's settings)."""
     import json
@@ -829,7 +837,8 @@ def _save_recovered(args, cfg, model, losses, lr, layer_weight, report: dict) ->
     tree = cfg.to_dict()
     tree["model"] = json.loads(json.dumps(model.cfg.__dict__, default=list))
     (out / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
-    report = {**report, "distill_steps": len(losses), "lr": lr, "layer_weight": layer_weight}
+    report = {**report, "distill_steps": len(losses), "lr": options["lr"]}
+    report["layer_weight"] = options["layer_weight"]
     report |= {"processes": args.processes, "precision": resolve_precision(args.precision)}
     report["tasks"], report["task_share"] = args.task or [], args.task_share
     report["distill_loss"] = [losses[0], losses[-1]] if losses else []
@@ -839,24 +848,15 @@ def _save_recovered(args, cfg, model, losses, lr, layer_weight, report: dict) ->
 
 
 def cmd_slim(args) -> int:
-    import anydit
-    from anydit.compress.prune import LAYER_WEIGHT, LR
     from anydit.compress.slim import slim
-    from anydit.train.distill import parse_task
 
-    lr = LR if args.lr is None else args.lr
-    layer_weight = LAYER_WEIGHT if args.layer_weight is None else args.layer_weight
-    model = anydit.load_model(model_file(args.checkpoint))
-    cfg, batches = _run_data(args, model)
-    steps, minutes = (args.steps, None) if args.steps else (None, args.minutes)
+    model, cfg, batches, options = _recovery_setup(args)
     slimmed, losses = slim(
         model, batches, groups=args.groups, keep=args.keep, width_weight=args.width_weight,
-        steps=steps, minutes=minutes, lr=lr, layer_weight=layer_weight, processes=args.processes,
-        precision=args.precision, tasks=[parse_task(t, model.modalities) for t in args.task or []],
-        task_share=args.task_share,
+        **options,
     )  # fmt: skip
     report = {"groups": args.groups, "keep": args.keep, "width_weight": args.width_weight}
-    _save_recovered(args, cfg, slimmed, losses, lr, layer_weight, report)
+    _save_recovered(args, cfg, slimmed, losses, options, report)
     print(f"dynamic width, {args.groups} groups, target {args.keep:g}; {len(losses)} "
           f"distillation steps; model: {args.out}")  # fmt: skip
     return 0

@@ -43,7 +43,7 @@ from anydit.eval.judges import (
     real_diversity,
     real_nearest_train_distance,
 )
-from anydit.model.dynamic import network_share, routers, width_counts
+from anydit.model.dynamic import forward_flops, network_share, routers, width_counts
 from anydit.sampling import sample
 from anydit.sampling import settings as sampling_settings
 
@@ -484,19 +484,20 @@ def evaluate_digits(
         "judge_audio_real_acc": run.judge_audio.accuracy_on_real(split),
     }
     samples: dict[str, dict] = {}
-    dynamic = bool(routers(model))  # timestep-dynamic width: what each task's sampling cost
+    # timestep-dynamic width: what each task's sampling cost, against one forward's FLOPs
+    split = forward_flops(model) if routers(model) else None
     width_counts(model, reset=True)
     counted = [0, 0]
     for name in tqdm(list(tasks), desc="evaluate", disable=not progress):
         samples[name] = _run_task(run, name)
         metrics.update(_task_metrics(name, samples[name]))
-        if dynamic:
+        if split is not None:
             ran, dense = width_counts(model, reset=True)
             counted = [counted[0] + ran, counted[1] + dense]
-            metrics[f"flops_share/{name}"] = network_share(model, ran, dense)
-    if dynamic:
+            metrics[f"flops_share/{name}"] = network_share(model, ran, dense, split)
+    if split is not None:
         metrics["mlp_share"] = counted[0] / counted[1]
-        metrics["flops_share"] = network_share(model, *counted)
+        metrics["flops_share"] = network_share(model, *counted, split)
     if "label_to_image" in samples:
         s = samples["label_to_image"]
         metrics.update(_image_statistics(run, s["generated"]["image"], s["labels"]))

@@ -151,21 +151,20 @@ def width_loss(model) -> tuple[Tensor, Tensor] | None:
 def width_counts(model, reset: bool = False) -> tuple[int, int]:
     """(multiply-adds the dynamic MLPs ran, what their dense MLPs would have run) over the eval
     forwards since the last reset; ``reset``: start counting again afterwards."""
-    run = sum(r.macs[0] for r in routers(model))
-    dense = sum(r.macs[1] for r in routers(model))
+    layers = routers(model)
+    run, dense = sum(r.macs[0] for r in layers), sum(r.macs[1] for r in layers)
     if reset:
-        for r in routers(model):
+        for r in layers:
             r.macs = [0, 0]
     return run, dense
 
 
 @torch.no_grad()
-def network_share(model, run: int, dense: int) -> float:
-    """The share of the dense network's FLOPs that forwards which ran ``run`` of ``dense`` MLP
-    multiply-adds (``width_counts``) cost, routers included: the FLOPs of one forward of one
-    sample (every stream at time 0.5, counted by ``torch.utils.flop_counter``) split into its
-    MLPs, its routers and the rest; forwards compute every stream's tokens whatever the task,
-    so the rest is the same in each."""
+def forward_flops(model) -> tuple[float, float, int]:
+    """One forward of one sample (every stream at time 0.5), counted by
+    ``torch.utils.flop_counter``: (its FLOPs outside the MLPs and routers, the routers' FLOPs,
+    the MLPs' dense multiply-adds). Forwards compute every stream's tokens whatever the task,
+    so these are the same in every forward. The layers' own counts are left as they were."""
     from torch.utils.flop_counter import FlopCounterMode
 
     layers = routers(model)
@@ -191,7 +190,14 @@ def network_share(model, run: int, dense: int) -> float:
             r.macs = macs
     counts = counter.get_flop_counts()
     routing = sum(sum(counts[k].values()) for k in counts if k.endswith(".width_router.proj"))
-    rest = counter.get_total_flops() - routing - 2 * one_run  # one forward, MLPs and routers out
+    return counter.get_total_flops() - routing - 2 * one_run, routing, one_dense
+
+
+def network_share(model, run: int, dense: int, split: tuple | None = None) -> float:
+    """The share of the dense network's FLOPs that forwards which ran ``run`` of ``dense`` MLP
+    multiply-adds (``width_counts``) cost, routers included. ``split``: ``forward_flops(model)``
+    when the caller has it (counted here otherwise)."""
+    rest, routing, one_dense = forward_flops(model) if split is None else split
     forwards = dense / one_dense  # one-sample forwards the counted MLPs make
     return (forwards * (rest + routing) + 2 * run) / (forwards * (rest + 2 * one_dense))
 
