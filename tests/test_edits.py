@@ -116,6 +116,32 @@ def test_items_are_edits_of_real_digits_and_a_function_of_seed_epoch_index():
     assert target_class(2, EDITS.index("invert")) == 2 * 4 + 2
 
 
+def test_edit_weights_set_how_often_each_edit_is_drawn_in_training_only():
+    from anydit.config import DataConfig
+    from anydit.data.sources import build_dataset
+
+    def counts(data):
+        return torch.bincount(torch.stack([data[i]["edit"] for i in range(min(400, len(data)))]), minlength=4)
+
+    equal = counts(DigitEditsDataset("train", seed=1))
+    assert equal.min() > 70  # about 100 each
+    only_next = counts(DigitEditsDataset("train", seed=1, edit_weights=(0, 0, 0, 1)))
+    assert only_next.tolist() == [0, 0, 0, 400]
+    heavy = counts(DigitEditsDataset("train", seed=1, edit_weights=(1, 1, 1, 3)))
+    assert heavy[3] > 170 and heavy[:3].max() < 100  # next about half the draws
+    cfg = DataConfig(source="digit-edits", seed=1, edit_weights=[1, 1, 1, 3])
+    assert cfg.edit_weights == (1.0, 1.0, 1.0, 3.0)
+    assert torch.equal(counts(build_dataset(cfg, "train")), heavy)
+    assert torch.equal(counts(build_dataset(cfg, "test")), counts(DigitEditsDataset("test", 1)))
+    with pytest.raises(ValueError, match="edit_weights"):
+        DigitEditsDataset("train", edit_weights=(1, 1, 1))
+    for bad in ([1, 1, 1], [0, 0, 0, 0], [1, -1, 1, 1], "abcd"):
+        with pytest.raises(ConfigError, match="data.edit_weights"):
+            DataConfig(source="digit-edits", edit_weights=bad)
+    with pytest.raises(ConfigError, match="data.edit_weights"):
+        DataConfig(source="digits", edit_weights=[1, 1, 1, 1])
+
+
 def test_the_judge_reads_digit_and_form_of_real_targets():
     from anydit.eval.edits import edit_judge
 

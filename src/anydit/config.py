@@ -778,6 +778,8 @@ class DataConfig:
     root: str = ""  # files a manifest names must lie under this folder (default: its own)
     allow_outside: bool = False  # let a manifest name files anywhere (absolute paths, ../):
     # only for manifests you wrote yourself -- a shared one could read any local file
+    edit_weights: tuple[float, ...] = ()  # digit-edits: how often each edit is drawn in
+    # training (rotate, invert, thicken, next; relative weights; default all equal)
 
     def __post_init__(self) -> None:
         _check(self.source in DATA_SOURCES, "data.source", f"one of {DATA_SOURCES}", self.source)
@@ -800,6 +802,25 @@ class DataConfig:
             "data.augment",
             "false unless data.source is digits",
             self.augment,
+        )
+        try:
+            self.edit_weights = tuple(float(w) for w in self.edit_weights)
+        except (TypeError, ValueError):
+            _check(False, "data.edit_weights", "a list of 4 numbers", self.edit_weights)
+        _check(
+            not self.edit_weights or self.source == "digit-edits",
+            "data.edit_weights",
+            "empty unless data.source is digit-edits",
+            self.edit_weights,
+        )
+        _check(
+            not self.edit_weights
+            or (
+                len(self.edit_weights) == 4 and min(self.edit_weights) >= 0 < sum(self.edit_weights)
+            ),  # noqa: E501
+            "data.edit_weights",
+            "4 weights >= 0 (rotate, invert, thicken, next), not all 0",
+            self.edit_weights,
         )
 
 

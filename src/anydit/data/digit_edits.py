@@ -13,8 +13,9 @@ An item (a deterministic function of ``(seed, epoch, index)``, like ``digits``):
   - ``next``: another real image of the next digit (9 -> 0); the only edit that changes the
     class, and whose target does not keep the source's style.
 
-Item ``index`` is the split's ``index``-th image as the source; the edit, the example source
-(an image of another digit) and ``next``'s targets are drawn per epoch. Editing is the task
+Item ``index`` is the split's ``index``-th image as the source; the edit (equally likely, or by
+``edit_weights``), the example source (an image of another digit) and ``next``'s targets are
+drawn per epoch. Editing is the task
 "source + edit given, target made"; in-context is "example pair + source given, edit dropped,
 target made": the example alone says which edit. Splits are those of ``digits``: test images
 only in ``test``.
@@ -104,9 +105,20 @@ class DigitEditsDataset(Dataset):
     """Edit examples on the digits (see the module docstring): one item per image of the
     split, redrawn every epoch from ``(seed, epoch, index)``."""
 
-    def __init__(self, split: str = "train", seed: int = 0) -> None:
+    def __init__(
+        self, split: str = "train", seed: int = 0, edit_weights: tuple[float, ...] = ()
+    ) -> None:
         self.split = _check_split(split)
         self.seed = int(seed)
+        if edit_weights and (
+            len(edit_weights) != len(EDITS) or min(edit_weights) < 0 or sum(edit_weights) <= 0
+        ):
+            raise ValueError(
+                f"digit-edits: edit_weights must be {len(EDITS)} weights >= 0 for {EDITS}, not "
+                f"all 0; got {edit_weights!r}"
+            )
+        # how often each edit is drawn (None: equally, the draws of every split by default)
+        self.edit_p = np.asarray(edit_weights, float) / sum(edit_weights) if edit_weights else None
         self.epoch = 0
         self.images, self.labels = load_digit_images(split)  # (N, 1, 8, 8), (N,)
         self._by_digit = [np.nonzero(self.labels.numpy() == d)[0] for d in range(10)]
@@ -124,7 +136,9 @@ class DigitEditsDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         rng = np.random.default_rng([self.seed, self.epoch, index, 11])
-        edit = int(rng.integers(len(EDITS)))
+        edit = int(
+            rng.integers(len(EDITS)) if self.edit_p is None else rng.choice(4, p=self.edit_p)
+        )
         digit = int(self.labels[index])
         other = int(rng.choice([d for d in range(10) if d != digit]))
         example = int(rng.choice(self._by_digit[other]))

@@ -26,7 +26,9 @@ def build_dataset(cfg: DataConfig, split: str = "train", modalities=None):
     if cfg.source == "digit-edits":
         from anydit.data.digit_edits import DigitEditsDataset
 
-        return DigitEditsDataset(split, seed=cfg.seed)
+        return DigitEditsDataset(
+            split, seed=cfg.seed, edit_weights=cfg.edit_weights if split == "train" else ()
+        )
     if cfg.source == "digit-layouts":
         from anydit.data.digit_layouts import DigitLayoutsDataset
 
