@@ -121,7 +121,9 @@ def test_edit_weights_set_how_often_each_edit_is_drawn_in_training_only():
     from anydit.data.sources import build_dataset
 
     def counts(data):
-        return torch.bincount(torch.stack([data[i]["edit"] for i in range(min(400, len(data)))]), minlength=4)
+        return torch.bincount(
+            torch.stack([data[i]["edit"] for i in range(min(400, len(data)))]), minlength=4
+        )
 
     equal = counts(DigitEditsDataset("train", seed=1))
     assert equal.min() > 70  # about 100 each
