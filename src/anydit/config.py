@@ -817,7 +817,7 @@ class DataConfig:
             not self.edit_weights
             or (
                 len(self.edit_weights) == 4 and min(self.edit_weights) >= 0 < sum(self.edit_weights)
-            ),  # noqa: E501
+            ),
             "data.edit_weights",
             "4 weights >= 0 (rotate, invert, thicken, next), not all 0",
             self.edit_weights,

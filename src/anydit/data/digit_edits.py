@@ -136,9 +136,8 @@ class DigitEditsDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         rng = np.random.default_rng([self.seed, self.epoch, index, 11])
-        edit = int(
-            rng.integers(len(EDITS)) if self.edit_p is None else rng.choice(4, p=self.edit_p)
-        )
+        k = len(EDITS)
+        edit = int(rng.integers(k) if self.edit_p is None else rng.choice(k, p=self.edit_p))
         digit = int(self.labels[index])
         other = int(rng.choice([d for d in range(10) if d != digit]))
         example = int(rng.choice(self._by_digit[other]))
