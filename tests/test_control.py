@@ -263,6 +263,12 @@ def test_cli_control_trains_saves_and_measures(tmp_path, capsys):
     measured = report["evaluation"]
     assert measured["count"] == 100 and set(measured["strengths"]) == {"0.0", "1.0"}
     assert measured["real_accuracy"] > 0.9  # the judge reads real val digits
+    page = (tmp_path / "c" / "gallery" / "index.html").read_text()  # map, 2 strengths, real
+    assert "map, strength 0.0, strength 1.0, real" in page and "control_7.png" in page
+    from PIL import Image
+
+    strip = Image.open(tmp_path / "c" / "gallery" / "control_0.png")
+    assert strip.width > 3.5 * strip.height  # four pictures side by side
     model = anydit.load_model(model_file(str(tmp_path / "run")))
     branch = load_control(tmp_path / "c" / "control.safetensors", model)
     assert branch.cfg == ControlConfig("image", 1, 2, "lowres:2")

@@ -918,13 +918,16 @@ def cmd_control(args) -> int:
     report = {"control": args.control, "stream": stream, "depth": args.depth, "lr": args.lr}
     report |= {"others": args.others, "steps": len(losses), "loss": [losses[0], losses[-1]]}
     if args.evaluate:
+        from anydit.demo_conditioning import write_control_gallery
         from anydit.eval.conditioning import evaluate_control
 
+        pictures: dict = {}
         report["evaluation"] = evaluate_control(
-            model, branch, args.control, args.evaluate, strengths
+            model, branch, args.control, args.evaluate, strengths, samples=pictures
         )
         for s, r in report["evaluation"]["strengths"].items():
             print(f"strength {s}: judge accuracy {r['accuracy']:.3f}, pixel mse {r['mse']:.4f}")
+        print(f"gallery: {write_control_gallery(out, report['evaluation'], pictures)}")
     (out / "control.json").write_text(json.dumps(report, indent=2))
     print(f"{len(losses)} steps; branch: {out / 'control.safetensors'}")
     return 0

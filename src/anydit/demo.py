@@ -150,7 +150,7 @@ def time_per_step(cfg: Config, processes: int = 1, steps: int = 6) -> float:
     try:
         model = MMDiT(cfg.modalities, cfg.model)
         opt = make_optimizer(model.parameters(), 1e-4)
-        data = build_dataset(cfg.data, "train")
+        data = build_dataset(cfg.data, "train", cfg.modalities)
         share = cfg.train.batch_size // processes
         batch, present = make_collate(model.modalities)([data[i] for i in range(share)])
         gen = torch.Generator().manual_seed(0)

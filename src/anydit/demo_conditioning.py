@@ -162,6 +162,31 @@ def write_task_gallery(out: Path, demo: TaskDemo, samples: dict, metrics: dict) 
     return folder / "index.html"
 
 
+def write_control_gallery(out: Path, evaluation: dict, samples: dict) -> Path:
+    """``gallery/index.html`` of a control branch's evaluation (``evaluate_control`` with
+    ``samples``): per strength the judge's accuracy and pixel error, then the first items, each
+    one strip: the control map, what was made at each strength, the real image."""
+    folder = out / "gallery"
+    folder.mkdir(parents=True, exist_ok=True)
+    made = samples["made"]  # strength -> (N, C, H, W)
+    title = f"control {evaluation['control']} ({evaluation['split']}, {evaluation['count']})"
+    parts = [f"<html><body><h1>{html.escape(title)}</h1>", "<table>"]
+    parts.append("<tr><th>strength</th><th>judge accuracy</th><th>pixel mse</th></tr>")
+    for strength, row in evaluation["strengths"].items():
+        parts.append(f"<tr><td>{strength}</td><td>{row['accuracy']:.3f}</td>"
+                     f"<td>{row['mse']:.4f}</td></tr>")  # fmt: skip
+    columns = ["map", *(f"strength {s}" for s in made), "real"]
+    parts += ["</table>", f"<p>each strip: {html.escape(', '.join(columns))}</p><table>"]
+    for i in range(min(GALLERY_ITEMS, len(samples["source"]))):
+        name = f"control_{i}.png"
+        row = [samples["map"][i], *(got[i] for got in made.values()), samples["source"][i]]
+        _strip(torch.stack(row)).save(folder / name)
+        parts.append(f"<tr><td><img src='{name}'></td></tr>")
+    parts.append("</table></body></html>")
+    (folder / "index.html").write_text("\n".join(parts))
+    return folder / "index.html"
+
+
 def run_task_demo(
     dataset: str,
     out: Path,

@@ -27,6 +27,7 @@ def evaluate_control(
     seed: int = 0,
     limit: int | None = None,
     guidance: float = 1.0,
+    samples: dict | None = None,
 ) -> dict:
     """Per strength (with ``guidance`` on the control, ``controlled``): ``accuracy`` (the judge
     reads the source digit in the generated image), ``mse`` (mean squared pixel error against
@@ -34,7 +35,9 @@ def evaluate_control(
     ``mse_same_class`` (against the other images of the source's class, averaged: the error
     a right digit in another hand would have). Baselines: the judge on the real images and
     on the control maps themselves (for ``lowres``, the blocky upscale), and the control map's
-    own pixel error. Every other modality is dropped: the control alone steers."""
+    own pixel error. Every other modality is dropped: the control alone steers. ``samples``,
+    when given, receives the pictures of a gallery: ``source`` and ``map`` (N, C, H, W), and
+    per strength ``made`` (a dict strength -> (N, C, H, W))."""
     stream = branch.cfg.stream
     images, labels = load_digit_images(split)  # (N, 1, 8, 8), (N,)
     if limit is not None:
@@ -57,10 +60,14 @@ def evaluate_control(
         "map_mse": float(F.mse_loss(maps, images)) if comparable else None,
         "strengths": {},
     }
+    if samples is not None:
+        samples |= {"source": images, "map": maps, "made": {}}
     for strength in strengths:
         with controlled(model, branch, maps.to(device), strength, guidance):
             got = sample(model, task, n=len(labels), steps=steps, seed=seed)[stream].cpu()
         got = got.float().clamp(-1, 1)
+        if samples is not None:
+            samples["made"][str(strength)] = got
         read = torch.from_numpy(judge.predict(got))
         out["strengths"][str(strength)] = {
             "accuracy": float((read == labels).float().mean()),
