@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 import anydit
 from anydit.cli import main
@@ -185,7 +186,7 @@ def test_a_run_trains_on_digit_edits_and_the_tasks_are_scored(tmp_path):
 
 
 def test_the_digit_edits_demo_trains_judges_and_writes_a_gallery(tmp_path, capsys):
-    from anydit.demo_conditioning import run_task_demo
+    from anydit.demo_conditioning import DEMOS, run_task_demo
 
     small = ["model.preset=debug", "model.width=32", "model.depth=1", "model.heads=2"]
     small += ["model.head_dim=16", "train.steps=2", "train.batch_size=8"]
@@ -195,6 +196,12 @@ def test_the_digit_edits_demo_trains_judges_and_writes_a_gallery(tmp_path, capsy
     )
     saved = json.loads((tmp_path / "d" / "metrics.json").read_text())
     assert saved["train_steps"] == 2 and saved["editing_accuracy"] == metrics["editing_accuracy"]
+    # the recipe's data draws `next` in half the training items; a --set replaces them
+    trained = yaml.safe_load((tmp_path / "d" / "config.yaml").read_text())
+    assert trained["data"]["edit_weights"] == [1, 1, 1, 3]
+    again = ["data.edit_weights=[1,1,1,1]"]
+    assert DEMOS["digit-edits"]().config(again).data.edit_weights == (1, 1, 1, 1)
+    assert DEMOS["digit-layouts"]().config().data.edit_weights == ()
     page = (tmp_path / "d" / "gallery" / "index.html").read_text()
     assert "editing_0.png" in page and "in_context_3.png" in page
     assert main(["demo", "digit-edits", "--guidance", "2", "--out", str(tmp_path / "e")]) == 2
