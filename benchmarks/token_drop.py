@@ -3,16 +3,16 @@ label -> image on the digits upscaled to 32x32 (256 tokens of 2x2 patches, 64x t
 
     python benchmarks/token_drop.py --minutes 8 --ratio 0.7 --out benchmarks/token_drop.json
 
-Each variant trains the same network (width 128, depth 4, the demo's) from the same seed on
-two processes, its step count fitted to its wall-time budget (``anydit.demo.time_per_step``,
-as ``anydit demo --minutes`` does; the cosine schedule ends with the budget): dense for
+Each variant trains the same network (width 128, depth 4, the demo's) from the same seed on two
+processes, its step count fitted to its wall-time budget (``anydit.demo.time_per_step``, as
+``anydit demo --minutes`` does; the cosine schedule ends with the budget): dense for
 ``--minutes`` and for ``--ratio`` x that (``dense short``), each ``token_drop`` variant (with
-``--mixer`` light blocks before the tokens leave) for ``--ratio`` x that. Every model is judged on the 360 held-out digits, each image
-made from its own label (16 Euler steps, guidance 2 from t = 0.3): the image judge reads the
-made image pooled back to 8x8, and the Fréchet distance is taken in the judge's features
-against the real held-out images pooled the same way. Also written: each variant's steps,
-training seconds (measured), tokens per second through the backbone, and FLOPs per training
-sample (``torch.utils.flop_counter``, forward + backward).
+``--mixer`` light blocks before the tokens leave) for ``--ratio`` x that. Every model is judged
+on the 360 held-out digits, each image made from its own label (16 Euler steps, guidance 2 from
+t = 0.3): the image judge reads the made image pooled back to 8x8, and the Fréchet distance is
+taken in the judge's features against the real held-out images pooled the same way. Also
+written: each variant's steps, training seconds (measured), tokens per second through the
+backbone, and FLOPs per training sample (``torch.utils.flop_counter``, forward + backward).
 """
 
 from __future__ import annotations
