@@ -1,7 +1,7 @@
 """Masked-token training at equal wall time, on a task large enough for dropping to matter:
 label -> image on the digits upscaled to 32x32 (256 tokens of 2x2 patches, 64x the demo's 4).
 
-    python benchmarks/token_drop.py --minutes 8 --ratio 0.7 --out benchmarks/token_drop.json
+    python benchmarks/token_drop.py --minutes 10 --ratio 0.7 --out benchmarks/token_drop.json
 
 Each variant trains the same network (width 128, depth 4, the demo's) from the same seed on two
 processes, its step count fitted to its wall-time budget (``anydit.demo.time_per_step``, as
