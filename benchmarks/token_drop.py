@@ -13,6 +13,9 @@ t = 0.3): the image judge reads the made image pooled back to 8x8, and the Fréc
 taken in the judge's features against the real held-out images pooled the same way. Also
 written: each variant's steps, training seconds (measured), tokens per second through the
 backbone, and FLOPs per training sample (``torch.utils.flop_counter``, forward + backward).
+``--experts E`` adds a model whose stream MLPs are E top-1 experts (the dense model's active
+parameters plus routers) at the dense budget; ``--only NAMES`` trains those variants alone and
+adds them to an existing ``--out`` table.
 """
 
 from __future__ import annotations
@@ -43,13 +46,16 @@ def pooled(images: torch.Tensor) -> np.ndarray:
     return F.adaptive_avg_pool2d(images.float(), 8).clamp(-1, 1).numpy()
 
 
-def variant_tree(data: Path, size: int, patch: int, drop: float, mixer: int, seed: int) -> dict:
+def variant_tree(
+    data: Path, size: int, patch: int, drop: float, mixer: int, seed: int, experts: int = 0
+) -> dict:
     image = {"name": "image", "kind": "image", "shape": [1, size, size], "patch": patch}
     image |= {"p_given": 0.0, "p_drop": 0.0, "token_drop": drop}
     label = {"name": "label", "kind": "label", "shape": [], "num_classes": 10}
     label |= {"generate": False, "p_drop": 0.2}
     model = {"preset": "small", "width": 128, "depth": 4, "heads": 2, "head_dim": 64}
     model["mixer_depth"] = mixer if drop > 0 else 0
+    model["experts"] = experts  # top-1 of E: the dense model's active parameters + routers
     return {
         "data": {"source": "arrays", "path": str(data), "seed": seed},
         "modalities": [image, label],
@@ -110,6 +116,8 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=0.7, help="token-drop budgets: this x dense")
     ap.add_argument("--drops", default="0.5,0.75", help="token_drop shares to train")
     ap.add_argument("--mixer", type=int, default=1, help="mixer_depth of the dropping variants")
+    ap.add_argument("--experts", type=int, default=0, help="E > 1: add E top-1 experts, dense time")
+    ap.add_argument("--only", help="train only these variants (comma-separated names)")
     ap.add_argument("--size", type=int, default=32, help="image side (a multiple of 8)")
     ap.add_argument("--patch", type=int, default=2)
     ap.add_argument("--n", type=int, help="held-out digits judged (default: all 360)")
@@ -136,9 +144,17 @@ def main() -> None:
     # would say nothing about dropping
     variants = [("dense", 0.0, args.minutes), ("dense short", 0.0, args.minutes * args.ratio)]
     variants += [(f"drop {d}", float(d), args.minutes * args.ratio) for d in args.drops.split(",")]
+    if args.experts > 1:
+        variants.append((f"experts {args.experts}", 0.0, args.minutes))
+    if args.only:
+        variants = [v for v in variants if v[0] in args.only.split(",")]
+    out_file = Path(args.out)
+    if args.only and out_file.is_file():  # add to the table of an earlier run
+        result["variants"] = json.loads(out_file.read_text())["variants"]
     for name, drop, minutes in variants:
+        experts = int(name.split()[1]) if name.startswith("experts") else 0
         cfg = config_from_tree(
-            variant_tree(data, args.size, args.patch, drop, args.mixer, args.seed)
+            variant_tree(data, args.size, args.patch, drop, args.mixer, args.seed, experts)
         )
         per_step = time_per_step(cfg, PROCESSES)
         cfg.train.steps = max(1, int(minutes * 60 / per_step))
@@ -155,7 +171,7 @@ def main() -> None:
         row |= judge(model, args.size, args.n, args.seed)
         result["variants"][name] = row
         print(name, json.dumps(row), flush=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        out_file.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
