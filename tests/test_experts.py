@@ -104,8 +104,9 @@ def test_router_losses_are_logged_per_stream_and_trained(tmp_path):
     g = torch.Generator().manual_seed(5)
     bare, _ = train_step(plain, make_optimizer(plain.parameters(), 0.0), random_batch(m, 8),
                          generator=g)  # fmt: skip
-    extra = 0.01 * sum(v for k, v in weighted.parts.items() if k.startswith("balance/"))
-    extra += 0.001 * sum(v for k, v in weighted.parts.items() if k.startswith("z/"))
+    parts = weighted.parts.items()
+    extra = m.cfg.expert_balance * sum(v for k, v in parts if k.startswith("balance/"))
+    extra += m.cfg.expert_z * sum(v for k, v in parts if k.startswith("z/"))
     assert float(weighted.total - bare.total) == pytest.approx(float(extra), rel=1e-4)
 
 
@@ -148,3 +149,54 @@ def test_a_shared_expert_adds_its_mlp_to_every_token():
         want = routed(h, c) + shared.shared(h)
         torch.testing.assert_close(shared(h, c), want, rtol=1e-5, atol=1e-6)
         assert not torch.allclose(shared(h, c), routed(h, c))
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_the_task_trains_the_router_even_with_one_expert_a_token(top_k):
+    """Top-1's renormalised weight is 1 in value; its backward still reaches the router, and
+    pushes up the probability of every token's chosen expert."""
+    torch.manual_seed(0)
+    e = Experts(16, 24, "gelu", 4, top_k=top_k, capacity=0.0)
+    torch.nn.init.normal_(e.router.weight, std=0.1)
+    h, c = torch.randn(2, 5, 16), torch.randn(2, 1, 16)
+    out = e(h, c)
+    out.pow(2).sum().backward()  # no router losses in this loss: only the task's signal
+    scale = e.w1.grad.norm()  # the experts' own gradient, for scale (a no-signal router: ~1e-8)
+    assert e.router.weight.grad.norm() > 0.1 * scale
+    assert e.router_time.weight.grad.norm() > 0.1 * scale
+    if top_k == 1:  # the value is untouched: each token gets its chosen expert's output, whole
+        with torch.no_grad():
+            probs = (e.router(h) + e.router_time(c)).softmax(-1).reshape(10, 4)
+            x, chosen = h.reshape(10, 16), probs.argmax(-1)
+            want = torch.stack([
+                F.gelu(x[t] @ e.w1[i] + e.b1[i]) @ e.w2[i] + e.b2[i]
+                for t, i in enumerate(chosen.tolist())
+            ])  # fmt: skip
+        torch.testing.assert_close(out.detach().reshape(10, 16), want, rtol=1e-5, atol=1e-6)
+
+
+def test_train_init_upcycles_a_dense_file_into_an_expert_model(tmp_path):
+    """``train.init`` of a dense file into an expert model: every expert its MLP, drawn routers;
+    with top-k routing and no capacity limit it computes what the dense model computes."""
+    from anydit.model.extend import init_from_file
+    from anydit.model.file import save_model
+
+    torch.manual_seed(0)
+    mods, cfg = four_modalities(depth=2)
+    dense = anydit.MMDiT(mods, cfg).eval()
+    perturb(dense, seed=0, std=0.05)
+    path = save_model(dense, tmp_path / "dense.safetensors")
+    moe = anydit.MMDiT(mods, dataclasses.replace(cfg, experts=3, expert_capacity=0.0)).eval()
+    report = init_from_file(moe, path)
+    assert report["new"] == []  # every weight has a source: experts, routers (zero)
+    batch = random_batch(dense, 3)
+    tokens = {k: dense.modalities[k].tokenize(v) for k, v in batch.items()}
+    times = {k: torch.rand(3) for k in tokens}
+    with torch.no_grad():
+        want, got = dense(tokens, times), moe(tokens, times)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-5)
+    layer = expert_layers(moe)["image"][0]
+    assert layer.router.weight.abs().sum() > 0 and layer.w1.shape[0] == 3
+    probs = layer.router(torch.randn(64, layer.router.in_features)).softmax(-1)
+    assert len(set(probs.argmax(-1).tolist())) == 3  # the tokens spread over the experts

@@ -273,7 +273,7 @@ class ModelConfig:
     expert_capacity: float = 1.25  # tokens per expert: capacity x tokens x k / experts (0: all)
     expert_shared: bool = False  # one more expert every token passes through
     expert_streams: tuple[str, ...] = ()  # streams with experts (names, "shared"); () = all
-    expert_balance: float = 0.01  # weight of the router's load-balancing loss
+    expert_balance: float = 0.1  # weight of the router's load-balancing loss (docs/training.md)
     expert_z: float = 0.001  # weight of the router z-loss
     dynamic_width: int = 0  # > 1: each stream MLP's hidden channels in this many groups,
     # switched on and off by a router from the stream's conditioning (DyDiT's timestep-dynamic

@@ -6,8 +6,10 @@ its stream's conditioning vector (which carries the stream's time: MoDE's noise-
 and dispatches by one of two rules:
 
 * ``top_k``: each token goes to its k highest-scoring experts, weighted by the router's softmax
-  renormalised over those k. An expert takes at most C = ceil(capacity x tokens x k / E) tokens
-  (first come, in token order); a token over capacity gets nothing from that expert.
+  renormalised over those k (the sum held constant in the backward: the gradient is that of
+  the probabilities, as in Switch, so the router learns from the task even at k = 1). An
+  expert takes at most C = ceil(capacity x tokens x k / E) tokens (first come, in token
+  order); a token over capacity gets nothing from that expert.
   ``capacity`` 0: no limit (dropless).
 * ``expert_choice``: each expert takes its C highest-scoring tokens (Zhou et al., 2022),
   weighted by the softmax probability; a token may get several experts or none.
@@ -17,9 +19,10 @@ The router's auxiliary losses (Switch's load balance E x sum_e f_e P_e, and the 
 mean(logsumexp(logits)^2)) are kept on the module after each forward (``aux``) for the training
 step to add and log per stream.
 
-``upcycle(model, experts=E, ...)`` turns a dense model into an expert model whose experts are
-copies of each MLP and whose router starts at zero: every token scores all experts equally, so
-with ``top_k`` and no capacity limit the output is the dense model's, exactly (tested).
+``upcycle(model, experts=E, ...)`` (and ``train.init`` of a dense file into an expert model)
+turns a dense model into an expert model whose experts are copies of each MLP: with ``top_k``
+and no capacity limit each token's weights sum to 1 over identical experts, so the output is
+the dense model's (tested) whatever the freshly drawn router scores.
 
 Ein notation: T tokens (batch x sequence, flattened), d width, f expert hidden width, E experts,
 k experts per token, C capacity per expert.
@@ -119,7 +122,9 @@ class Experts(nn.Module):
         """Top-k dispatch: (E, C) token indices, weights and a mask of filled slots."""
         tokens = probs.shape[0]
         top, expert = probs.topk(self.top_k, dim=-1)  # (T, k)
-        top = top / top.sum(-1, keepdim=True)  # renormalised over the chosen k
+        # renormalised over the chosen k in value; in the backward, the probabilities' own
+        # gradient (Switch's), so the task trains the router even at k = 1, where the value is 1
+        top = top / top.sum(-1, keepdim=True).detach()
         flat = expert.t().reshape(-1)  # (k T,): every token's first choice, then its second...
         onehot = F.one_hot(flat, self.experts)  # (k T, E)
         position = (onehot.cumsum(0) * onehot).sum(-1) - 1  # (k T,): its place in the expert
@@ -159,10 +164,41 @@ def router_losses(model) -> dict[str, Tensor]:
     return out
 
 
+def upcycle_state(
+    state: dict[str, Tensor], own: dict[str, Tensor], experts: int
+) -> dict[str, Tensor]:
+    """Dense weights ``state`` mapped onto an expert model's keys ``own``: each stream MLP's
+    two linears copied into every expert, a zero shared expert (where ``own`` has one) and the
+    routers as ``own`` has them (a fresh model's draw: identical experts whose weights sum to 1
+    give the MLP's output whatever the router scores, and a random router breaks the experts'
+    symmetry where a zero one would send every token to the first). Keys ``own`` has as they
+    are pass through; the rest must be dense MLP weights."""
+    out = {}
+    for key, value in state.items():
+        head, _, tail = key.rpartition(".mlp.")
+        if key in own or not head or f"{head}.mlp.w1" not in own:
+            out[key] = value  # the same place (or no expert MLP there: the caller names it)
+            continue
+        index, leaf = tail.split(".")  # "0.weight": first linear; "2.weight": second
+        first = index == "0"
+        if leaf == "weight":  # nn.Linear keeps (out, in); experts keep (in, out)
+            out[f"{head}.mlp.{'w1' if first else 'w2'}"] = value.t().expand(experts, -1, -1).clone()
+        else:
+            out[f"{head}.mlp.{'b1' if first else 'b2'}"] = value.expand(experts, -1).clone()
+    for key, value in own.items():  # (layers that were dense)
+        if key.rpartition(".mlp.")[0] + ".mlp.w1" not in out or key in out:
+            continue
+        if ".mlp.shared." in key:  # the shared expert starts at zero: the experts are the MLP
+            out[key] = torch.zeros_like(value)
+        elif key.endswith(("router.weight", "router_time.weight")):
+            out[key] = value
+    return out
+
+
 @torch.no_grad()
 def upcycle(model, experts: int, top_k: int = 1, shared: bool = False, **options):
     """A copy of ``model`` whose stream MLPs are ``experts`` experts, each a copy of the MLP,
-    behind a zero router (every expert scored equally). ``options``: the other ``expert_*``
+    behind a freshly drawn router (``upcycle_state``). ``options``: the other ``expert_*``
     model settings (``routing``, ``capacity``, ``streams``). With ``top_k`` routing and
     ``capacity`` 0 (no limit) the new model computes what ``model`` computes."""
     import dataclasses
@@ -175,30 +211,10 @@ def upcycle(model, experts: int, top_k: int = 1, shared: bool = False, **options
     )
     new = MMDiT(model.modality_configs, cfg)
     own = new.state_dict()
-    state = {}
-    for key, value in model.state_dict().items():
-        if key in own:
-            state[key] = value
-            continue
-        head, _, tail = key.rpartition(".mlp.")
-        if not head:
-            raise ValueError(f"upcycle: no place for {key} in the expert model")
-        index, leaf = tail.split(".")  # "0.weight": first linear; "2.weight": second
-        first = index == "0"
-        if leaf == "weight":  # nn.Linear keeps (out, in); experts keep (in, out)
-            target = f"{head}.mlp.{'w1' if first else 'w2'}"
-            state[target] = value.t().expand(experts, -1, -1).clone()
-        else:
-            state[f"{head}.mlp.{'b1' if first else 'b2'}"] = value.expand(experts, -1).clone()
-        if shared:  # the shared expert starts at zero: the experts already are the MLP
-            for i in ("0", "2"):
-                for leaf_name in ("weight", "bias"):
-                    state[f"{head}.mlp.shared.{i}.{leaf_name}"] = torch.zeros_like(
-                        own[f"{head}.mlp.shared.{i}.{leaf_name}"]
-                    )
-    for key in own:
-        if key.endswith(("router.weight", "router_time.weight")):
-            state[key] = torch.zeros_like(own[key])
+    state = upcycle_state(model.state_dict(), own, experts)
+    unplaced = sorted(set(state) - set(own))
+    if unplaced:
+        raise ValueError(f"upcycle: no place for {unplaced[:6]} in the expert model")
     missing = sorted(set(own) - set(state))
     if missing:
         raise ValueError(f"upcycle: weights without a source: {missing[:6]}")
@@ -206,4 +222,4 @@ def upcycle(model, experts: int, top_k: int = 1, shared: bool = False, **options
     return new
 
 
-__all__ = ["ROUTINGS", "Experts", "expert_layers", "router_losses", "upcycle"]
+__all__ = ["ROUTINGS", "Experts", "expert_layers", "router_losses", "upcycle", "upcycle_state"]

@@ -97,10 +97,17 @@ def extend(model, modalities, **model_changes):
 
 def init_from_file(model, path) -> dict[str, list[str]]:
     """Initialise ``model`` from an anydit model file (``train.init``): shared weights are
-    copied, new streams and adapters keep their fresh initialisation."""
+    copied, new streams and adapters keep their fresh initialisation. Into an expert model
+    (``model.experts``) a dense file is upcycled: every expert a copy of its MLP, routers and
+    shared experts at zero."""
     from safetensors.torch import load_file
 
     from anydit.model.file import architecture
 
-    old_names = sorted(m.name for m in architecture(path)[0])
-    return load_matching(model, load_file(str(path)), old_names, f"train.init {path}")
+    old, state = architecture(path), load_file(str(path))
+    if model.cfg.experts and not old[1].experts:
+        from anydit.model.experts import upcycle_state
+
+        state = upcycle_state(state, model.state_dict(), model.cfg.experts)
+    old_names = sorted(m.name for m in old[0])
+    return load_matching(model, state, old_names, f"train.init {path}")
