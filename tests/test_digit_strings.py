@@ -152,3 +152,44 @@ def test_the_digit_strings_demo_trains_judges_and_writes_a_gallery(tmp_path, cap
     assert (tmp_path / "d" / "gallery" / "prediction_1.gif").is_file()
     assert main(["demo", "digit-strings", "--guidance", "2", "--out", str(tmp_path / "e")]) == 2
     assert "--guidance and --guidance-interval are the digits demo's" in capsys.readouterr().err
+
+
+def test_data_strings_lengths_and_the_run_s_shapes_set_the_training_clips():
+    from anydit.data.digit_strings import layout_for
+    from anydit.data.sources import build_dataset
+
+    mods = digit_strings_modalities(StringsLayout(audio_frames=64, hop=8))  # 8 frames, 0.8 s
+    cfg = anydit.DataConfig(source="digit-strings", strings_lengths=(1,))
+    data = build_dataset(cfg, "train", mods)
+    assert data.layout == StringsLayout(audio_frames=64, hop=8, lengths=(1,))
+    item = data[0]
+    assert item["video"].shape[0] == 8 and item["audio"].shape[0] == 64
+    assert all(len(data.segments(i)) == 1 for i in range(8))  # one digit a clip
+    assert len(build_dataset(anydit.DataConfig(source="digit-strings"), "train").segments(0)) >= 3
+    with pytest.raises(ValueError, match="data.strings_lengths: expected integers >= 1"):
+        anydit.DataConfig(source="digit-strings", strings_lengths=(0,))
+    with pytest.raises(ValueError, match="data.strings_lengths: expected empty unless"):
+        anydit.DataConfig(source="digits", strings_lengths=(1,))
+    odd = [anydit.ModalityConfig(**{**m.__dict__, "shape": (7, 1, 8, 8)}) if m.name == "video"
+           else m for m in mods]  # fmt: skip
+    with pytest.raises(ValueError, match="clocks do not match"):
+        layout_for(odd)
+
+
+def test_one_digit_clips_train_judge_and_skip_the_completions(tmp_path):
+    from anydit.demo_strings import run_strings_demo
+    from anydit.eval.strings_tasks import COMPLETIONS, evaluate_strings
+
+    small = ["model.preset=debug", "model.width=32", "model.depth=1", "model.heads=2"]
+    small += ["model.head_dim=16", "train.steps=1", "train.batch_size=4"]
+    small += ["train.tensorboard=false", "data.strings_lengths=[1]"]
+    small += ["modalities.audio.shape=[32,32]", "modalities.video.shape=[4,1,8,8]"]
+    metrics = run_strings_demo(
+        tmp_path / "d", overrides=small, processes=1, clips=2, progress=False
+    )
+    assert "joint_sync" in metrics and "caption_to_audio" in metrics
+    assert not {k for k in metrics if k.split("_seam")[0] in COMPLETIONS}
+    model = anydit.load_model(tmp_path / "d" / "model.safetensors")
+    assert model.modalities["audio"].shape[0] == 32
+    with pytest.raises(ValueError, match="need clips of 2 or more digits \\(lengths \\(1,\\)\\)"):
+        evaluate_strings(model, 2, lengths=(1,), tasks=("prediction",))

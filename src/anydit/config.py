@@ -780,6 +780,8 @@ class DataConfig:
     # only for manifests you wrote yourself -- a shared one could read any local file
     edit_weights: tuple[float, ...] = ()  # digit-edits: how often each edit is drawn in
     # training (rotate, invert, thicken, next; relative weights; default all equal)
+    strings_lengths: tuple[int, ...] = ()  # digit-strings: digits a clip says, drawn among
+    # these (default 3 or 4); the clip's frames come from the video and audio shapes
 
     def __post_init__(self) -> None:
         _check(self.source in DATA_SOURCES, "data.source", f"one of {DATA_SOURCES}", self.source)
@@ -821,6 +823,19 @@ class DataConfig:
             "data.edit_weights",
             "4 weights >= 0 (rotate, invert, thicken, next), not all 0",
             self.edit_weights,
+        )
+        self.strings_lengths = tuple(self.strings_lengths)
+        _check(
+            not self.strings_lengths or self.source == "digit-strings",
+            "data.strings_lengths",
+            "empty unless data.source is digit-strings",
+            self.strings_lengths,
+        )
+        _check(
+            all(isinstance(k, int) and k >= 1 for k in self.strings_lengths),
+            "data.strings_lengths",
+            "integers >= 1 (digits a clip says)",
+            self.strings_lengths,
         )
 
 

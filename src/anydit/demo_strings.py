@@ -108,7 +108,7 @@ def run_strings_demo(
     """Train, evaluate every digit-strings task on ``clips`` test clips and write the gallery
     into ``out``; returns the metrics (also ``metrics.json``)."""
     from anydit.demo import starting_config
-    from anydit.eval.strings_tasks import evaluate_strings
+    from anydit.eval.strings_tasks import COMPLETIONS, STRING_TASKS, evaluate_strings
     from anydit.model import load_model
     from anydit.storage import check_writable
     from anydit.train.distributed import run_local
@@ -124,7 +124,13 @@ def run_strings_demo(
     trained = time.perf_counter()
     model = load_model(out / "model.safetensors")
     samples: dict = {}
-    metrics = evaluate_strings(model, clips, SAMPLING, seed=cfg.train.seed, samples=samples)
+    lengths = cfg.data.strings_lengths
+    tasks = STRING_TASKS
+    if lengths and min(lengths) < 2:  # one-digit clips: nothing after the first to fill in
+        tasks = tuple(t for t in STRING_TASKS if t not in COMPLETIONS)
+    metrics = evaluate_strings(
+        model, clips, SAMPLING, seed=cfg.train.seed, samples=samples, lengths=lengths, tasks=tasks
+    )
     from anydit.data.digits import mel_params
 
     hop = model.modalities["audio"].shape[0] // model.modalities["video"].shape[0]

@@ -113,6 +113,22 @@ def _speakers(split: str) -> tuple[list[tuple[str, int, int]], np.ndarray, np.nd
     return [k for k, c in zip(keys, complete, strict=True) if c], index[complete], length[complete]
 
 
+def layout_for(modalities, lengths: tuple[int, ...] = ()) -> StringsLayout:
+    """The layout of clips for a run's ``modalities`` (frames from the ``video`` and ``audio``
+    shapes, where it has them) saying one of ``lengths`` digits (default: the layout's)."""
+    shapes = {m.name: tuple(m.shape) for m in modalities or ()}
+    fields = {"lengths": tuple(lengths)} if lengths else {}
+    if "video" in shapes and "audio" in shapes:
+        audio, frames = shapes["audio"][0], shapes["video"][0]
+        if audio % frames:
+            raise ValueError(
+                f"digit-strings: audio of {audio} frames is not a whole number of audio frames "
+                f"per video frame ({frames} video frames): the clocks do not match"
+            )
+        fields |= {"audio_frames": audio, "hop": audio // frames}
+    return StringsLayout(**fields)
+
+
 def digit_strings_modalities(layout: StringsLayout | None = None) -> list[ModalityConfig]:
     """The modalities of ``digit-strings``: video (T, 1, 8, 8) in 4x4 patches and audio (L, 32)
     in 4-frame tokens on one clock, the caption and the label string (``digits-words``)."""

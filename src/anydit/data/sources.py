@@ -20,9 +20,10 @@ def build_dataset(cfg: DataConfig, split: str = "train", modalities=None):
 
         return DigitsDataset(split, seed=cfg.seed, augment=cfg.augment and split == "train")
     if cfg.source == "digit-strings":
-        from anydit.data.digit_strings import DigitStringsDataset
+        from anydit.data.digit_strings import DigitStringsDataset, layout_for
 
-        return DigitStringsDataset(split, seed=cfg.seed)
+        layout = layout_for(modalities, cfg.strings_lengths)
+        return DigitStringsDataset(split, seed=cfg.seed, layout=layout)
     if cfg.source == "digit-edits":
         from anydit.data.digit_edits import DigitEditsDataset
 

@@ -7,8 +7,8 @@ segment of the real clip it is conditioned on:
 * ``video_to_audio`` (dubbing): the word said during each shown digit's time span.
 * ``audio_to_video``: the digit most frames show where the real clip shows each word's digit.
 * ``caption_to_av``: video and audio from the caption: the digits seen (runs of frames) and
-  heard (voiced runs) in the caption's order (longest common subsequence over the caption's
-  length); and their ``sync``.
+  heard (voiced runs) in the caption's order (longest common subsequence over the longer of
+  the two sequences); and their ``sync``.
 * ``prediction``: the audio and the first digit's frames given, the other frames generated.
 * ``interpolation``: the audio and the first and last digits' frames given.
 * ``continuation``: the video and the first word's audio given (its whole 4-frame tokens:
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from anydit.config import SampleConfig
-from anydit.data.digit_strings import VOICED, DigitStringsDataset, StringsLayout
+from anydit.data.digit_strings import VOICED, DigitStringsDataset, StringsLayout, layout_for
 from anydit.eval.strings import (
     heard_during,
     heard_in,
@@ -51,9 +51,9 @@ STRING_TASKS = (
 COMPLETIONS = ("prediction", "interpolation", "continuation")
 
 
-def _layout_of(model) -> StringsLayout:
-    """The clip layout a model was built for; a clear error when it is not a digit-strings
-    model."""
+def _layout_of(model, lengths: tuple[int, ...] = ()) -> StringsLayout:
+    """The clip layout a model was built for, saying one of ``lengths`` digits; a clear error
+    when it is not a digit-strings model."""
     mods = model.modalities
     missing = [n for n in ("video", "audio", "text") if n not in mods]
     if missing:
@@ -61,25 +61,20 @@ def _layout_of(model) -> StringsLayout:
             f"digit-strings tasks: the model has no modalities {missing}; expected video, audio "
             f"and text (got {sorted(mods)})"
         )
-    frames, audio = mods["video"].shape[0], mods["audio"].shape[0]
-    if audio % frames:
-        raise ValueError(
-            f"digit-strings tasks: audio of {audio} frames is not a whole number of audio frames "
-            f"per video frame ({frames} video frames): the clocks do not match"
-        )
-    return StringsLayout(audio_frames=audio, hop=audio // frames)
+    return layout_for(model.modality_configs, lengths)
 
 
 def _in_order(read: list[int], want: list[int]) -> float:
-    """Share of ``want`` found in ``read`` in order: their longest common subsequence over
-    ``len(want)`` (a word split in two, or a run of frames broken by a misread, costs one
-    position, not every one after it)."""
+    """How well ``read`` spells ``want`` in order: their longest common subsequence over the
+    longer of the two. A missing digit and an extra run (a word split in two, a run of frames
+    broken by a misread) each cost one position, not every one after it; and a long run of
+    random readings, which contains almost any 4 digits in order, scores low."""
     best = [0] * (len(want) + 1)
     for r in read:
         prev = 0
         for j, w in enumerate(want, 1):
             prev, best[j] = best[j], prev + 1 if r == w else max(best[j], best[j - 1])
-    return best[-1] / len(want) if want else 0.0
+    return best[-1] / max(len(want), len(read)) if want else 0.0
 
 
 def _collapse(digits: list[int]) -> list[int]:
@@ -101,14 +96,21 @@ def evaluate_strings(
     seed: int = 0,
     tasks: tuple[str, ...] = STRING_TASKS,
     samples: dict | None = None,
+    lengths: tuple[int, ...] = (),
 ) -> dict[str, float]:
     """Scores of ``tasks`` on ``n`` clips of ``split`` (see the module docstring): a flat dict
     ``{task_measure: value}``. ``samples``, a dict, receives per task what was sampled (every
-    stream, given ones too) and ``"real"`` the real clips, for galleries."""
+    stream, given ones too) and ``"real"`` the real clips, for galleries. ``lengths``: digits
+    a clip says (the run's ``data.strings_lengths``; default the layout's)."""
     unknown = sorted(set(tasks) - set(STRING_TASKS))
     if unknown:
         raise ValueError(f"digit-strings tasks: unknown {unknown}; expected some of {STRING_TASKS}")
-    layout = _layout_of(model)
+    layout = _layout_of(model, lengths)
+    if set(tasks) & set(COMPLETIONS) and min(layout.lengths) < 2:
+        raise ValueError(
+            "digit-strings tasks: prediction, interpolation and continuation fill in the digits "
+            f"after the first, so they need clips of 2 or more digits (lengths {layout.lengths})"
+        )
     if set(tasks) & set(COMPLETIONS) and not model.cfg.per_token_time:
         raise ValueError(
             "digit-strings tasks: prediction, interpolation and continuation give part of a "
