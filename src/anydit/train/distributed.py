@@ -87,6 +87,8 @@ def _local_process(
     torch.set_num_threads(threads)
     try:
         fn(*args)
+        if dist.is_initialized():  # every rank done (rank 0 may still be writing) before any
+            dist.barrier()  # tears the group down: an early exit could abort a peer mid-call
     except EXPECTED_ERRORS as e:  # bad input: the parent raises it again, as one message
         with open(f"{report}.{rank}", "w") as f:
             f.write(f"{type(e).__name__}\n{e.args[0] if e.args else e}")
