@@ -62,6 +62,17 @@ def test_batched_dispatch_equals_a_loop_over_experts(routing, top_k, capacity):
             assert not torch.allclose(dense(h, c), e(h, c))
 
 
+def _assert_same_outputs(dense, moe) -> None:
+    """Both models compute the same outputs on one random batch at random times."""
+    batch = random_batch(dense, 3)
+    tokens = {k: dense.modalities[k].tokenize(v) for k, v in batch.items()}
+    times = {k: torch.rand(3) for k in tokens}
+    with torch.no_grad():
+        want, got = dense(tokens, times), moe(tokens, times)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("single", [{}, {"single_depth": 1}])
 @pytest.mark.parametrize("options", [{"top_k": 1}, {"top_k": 2, "shared": True}])
 def test_upcycling_keeps_the_outputs(single, options):
@@ -71,13 +82,7 @@ def test_upcycling_keeps_the_outputs(single, options):
     perturb(dense, seed=0, std=0.05)
     moe = upcycle(dense, 4, capacity=0.0, **options).eval()
     assert moe.cfg.experts == 4 and sum(len(v) for v in expert_layers(moe).values()) > 0
-    batch = random_batch(dense, 3)
-    tokens = {k: dense.modalities[k].tokenize(v) for k, v in batch.items()}
-    times = {k: torch.rand(3) for k in tokens}
-    with torch.no_grad():
-        want, got = dense(tokens, times), moe(tokens, times)
-    for k in want:
-        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-5)
+    _assert_same_outputs(dense, moe)
 
 
 def test_router_losses_are_logged_per_stream_and_trained(tmp_path):
@@ -188,14 +193,8 @@ def test_train_init_upcycles_a_dense_file_into_an_expert_model(tmp_path):
     path = save_model(dense, tmp_path / "dense.safetensors")
     moe = anydit.MMDiT(mods, dataclasses.replace(cfg, experts=3, expert_capacity=0.0)).eval()
     report = init_from_file(moe, path)
-    assert report["new"] == []  # every weight has a source: experts, routers (zero)
-    batch = random_batch(dense, 3)
-    tokens = {k: dense.modalities[k].tokenize(v) for k, v in batch.items()}
-    times = {k: torch.rand(3) for k in tokens}
-    with torch.no_grad():
-        want, got = dense(tokens, times), moe(tokens, times)
-    for k in want:
-        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-5)
+    assert report["new"] == []  # every weight has a source: experts, routers (drawn)
+    _assert_same_outputs(dense, moe)
     layer = expert_layers(moe)["image"][0]
     assert layer.router.weight.abs().sum() > 0 and layer.w1.shape[0] == 3
     probs = layer.router(torch.randn(64, layer.router.in_features)).softmax(-1)
