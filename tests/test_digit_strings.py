@@ -10,7 +10,6 @@ from anydit.data.digit_strings import (
     DigitStringsDataset,
     StringsLayout,
     digit_strings_modalities,
-    layout_for,
     voiced_span,
 )
 from anydit.data.digits import DIGIT_NAMES, _audio_npz, audio_split, load_digit_images
@@ -83,22 +82,6 @@ def test_the_clock_puts_a_video_frame_and_its_audio_at_one_time():
         t_video = video[j * per_frame, 0]
         token = j * lay.hop // 4  # the audio token starting with video frame j (4 frames each)
         assert t_video == audio[token, 0]
-
-
-def test_words_start_on_the_audio_token_grid():
-    lay = layout_for(digit_strings_modalities())
-    assert lay.grid == 4  # the audio stream's 4-frame tokens
-    gridded = DigitStringsDataset("train", seed=1, layout=lay, size=48)
-    free = DigitStringsDataset("train", seed=1, layout=StringsLayout(grid=1), size=48)
-    starts = [[s.start for s in d.segments(i)] for d in (gridded, free) for i in range(48)]
-    assert all(a % 4 == 0 for row in starts[:48] for a in row)
-    assert any(a % 4 for row in starts[48:] for a in row)  # without the grid they fall anywhere
-    for i in range(48):  # the grid only rounds pauses up: pauses within (min, max + grid - 1)
-        segs = gridded.segments(i)
-        gaps = [b.start - a.end for a, b in zip(segs, segs[1:], strict=False)]
-        assert all(1 <= g <= 3 + 3 for g in gaps)
-    with pytest.raises(ValueError, match="grid must be"):
-        StringsLayout(grid=0)
 
 
 def test_voiced_span_and_bad_layouts():

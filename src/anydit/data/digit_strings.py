@@ -6,10 +6,9 @@ An item (a deterministic function of ``(seed, epoch, index)``, like ``digits``):
 * ``audio`` (L, 32): one speaker setting (voice, speed, pitch) of the shipped espeak-ng
   recordings says K digits (K drawn from ``lengths``); each recording is cut to its voiced
   frames (``voiced_span``) and laid end to end after a random lead-in, with a random pause
-  between words; each word starts on a multiple of ``grid`` frames (the audio stream's token,
-  so a word's start is never inside a token); the rest is silence (-1). Frames are 25 ms
-  (``digits.mel_params``). The speaker is drawn among the settings whose K words fit the clip,
-  so every item says all its digits at their real durations.
+  between words; the rest is silence (-1). Frames are 25 ms (``digits.mel_params``). The
+  speaker is drawn among the settings whose K words fit the clip, so every item says all its
+  digits at their real durations.
 * ``video`` (L / hop, 1, 8, 8): frame j covers audio frames [j hop, (j + 1) hop). Digit k is on
   screen from its spoken onset until the next digit's onset (the last one until its word
   ends): a frame shows the digit whose word covers most of the frame's span (blank, -1, before
@@ -48,21 +47,15 @@ VOICED = -0.8  # a log-mel frame is voiced when its loudest band is above this (
 class StringsLayout:
     """The clip geometry: ``audio_frames`` log-mel frames of 25 ms, a video frame every
     ``hop`` of them, strings of one of ``lengths`` digits, ``pause`` (min, max) silent frames
-    between words and a lead-in of 0..``lead`` frames; every word starts on a multiple of
-    ``grid`` frames (a pause is rounded up to reach one)."""
+    between words and a lead-in of 0..``lead`` frames."""
 
     audio_frames: int = 128
     hop: int = 8
     lengths: tuple[int, ...] = (3, 4)
     pause: tuple[int, int] = (1, 3)
     lead: int = 8
-    grid: int = 4
 
     def __post_init__(self) -> None:
-        if not 1 <= self.grid <= self.audio_frames:
-            raise ValueError(
-                f"digit-strings: grid must be 1..{self.audio_frames} frames, got {self.grid}"
-            )
         if self.audio_frames % self.hop:
             raise ValueError(
                 f"digit-strings: audio_frames ({self.audio_frames}) must be a multiple of "
@@ -122,13 +115,9 @@ def _speakers(split: str) -> tuple[list[tuple[str, int, int]], np.ndarray, np.nd
 
 def layout_for(modalities, lengths: tuple[int, ...] = ()) -> StringsLayout:
     """The layout of clips for a run's ``modalities`` (frames from the ``video`` and ``audio``
-    shapes, words on the ``audio`` token's grid, where it has them) saying one of ``lengths``
-    digits (default: the layout's)."""
-    mods = {m.name: m for m in modalities or ()}
-    shapes = {name: tuple(m.shape) for name, m in mods.items()}
+    shapes, where it has them) saying one of ``lengths`` digits (default: the layout's)."""
+    shapes = {m.name: tuple(m.shape) for m in modalities or ()}
     fields = {"lengths": tuple(lengths)} if lengths else {}
-    if "audio" in mods:
-        fields["grid"] = int(mods["audio"].patch)
     if "video" in shapes and "audio" in shapes:
         audio, frames = shapes["audio"][0], shapes["video"][0]
         if audio % frames:
@@ -178,8 +167,8 @@ class DigitStringsDataset(Dataset):
         self._by_digit = [np.nonzero(self.labels.numpy() == d)[0] for d in range(10)]
         self.speakers, self._recording, self._length = _speakers(split)
         self.size = int(size or len(self.labels))
-        most, lay = max(self.layout.lengths), self.layout
-        worst = int((self._length.max(1) * most).min()) + (most - 1) * (lay.pause[1] + lay.grid - 1)
+        most = max(self.layout.lengths)
+        worst = int((self._length.max(1) * most).min()) + (most - 1) * self.layout.pause[1]
         if worst > self.layout.audio_frames:  # some strings would fit no speaker
             raise ValueError(
                 f"digit-strings: {most} words need up to {worst} frames with the fastest "
@@ -202,31 +191,21 @@ class DigitStringsDataset(Dataset):
         k = int(rng.choice(lay.lengths))
         digits = [int(d) for d in rng.integers(0, 10, size=k)]
         pauses = [int(p) for p in rng.integers(lay.pause[0], lay.pause[1] + 1, size=k - 1)]
-        lengths = self._length[:, digits]  # (S, K)
-        need = (self._onsets(lengths, pauses) + lengths)[:, -1]  # (S,)
+        need = self._length[:, digits].sum(1) + sum(pauses)  # (S,)
         fits = np.nonzero(need <= lay.audio_frames)[0]
         speaker = int(fits[rng.integers(len(fits))])
         spare = lay.audio_frames - int(need[speaker])
-        lead = lay.grid * int(rng.integers(0, min(lay.lead, spare) // lay.grid + 1))
+        lead = int(rng.integers(0, min(lay.lead, spare) + 1))
         return digits, speaker, pauses, [lead], rng
-
-    def _onsets(self, lengths: np.ndarray, pauses: list[int]) -> np.ndarray:
-        """(S, K) word onsets from a lead-in of 0: each word starts on the first multiple of
-        ``grid`` at least its pause after the previous word's end."""
-        grid = self.layout.grid
-        onsets = np.zeros_like(lengths)
-        for k, pause in enumerate(pauses, 1):
-            onsets[:, k] = -(-(onsets[:, k - 1] + lengths[:, k - 1] + pause) // grid) * grid
-        return onsets
 
     def segments(self, index: int) -> list[Segment]:
         """Per digit of item ``index`` (this epoch): its audio span and video frames."""
         digits, speaker, pauses, (lead,), _ = self._draw(index)
-        lengths = self._length[speaker : speaker + 1, digits]  # (1, K)
-        onsets = lead + self._onsets(lengths, pauses)[0]
-        spans = [
-            (d, int(a), int(a + n)) for d, a, n in zip(digits, onsets, lengths[0], strict=True)
-        ]
+        spans, at = [], lead
+        for i, d in enumerate(digits):
+            n = int(self._length[speaker, d])
+            spans.append((d, at, at + n))
+            at += n + (pauses[i] if i < len(pauses) else 0)
         return self._frames(spans)
 
     def _frames(self, spans: list[tuple[int, int, int]]) -> list[Segment]:
