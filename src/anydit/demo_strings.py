@@ -48,7 +48,7 @@ STREAM_OPTIONS = {"video": {"p_partial": 0.3}, "audio": {"p_partial": 0.3}}
 # Guidance on every step: a clip's digits are decided early (docs/video.md).
 SAMPLING = SampleConfig(steps=32, guidance=2.0, unmasking="confidence")
 EVAL_CLIPS = 100
-EVAL_RESERVE_S = 240.0  # --minutes: evaluation (7 tasks x 100 clips) and gallery
+EVAL_RESERVE_S = 420.0  # --minutes: evaluation (8 tasks x 100 clips; streaming: 4 windows), gallery
 GALLERY_CLIPS = 4
 
 

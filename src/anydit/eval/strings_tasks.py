@@ -14,6 +14,11 @@ segment of the real clip it is conditioned on:
 * ``continuation``: the video and the first word's audio given (its whole 4-frame tokens:
   up to 3 last frames of the word are generated), the rest of the audio generated.
 
+* ``streaming``: video and audio together, nothing given, ``STREAM_WINDOWS`` model windows
+  long, made chunk by chunk (``sampling.stream``, half a window of context): ``sync`` and
+  ``onset_error`` over the whole clip, and ``streaming_rtf``, the sampling wall time over the
+  seconds of audio made (under 1: faster than real time).
+
 For the three completions, the accuracy is over the filled-in segments only and ``_seam`` is
 the share of clips whose first generated frame after the given ones (continuation: the first
 generated word) is read as the digit that follows. Partial givens need a model with
@@ -22,11 +27,14 @@ generated word) is read as the digit that follows. Partial givens need a model w
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
 from anydit.config import SampleConfig
-from anydit.data.digit_strings import VOICED, DigitStringsDataset, StringsLayout, layout_for
+from anydit.data.digit_strings import DigitStringsDataset, StringsLayout, layout_for
+from anydit.data.digits import mel_params
 from anydit.eval.strings import (
     heard_during,
     heard_in,
@@ -36,8 +44,10 @@ from anydit.eval.strings import (
     seen_in,
     segment_accuracy,
     sync,
+    voiced_frames,
 )
 from anydit.sampling import Generate, sample
+from anydit.sampling.stream import stream
 
 STRING_TASKS = (
     "joint",
@@ -47,7 +57,9 @@ STRING_TASKS = (
     "prediction",
     "interpolation",
     "continuation",
+    "streaming",
 )
+STREAM_WINDOWS = 4  # streaming: clips this many model windows long
 COMPLETIONS = ("prediction", "interpolation", "continuation")
 
 
@@ -84,7 +96,7 @@ def _collapse(digits: list[int]) -> list[int]:
 
 def _words(audio: torch.Tensor) -> list[list[tuple[int, int]]]:
     """Per clip, its voiced runs [start, end)."""
-    voiced = (audio.float().max(-1).values > VOICED).numpy()  # (b, L)
+    voiced = voiced_frames(audio.float().numpy())  # (b, L)
     return [[(f, last) for _, f, last in runs(np.where(row, 1, -1))] for row in voiced]
 
 
@@ -97,11 +109,17 @@ def evaluate_strings(
     tasks: tuple[str, ...] = STRING_TASKS,
     samples: dict | None = None,
     lengths: tuple[int, ...] = (),
+    unnamed: str = "drop",
 ) -> dict[str, float]:
     """Scores of ``tasks`` on ``n`` clips of ``split`` (see the module docstring): a flat dict
     ``{task_measure: value}``. ``samples``, a dict, receives per task what was sampled (every
     stream, given ones too) and ``"real"`` the real clips, for galleries. ``lengths``: digits
-    a clip says (the run's ``data.strings_lengths``; default the layout's)."""
+    a clip says (the run's ``data.strings_lengths``; default the layout's). ``unnamed``: what
+    becomes of the streams a task neither gives nor scores (the label string; the caption but
+    in ``joint`` and ``caption_to_av``): ``"drop"`` them, or ``"generate"`` them alongside and
+    discard them (streaming always drops them)."""
+    if unnamed not in ("drop", "generate"):
+        raise ValueError(f"digit-strings tasks: unnamed must be drop|generate, got {unnamed!r}")
     unknown = sorted(set(tasks) - set(STRING_TASKS))
     if unknown:
         raise ValueError(f"digit-strings tasks: unknown {unknown}; expected some of {STRING_TASKS}")
@@ -111,10 +129,10 @@ def evaluate_strings(
             "digit-strings tasks: prediction, interpolation and continuation fill in the digits "
             f"after the first, so they need clips of 2 or more digits (lengths {layout.lengths})"
         )
-    if set(tasks) & set(COMPLETIONS) and not model.cfg.per_token_time:
+    if set(tasks) & {*COMPLETIONS, "streaming"} and not model.cfg.per_token_time:
         raise ValueError(
-            "digit-strings tasks: prediction, interpolation and continuation give part of a "
-            "stream, which needs a model built with per_token_time = true"
+            "digit-strings tasks: prediction, interpolation, continuation and streaming give "
+            "part of a stream, which needs a model built with per_token_time = true"
         )
     hop = layout.hop
     data = DigitStringsDataset(split, seed=seed, layout=layout, size=n)
@@ -126,6 +144,8 @@ def evaluate_strings(
     out: dict[str, float] = {}
 
     def draw(task: dict, name: str) -> dict[str, torch.Tensor]:
+        if unnamed == "generate":
+            task = {**dict.fromkeys(model.modalities, "generate"), **task}
         got = sample(model, task, n=n, config=config, seed=seed + 1)
         got = {k: v.detach().cpu() for k, v in got.items()}  # the judges read numpy
         if samples is not None:
@@ -160,6 +180,21 @@ def evaluate_strings(
         out["caption_to_av_sync"] = sync(got["video"], got["audio"], hop).sync
     for task in (t for t in COMPLETIONS if t in tasks):
         out |= _completion(task, draw, video, audio, segments, want, hop)
+    if "streaming" in tasks:
+        start = time.perf_counter()
+        roles = {"video": "generate", "audio": "generate"}
+        got = stream(model, roles, STREAM_WINDOWS, 0.5, n=n, seed=seed + 1, config=config)
+        seconds = time.perf_counter() - start
+        if samples is not None:
+            samples["streaming"] = {k: v.detach().cpu() for k, v in got.items()}
+        report = sync(got["video"].cpu(), got["audio"].cpu(), hop)
+        mel = mel_params()
+        made = n * got["audio"].shape[1] * mel.hop / mel.sample_rate  # seconds of audio
+        out |= {
+            "streaming_sync": report.sync,
+            "streaming_onset_error": report.onset_error,
+            "streaming_rtf": seconds / made,
+        }
     return out
 
 
