@@ -28,7 +28,7 @@ def _loop(e: Experts, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     if e.routing == "expert_choice":
         for i in range(e.experts):
             for t in probs[:, i].topk(slots).indices.tolist():
-                out[t] += probs[t, i] * expert(i, x[t])
+                out[t] += e.scale * probs[t, i] * expert(i, x[t])
         return out.reshape(h.shape)
     top, idx = probs.topk(e.top_k, -1)
     top = top / top.sum(-1, keepdim=True)
@@ -38,18 +38,21 @@ def _loop(e: Experts, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
             i = int(idx[t, j])
             if taken[i] < slots:
                 taken[i] += 1
-                out[t] += top[t, j] * expert(i, x[t])
+                out[t] += e.scale * top[t, j] * expert(i, x[t])
     return out.reshape(h.shape)
 
 
 @pytest.mark.parametrize(
-    "routing, top_k, capacity",
-    [("top_k", 1, 0.0), ("top_k", 2, 0.0), ("top_k", 2, 0.6), ("top_k", 1, 1.0),
-     ("expert_choice", 2, 1.0), ("expert_choice", 1, 0.5)],
+    "routing, top_k, capacity, fine",
+    [("top_k", 1, 0.0, {}), ("top_k", 2, 0.0, {}), ("top_k", 2, 0.6, {}), ("top_k", 1, 1.0, {}),
+     ("expert_choice", 2, 1.0, {}), ("expert_choice", 1, 0.5, {}),
+     ("expert_choice", 1, 1.0, {"hidden_share": 0.5, "scale": 4.0}),
+     ("top_k", 2, 0.0, {"hidden_share": 0.25, "scale": 2.0})],
 )  # fmt: skip
-def test_batched_dispatch_equals_a_loop_over_experts(routing, top_k, capacity):
+def test_batched_dispatch_equals_a_loop_over_experts(routing, top_k, capacity, fine):
     torch.manual_seed(0)
-    e = Experts(16, 24, "gelu", 4, top_k=top_k, routing=routing, capacity=capacity)
+    e = Experts(16, 24, "gelu", 4, top_k=top_k, routing=routing, capacity=capacity, **fine)
+    assert e.w1.shape == (4, 16, int(24 * fine.get("hidden_share", 1.0)))
     torch.nn.init.normal_(e.router.weight)
     torch.nn.init.normal_(e.router_time.weight, std=0.1)
     h, c = torch.randn(3, 7, 16), torch.randn(3, 1, 16)
@@ -125,6 +128,9 @@ def test_router_losses_are_logged_per_stream_and_trained(tmp_path):
          "model.expert_capacity: expected a number > 0 \\(expert_choice\\)"),
         ({"experts": 4, "expert_routing": "hash"}, "model.expert_routing: expected top_k"),
         ({"experts": 4, "mup_base_width": 32}, "model.experts: expected 0 with model.mup"),
+        ({"experts": 4, "expert_hidden": 0.0}, "model.expert_hidden: expected a share in"),
+        ({"experts": 4, "expert_hidden": 1.5}, "model.expert_hidden: expected a share in"),
+        ({"experts": 4, "expert_scale": 0.0}, "model.expert_scale: expected a number > 0"),
     ],
 )  # fmt: skip
 def test_bad_expert_settings_are_named(change, message):
@@ -199,3 +205,49 @@ def test_train_init_upcycles_a_dense_file_into_an_expert_model(tmp_path):
     assert layer.router.weight.abs().sum() > 0 and layer.w1.shape[0] == 3
     probs = layer.router(torch.randn(64, layer.router.in_features)).softmax(-1)
     assert len(set(probs.argmax(-1).tolist())) == 3  # the tokens spread over the experts
+
+
+def test_fine_grained_experts_with_a_shared_one_keep_the_dense_compute():
+    """Four experts of half the MLP's hidden width, expert choice at capacity 1 (each token one
+    routed expert on average) and a shared expert of the same size: a forward costs what the
+    dense model's costs (the routers' few FLOPs aside), with 2.5x the MLP parameters."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mods, cfg = four_modalities(depth=2)
+    fine = dict(experts=4, expert_routing="expert_choice", expert_capacity=1.0)
+    fine.update(expert_shared=True, expert_hidden=0.5)
+    dense = anydit.MMDiT(mods, cfg).eval()
+    moe = anydit.MMDiT(mods, dataclasses.replace(cfg, **fine)).eval()
+    layer = expert_layers(moe)["image"][0]
+    assert layer.w1.shape[-1] == layer.shared[0].out_features == int(cfg.width * cfg.mlp_ratio) // 2
+    batch = random_batch(dense, 8)
+    tokens = {k: dense.modalities[k].tokenize(v) for k, v in batch.items()}
+    times = {k: torch.rand(8) for k in tokens}
+    flops = []
+    for m in (dense, moe):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            m(tokens, times)
+        flops.append(counter.get_total_flops())
+    assert flops[1] == pytest.approx(flops[0], rel=0.03)
+    hidden = layer.experts * layer.w1.shape[-1] + layer.shared[0].out_features
+    assert hidden == 2.5 * int(cfg.width * cfg.mlp_ratio)  # 2.5x the dense MLP's channels
+
+
+def test_expert_scale_multiplies_the_routed_experts_only():
+    torch.manual_seed(0)
+    one = Experts(16, 24, "gelu", 4, routing="expert_choice", capacity=1.0, shared=True)
+    four = Experts(16, 24, "gelu", 4, routing="expert_choice", capacity=1.0, shared=True, scale=4)
+    torch.nn.init.normal_(one.router.weight)
+    four.load_state_dict(one.state_dict())
+    h, c = torch.randn(2, 6, 16), torch.randn(2, 1, 16)
+    with torch.no_grad():
+        common = one.shared(h)
+        torch.testing.assert_close(four(h, c) - common, 4 * (one(h, c) - common))
+        assert (one(h, c) - common).abs().max() > 0
+
+
+def test_upcycling_into_fine_grained_experts_is_refused():
+    mods, cfg = four_modalities(depth=1)
+    dense = anydit.MMDiT(mods, cfg)
+    with pytest.raises(ValueError, match="copies need model.expert_hidden 1"):
+        upcycle(dense, 4, hidden=0.5)

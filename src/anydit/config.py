@@ -272,6 +272,8 @@ class ModelConfig:
     expert_routing: str = "top_k"  # top_k | expert_choice (each expert picks its tokens)
     expert_capacity: float = 1.25  # tokens per expert: capacity x tokens x k / experts (0: all)
     expert_shared: bool = False  # one more expert every token passes through
+    expert_hidden: float = 1.0  # each expert's hidden width, a share of the dense MLP's
+    expert_scale: float = 1.0  # routed experts' outputs times this (DeepSeek-V3's scaling)
     expert_streams: tuple[str, ...] = ()  # streams with experts (names, "shared"); () = all
     expert_balance: float = 0.1  # weight of the router's load-balancing loss (docs/training.md)
     expert_z: float = 0.001  # weight of the router z-loss
@@ -366,6 +368,19 @@ class ModelConfig:
                 "model.expert_capacity",
                 "a number > 0 (expert_choice) or >= 0 (top_k; 0 = no limit)",
                 self.expert_capacity,
+            )
+            hidden = int(self.width * self.mlp_ratio)
+            _check(
+                0 < self.expert_hidden <= 1 and int(hidden * self.expert_hidden) >= 1,
+                "model.expert_hidden",
+                f"a share in (0, 1] of the MLP's hidden width {hidden} leaving >= 1 channel",
+                self.expert_hidden,
+            )
+            _check(
+                self.expert_scale > 0 and math.isfinite(self.expert_scale),
+                "model.expert_scale",
+                "a number > 0",
+                self.expert_scale,
             )
             for name in ("expert_balance", "expert_z"):
                 _check(

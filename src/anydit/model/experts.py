@@ -14,6 +14,12 @@ and dispatches by one of two rules:
 * ``expert_choice``: each expert takes its C highest-scoring tokens (Zhou et al., 2022),
   weighted by the softmax probability; a token may get several experts or none.
 
+Fine-grained experts (DeepSeekMoE): ``hidden_share`` < 1 gives each expert (and the shared
+one) that share of the MLP's hidden width, so half-width experts, expert choice at capacity 1
+and a shared expert cost what the dense MLP costs. ``scale`` multiplies the routed experts'
+weights (DeepSeek-V3's routed scaling): expert choice weighs a token by a probability near
+1/E at the start, so E gives the routed experts the shared expert's footing.
+
 All experts run as one batched matmul over an (E, C, d) buffer: no Python loop per expert.
 The router's auxiliary losses (Switch's load balance E x sum_e f_e P_e, and the router z-loss
 mean(logsumexp(logits)^2)) are kept on the module after each forward (``aux``) for the training
@@ -54,11 +60,15 @@ class Experts(nn.Module):
         shared: bool = False,
         routing: str = "top_k",
         capacity: float = 1.25,
+        hidden_share: float = 1.0,
+        scale: float = 1.0,
     ):
         super().__init__()
         from anydit.model.block import ACTIVATIONS, _mlp
 
+        hidden = max(1, int(hidden * hidden_share))  # fine-grained experts: a share of the MLP
         self.experts, self.top_k, self.routing, self.capacity = experts, top_k, routing, capacity
+        self.scale = scale  # the routed experts' weights times this
         self.router = nn.Linear(width, experts, bias=False)  # from the token
         self.router_time = nn.Linear(width, experts, bias=False)  # from the conditioning
         self.w1 = nn.Parameter(torch.empty(experts, width, hidden))
@@ -103,7 +113,7 @@ class Experts(nn.Module):
         buffer = x[token] * keep[..., None].to(x.dtype)  # (E, C, d)
         hidden = self.act(torch.baddbmm(self.b1[:, None].to(x.dtype), buffer, self.w1.to(x.dtype)))
         y = torch.baddbmm(self.b2[:, None].to(x.dtype), hidden, self.w2.to(x.dtype))  # (E, C, d)
-        y = y * (weight * keep)[..., None].to(y.dtype)
+        y = y * (weight * keep * self.scale)[..., None].to(y.dtype)
         out = torch.zeros_like(x).index_add_(0, token.flatten(), y.reshape(-1, d))
         if self.shared is not None:
             out = out + self.shared(x)
@@ -181,6 +191,11 @@ def upcycle_state(
             continue
         index, leaf = tail.split(".")  # "0.weight": first linear; "2.weight": second
         first = index == "0"
+        if leaf == "weight" and first and own[f"{head}.mlp.w1"].shape[-1] != value.shape[0]:
+            raise ValueError(
+                f"upcycle: {key} has {value.shape[0]} hidden channels, the experts "
+                f"{own[f'{head}.mlp.w1'].shape[-1]}: copies need model.expert_hidden 1"
+            )
         if leaf == "weight":  # nn.Linear keeps (out, in); experts keep (in, out)
             out[f"{head}.mlp.{'w1' if first else 'w2'}"] = value.t().expand(experts, -1, -1).clone()
         else:
@@ -199,7 +214,8 @@ def upcycle_state(
 def upcycle(model, experts: int, top_k: int = 1, shared: bool = False, **options):
     """A copy of ``model`` whose stream MLPs are ``experts`` experts, each a copy of the MLP,
     behind a freshly drawn router (``upcycle_state``). ``options``: the other ``expert_*``
-    model settings (``routing``, ``capacity``, ``streams``). With ``top_k`` routing and
+    model settings (``routing``, ``capacity``, ``streams``, ``scale``; ``hidden`` must stay 1:
+    the experts are copies). With ``top_k`` routing and
     ``capacity`` 0 (no limit) the new model computes what ``model`` computes."""
     import dataclasses
 

@@ -83,6 +83,8 @@ def expert_options(cfg: ModelConfig, streams: list[str]) -> dict[str, dict]:
         shared=cfg.expert_shared,
         routing=cfg.expert_routing,
         capacity=cfg.expert_capacity,
+        hidden_share=cfg.expert_hidden,
+        scale=cfg.expert_scale,
     )
     names = cfg.expert_streams or (*streams, "shared")
     return {n: options for n in names}
