@@ -215,8 +215,8 @@ def upcycle(model, experts: int, top_k: int = 1, shared: bool = False, **options
     """A copy of ``model`` whose stream MLPs are ``experts`` experts, each a copy of the MLP,
     behind a freshly drawn router (``upcycle_state``). ``options``: the other ``expert_*``
     model settings (``routing``, ``capacity``, ``streams``, ``scale``; ``hidden`` must stay 1:
-    the experts are copies). With ``top_k`` routing and
-    ``capacity`` 0 (no limit) the new model computes what ``model`` computes."""
+    the experts are copies). With ``top_k`` routing, ``capacity`` 0 (no limit) and ``scale``
+    1 the new model computes what ``model`` computes."""
     import dataclasses
 
     from anydit.model.mmdit import MMDiT
