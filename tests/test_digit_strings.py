@@ -176,6 +176,22 @@ def test_data_strings_lengths_and_the_run_s_shapes_set_the_training_clips():
         layout_for(odd)
 
 
+def test_data_strings_clips_sets_the_training_epoch_and_leaves_the_test_split():
+    from anydit.data.sources import build_dataset
+
+    default = build_dataset(anydit.DataConfig(source="digit-strings"), "train")
+    more = anydit.DataConfig(source="digit-strings", strings_clips=5000)
+    train, test = build_dataset(more, "train"), build_dataset(more, "test")
+    assert len(default) == len(default.labels) and len(train) == 5000 > len(default)
+    assert len(test) == len(build_dataset(anydit.DataConfig(source="digit-strings"), "test"))
+    assert torch.equal(train[4999]["audio"], train[4999]["audio"])  # drawn from (seed, index)
+    assert not torch.equal(train[4999]["audio"], train[4998]["audio"])
+    with pytest.raises(ValueError, match="data.strings_clips: expected an integer >= 0"):
+        anydit.DataConfig(source="digit-strings", strings_clips=-1)
+    with pytest.raises(ValueError, match="data.strings_clips: expected 0 unless"):
+        anydit.DataConfig(source="digits", strings_clips=100)
+
+
 def test_one_digit_clips_train_judge_and_skip_the_completions(tmp_path):
     from anydit.demo_strings import run_strings_demo
     from anydit.eval.strings_tasks import COMPLETIONS, evaluate_strings

@@ -797,6 +797,8 @@ class DataConfig:
     # training (rotate, invert, thicken, next; relative weights; default all equal)
     strings_lengths: tuple[int, ...] = ()  # digit-strings: digits a clip says, drawn among
     # these (default 3 or 4); the clip's frames come from the video and audio shapes
+    strings_clips: int = 0  # digit-strings: training clips an epoch, each redrawn every epoch
+    # (0: one per train image, 1,337); more makes DataLoader workers restart less often
 
     def __post_init__(self) -> None:
         _check(self.source in DATA_SOURCES, "data.source", f"one of {DATA_SOURCES}", self.source)
@@ -819,6 +821,13 @@ class DataConfig:
             "data.augment",
             "false unless data.source is digits",
             self.augment,
+        )
+        _check(self.strings_clips >= 0, "data.strings_clips", "an integer >= 0", self.strings_clips)
+        _check(
+            not self.strings_clips or self.source == "digit-strings",
+            "data.strings_clips",
+            "0 unless data.source is digit-strings",
+            self.strings_clips,
         )
         try:
             self.edit_weights = tuple(float(w) for w in self.edit_weights)

@@ -23,7 +23,8 @@ def build_dataset(cfg: DataConfig, split: str = "train", modalities=None):
         from anydit.data.digit_strings import DigitStringsDataset, layout_for
 
         layout = layout_for(modalities, cfg.strings_lengths)
-        return DigitStringsDataset(split, seed=cfg.seed, layout=layout)
+        size = cfg.strings_clips if split == "train" and cfg.strings_clips else None
+        return DigitStringsDataset(split, seed=cfg.seed, layout=layout, size=size)
     if cfg.source == "digit-edits":
         from anydit.data.digit_edits import DigitEditsDataset
 
