@@ -184,8 +184,12 @@ def test_data_strings_clips_sets_the_training_epoch_and_leaves_the_test_split():
     train, test = build_dataset(more, "train"), build_dataset(more, "test")
     assert len(default) == len(default.labels) and len(train) == 5000 > len(default)
     assert len(test) == len(build_dataset(anydit.DataConfig(source="digit-strings"), "test"))
-    assert torch.equal(train[4999]["audio"], train[4999]["audio"])  # drawn from (seed, index)
-    assert not torch.equal(train[4999]["audio"], train[4998]["audio"])
+    again = build_dataset(more, "train")[4999]["audio"]  # drawn from (seed, epoch, index)
+    assert torch.equal(train[4999]["audio"], again)
+    train.set_epoch(1)
+    assert not torch.equal(train[4999]["audio"], again)
+    with pytest.raises(IndexError):
+        default[len(default)]
     with pytest.raises(ValueError, match="data.strings_clips: expected an integer >= 0"):
         anydit.DataConfig(source="digit-strings", strings_clips=-1)
     with pytest.raises(ValueError, match="data.strings_clips: expected 0 unless"):
