@@ -126,7 +126,7 @@ def main() -> None:
         steps = args.steps
         if steps is None:
             per = seconds_per_step(work / "calibration", base, args.seed)
-            steps = max(400, int(args.seconds / per) // 400 * 400)  # a multiple of --evals 4
+            steps = max(400, int(args.seconds / per) // 400 * 400)
             steps -= steps % args.evals
             results["seconds_per_step"] = per
         if runs:
