@@ -6,12 +6,19 @@ one's EMA weights on every task (``evaluate_strings``, 100 test clips, the demo'
 Epochs hold ``data.strings_clips`` 25,600 clips, so DataLoader workers start once per 200
 steps instead of once per 10. ``--runs`` trains several recipes instead, each for the same
 steps and scored once at its end: ``NAME:KEY=VALUE;KEY=VALUE`` (overrides as for ``--set``).
-The step count ``--seconds`` fits undershoots the time (250 s asked gave 380 s on an H200:
-the short first run misses the epochs' worker start-up) and ignores ``--runs``' overrides.
+A run may name its own ``train.steps``; ``--parallel`` trains and scores the runs side by
+side, one process each (one thread, ``--workers`` DataLoader processes), which a GPU with
+spare cores takes at nearly the speed of one; ``--keep DIR`` keeps each run's folder (its
+``model.safetensors``). The step count ``--seconds`` fits undershoots the time (250 s asked
+gave 380 s on an H200: the short first run misses the epochs' worker start-up) and ignores
+``--runs``' overrides.
 
     python benchmarks/strings_scaling.py --device cuda --seconds 250
     python benchmarks/strings_scaling.py --device cuda --steps 1400 \\
         --runs 'lr1e-3:train.lr=0.001' 'lr2e-3:train.lr=0.002'
+    python benchmarks/strings_scaling.py --device cuda --parallel --workers 1 \\
+        --out benchmarks/strings_budget.json --runs \\
+        'b32_lr2:train.batch_size=32;train.lr=0.002;train.steps=1150' ...   # docs/video.md
 """
 
 from __future__ import annotations
@@ -76,11 +83,51 @@ def parse_run(spec: str) -> tuple[str, list[str]]:
     extra = [x.strip() for x in sets.split(";") if x.strip()]
     if not name.strip():
         raise SystemExit(f"--runs {spec!r}: give each run a name, NAME:KEY=VALUE;...")
-    ours = ("train.steps", "train.checkpoint_every")
+    ours = ("train.checkpoint_every",)
     fixed = [x for x in extra if x.split("=")[0].strip() in ours]
     if fixed:
-        raise SystemExit(f"--runs {spec!r}: {fixed} are the benchmark's (--steps)")
+        raise SystemExit(f"--runs {spec!r}: {fixed} is the benchmark's (the run's steps)")
     return name.strip(), extra
+
+
+def run_steps(extra: list[str], default: int | None) -> tuple[int, list[str]]:
+    """A run's own ``train.steps`` if it names one (taken out of ``extra``), else ``default``."""
+    own = [x for x in extra if x.split("=")[0].strip() == "train.steps"]
+    rest = [x for x in extra if x not in own]
+    if own:
+        return int(own[-1].split("=", 1)[1]), rest
+    if default is None:
+        raise SystemExit(f"--runs {extra}: give --steps or train.steps=N in the run")
+    return default, rest
+
+
+def one_run(name: str, extra: list[str], steps: int, base: list[str], args, work: Path) -> dict:
+    """Train one ``--runs`` recipe for ``steps`` and score its final weights: a result row."""
+    run = [*base, *extra, f"train.steps={steps}", f"train.checkpoint_every={steps}"]
+    secs = train_run(work / name, steps, run, args.seed)
+    got = score(work / name / "model.safetensors", args.device, args.clips, args.seed)
+    return {"run": name, "overrides": extra, "steps": steps, "train_s": secs, **got}
+
+
+def side_by_side(specs: list[str], argv: list[str]) -> list[dict]:
+    """Each ``--runs`` spec in its own process (``--child``), one thread each; their rows."""
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    rest = [a for a in argv if a not in specs and a not in ("--runs", "--parallel")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, *rest, "--child", spec], stdout=subprocess.PIPE, env=env
+        )
+        for spec in specs
+    ]
+    rows = []
+    for spec, proc in zip(specs, procs, strict=True):
+        out, _ = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(f"--runs {spec!r} failed (exit {proc.returncode})")
+        rows.append(json.loads(out.decode().strip().splitlines()[-1]))
+    return rows
 
 
 def main() -> None:
@@ -93,9 +140,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, help="DataLoader processes (default: cores - 2)")
     p.add_argument("--runs", nargs="*", default=[], help="NAME:KEY=VALUE;... recipes")
+    p.add_argument("--parallel", action="store_true", help="--runs side by side, a process each")
+    p.add_argument("--keep", type=Path, help="keep each run's folder here (default: discard)")
+    p.add_argument("--child", help=argparse.SUPPRESS)  # --parallel: one run, its row to stdout
     p.add_argument("--out", type=Path, help="default benchmarks/strings_scaling[_runs].json")
     args = p.parse_args()
     runs = [parse_run(spec) for spec in args.runs]
+    if args.parallel and not runs:
+        raise SystemExit("--parallel trains --runs side by side: give --runs")
     if args.out is None:
         name = "strings_scaling_runs.json" if runs else "strings_scaling.json"
         args.out = Path(__file__).parent / name
@@ -121,20 +173,33 @@ def main() -> None:
         results["runs"].append(row)
         args.out.write_text(json.dumps(results, indent=1))
 
+    if args.child:
+        import torch
+
+        torch.set_num_threads(1)
+        name, extra = parse_run(args.child)
+        steps, extra = run_steps(extra, args.steps)
+        with tempfile.TemporaryDirectory() as tmp:
+            row = one_run(name, extra, steps, base, args, args.keep or Path(tmp))
+        print(json.dumps(row), flush=True)
+        return
+    if args.parallel:
+        for row in side_by_side(args.runs, sys.argv[1:]):
+            save(row)
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = args.keep or Path(tmp)
         steps = args.steps
-        if steps is None:
+        own = all(run_steps(extra, 0)[0] for _, extra in runs) if runs else False
+        if steps is None and not own:
             per = seconds_per_step(work / "calibration", base, args.seed)
             steps = max(400, int(args.seconds / per) // 400 * 400)
             steps -= steps % args.evals
             results["seconds_per_step"] = per
         if runs:
             for name, extra in runs:
-                run = [*base, *extra, f"train.checkpoint_every={steps}"]
-                secs = train_run(work / name, steps, run, args.seed)
-                got = score(work / name / "model.safetensors", args.device, args.clips, args.seed)
-                save({"run": name, "overrides": extra, "steps": steps, "train_s": secs, **got})
+                own, extra = run_steps(extra, steps)
+                save(one_run(name, extra, own, base, args, work))
             return
         every = max(1, steps // args.evals)
         keep = [f"train.checkpoint_every={every}", f"train.keep_checkpoints={args.evals}"]

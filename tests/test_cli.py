@@ -107,6 +107,12 @@ ROLE_CASES = [  # CLI flags, generated modalities, the same task and settings in
         {"isolation": 2.0},
     ),
     (
+        ["--generate", "image,audio", "--given", "label=3", "--stream-guidance", "audio=3"],
+        {"image", "audio"},
+        {"label": 3},
+        {"stream_guidance": {"audio": 3.0}},
+    ),
+    (
         ["--generate", "image,label", "--discrete-first"],
         {"image", "label"},
         {},

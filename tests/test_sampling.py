@@ -5,6 +5,7 @@ import torch
 from conftest import four_modalities, random_batch, randomize
 
 import anydit
+from anydit.errors import ConfigError
 
 
 @pytest.fixture
@@ -358,6 +359,35 @@ def test_isolation_cuts_generated_streams_apart_and_guides_away_from_it(model):
         anydit.sample(model, {"image": "generate", "label": 3}, n=1, steps=2, isolation=2.0)
     with pytest.raises(ValueError, match="use cache '' and kv_reuse false"):
         anydit.sample(model, task, n=1, steps=2, isolation=2.0, cache="taylor")
+
+
+def test_stream_guidance_weights_each_output_apart(model):
+    """Per-output weights: the named stream moves as under that weight alone, the other as
+    under the float; both conditional and joint (nothing given) guidance take them."""
+    task = {"image": "generate", "audio": "generate", "label": 3}
+    at = {w: anydit.sample(model, task, n=2, steps=3, guidance=w) for w in (1.0, 3.0)}
+    mixed = anydit.sample(model, task, n=2, steps=3, guidance=1.0, stream_guidance={"audio": 3.0})
+    assert not torch.allclose(at[1.0]["audio"], at[3.0]["audio"])
+    # one Euler step moves both streams from the same state: the image's first step is
+    # unguided, the audio's guided by 3; past it the streams differ, so compare one step.
+    one = {w: anydit.sample(model, task, n=2, steps=1, guidance=w) for w in (1.0, 3.0)}
+    both = anydit.sample(model, task, n=2, steps=1, guidance=1.0, stream_guidance={"audio": 3.0})
+    torch.testing.assert_close(both["audio"], one[3.0]["audio"])
+    torch.testing.assert_close(both["image"], one[1.0]["image"])
+    assert not torch.allclose(mixed["audio"], at[1.0]["audio"])
+    joint = {"image": "generate", "audio": "generate", "label": "drop", "text": "drop"}
+    # (from pure noise each joint branch equals the conditional one: the first step is alike)
+    j1 = anydit.sample(model, joint, n=2, steps=2, guidance=2.0)
+    j2 = anydit.sample(model, joint, n=2, steps=2, guidance=2.0, stream_guidance={"image": 1.0})
+    torch.testing.assert_close(j2["audio"], j1["audio"])
+    assert not torch.allclose(j2["image"], j1["image"])
+    with pytest.raises(ValueError, match="stream_guidance names \\['label'\\]"):
+        anydit.sample(model, task, n=1, steps=1, guidance=2.0, stream_guidance={"label": 2.0})
+    with pytest.raises(ConfigError, match="weight each condition"):
+        anydit.sample(model, task, n=1, steps=1, guidance={"label": 2.0},
+                      stream_guidance={"audio": 2.0})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"stream_guidance\['audio'\]: expected a finite"):
+        anydit.sample(model, task, n=1, steps=1, stream_guidance={"audio": float("nan")})
 
 
 def test_first_samples_the_named_stream_to_the_end_before_the_rest_moves(model):

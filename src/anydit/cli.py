@@ -175,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="!= 1: guide each generated stream away from what it makes reading only itself "
         "and the conditions (LTX-2's modality isolation; needs two generated streams)",
     )
+    p.add_argument(
+        "--stream-guidance",
+        type=_weights,
+        metavar="NAME=W,...",
+        help="one guidance weight per generated modality (audio=3,video=1.5), in place of "
+        "--guidance's float for those outputs",
+    )
     p.add_argument("--unmasking", choices=["random", "confidence"], help="discrete reveal order")
     p.add_argument(
         "--cache",
@@ -406,6 +413,14 @@ def _guidance(text: str) -> float | dict[str, float]:
         raise argparse.ArgumentTypeError(
             f"expected a number or NAME=W pairs separated by commas, got {text!r}"
         ) from None
+
+
+def _weights(text: str) -> dict[str, float]:
+    """``NAME=W,NAME=W`` -> {NAME: W}."""
+    got = _guidance(text)
+    if not isinstance(got, dict):
+        raise argparse.ArgumentTypeError(f"expected NAME=W pairs separated by commas, got {text!r}")
+    return got
 
 
 def _interval(text: str) -> tuple[float, float]:
@@ -677,6 +692,7 @@ def cmd_sample(args) -> int:
         discrete_first=args.discrete_first,
         first=None if args.first is None else tuple(args.first.split(",")),
         isolation=args.isolation,
+        stream_guidance=args.stream_guidance,
     )
     if args.n < 1:
         raise ValueError(f"-n: expected an integer >= 1, got {args.n}")

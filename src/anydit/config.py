@@ -572,6 +572,9 @@ class SampleConfig:
     # before the image of a speech -> image task
     isolation: float = 1.0  # != 1: one more branch where each generated stream reads only
     # itself and the conditions (LTX-2's modality isolation); pushed away from it by w - 1
+    stream_guidance: dict[str, float] = field(default_factory=dict)  # {generated stream: w}:
+    # that output's guidance weight in place of the float ``guidance`` (LTX-2's per-modality
+    # scales: audio and video of one clip guided apart)
 
     def __post_init__(self) -> None:
         steps = _index(self.steps)
@@ -617,6 +620,30 @@ class SampleConfig:
             self.shift,
         )
         _check(math.isfinite(self.isolation), "sample.isolation", "a finite number", self.isolation)
+        _check(
+            isinstance(self.stream_guidance, dict),
+            "sample.stream_guidance",
+            "{generated stream: weight}",
+            self.stream_guidance,
+        )
+        weights = {}
+        for k, v in self.stream_guidance.items():
+            w = _real(v)
+            _check(
+                w is not None and math.isfinite(w),
+                f"sample.stream_guidance[{k!r}]",
+                "a finite number",
+                v,
+            )
+            weights[str(k)] = w
+        self.stream_guidance = weights
+        _check(
+            not (weights and isinstance(self.guidance, dict)),
+            "sample.stream_guidance",
+            "{} when guidance is a dict: weight each condition (guidance) or each output "
+            "(stream_guidance), not both",
+            self.stream_guidance,
+        )
         _check(
             math.isfinite(self.temperature) and self.temperature > 0,
             "sample.temperature",

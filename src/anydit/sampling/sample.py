@@ -31,30 +31,46 @@ def _drop_state(m: Modality, n: int, generator: torch.Generator, device) -> Tens
 
 
 def guidance_branches(
-    roles: dict[str, ResolvedRole], guidance: float | dict[str, float]
+    roles: dict[str, ResolvedRole],
+    guidance: float | dict[str, float],
+    streams: dict[str, float] | None = None,
 ) -> list[tuple[set[str], float, set[str]]]:
     """[(modalities dropped in the branch, weight w, outputs it guides)].
 
-    Each guided output becomes ``c + sum (w - 1)(c - branch)`` over the branches that guide it.
-    With nothing given and several modalities generated, a float guides each generated modality
-    by the others (joint guidance, as in UniDiffuser): its branch drops the other generated
-    modalities, so the push is from the modality's marginal towards agreement with the rest.
+    Each guided output k becomes ``c + sum (w_k - 1)(c - branch)`` over the branches that guide
+    it, where w_k is ``streams[k]`` if named there (per-output weights, with a float
+    ``guidance``), else the branch's w. With nothing given and several modalities generated, a
+    float guides each generated modality by the others (joint guidance, as in UniDiffuser): its
+    branch drops the other generated modalities, so the push is from the modality's marginal
+    towards agreement with the rest.
     """
     given = {n for n, r in roles.items() if r.role == Role.GIVEN}
     generated = {n for n, r in roles.items() if r.role == Role.GENERATE}
+    streams = streams or {}
+    stray = sorted(set(streams) - generated)
+    if stray:
+        raise ValueError(
+            f"stream_guidance names {stray}, which are not generated in this task "
+            f"(generated: {sorted(generated)})"
+        )
     if isinstance(guidance, dict):
+        if streams:
+            raise ValueError(
+                "guidance: a dict weights each condition; stream_guidance needs a float"
+            )
         bad = sorted(set(guidance) - given)
         if bad:
             raise ValueError(
                 f"guidance names {bad}, which are not given in this task (given: {sorted(given)})"
             )
         return [({n}, float(w), generated) for n, w in sorted(guidance.items()) if w != 1.0]
-    if guidance == 1.0:
+    weights = {k: float(streams.get(k, guidance)) for k in generated}
+    if all(w == 1.0 for w in weights.values()):
         return []
     if given:
         return [(given, float(guidance), generated)]
     if len(generated) > 1:
-        return [(generated - {k}, float(guidance), {k}) for k in sorted(generated)]
+        return [(generated - {k}, weights[k], {k}) for k in sorted(generated)]
     return []
 
 
@@ -161,6 +177,9 @@ def sample(
             (one extra branch with them all dropped), a dict {name: w} guides each separately;
             1 means none. With nothing given, a float guides each of several generated
             modalities towards agreement with the others (one branch per generated modality).
+        stream_guidance: (a ``SampleConfig`` field, given by name) {generated modality: w}:
+            that output's weight in place of a float ``guidance``'s, e.g. audio guided harder
+            than the video it is made with.
         guidance_interval: (low, high) times; a generated modality is guided only while its
             own time is within [low, high] (t = 0 is noise). Guidance at high noise is what
             narrows diversity most (Kynkäänniemi et al., 2024), so e.g. (0.3, 1) keeps more
@@ -229,7 +248,7 @@ def sample(
         first=first | set(cfg.first),
     )
     grids = {k: g.to(device) for k, g in grids.items()}
-    branches = guidance_branches(roles, cfg.guidance)
+    branches = guidance_branches(roles, cfg.guidance, cfg.stream_guidance)
     discrete = {k: mods[k].mask_id for k in generated if mods[k].discrete}
     no_time = torch.zeros(n, device=device)
 
@@ -312,7 +331,7 @@ def sample(
                 result[k] = cond
                 continue
             result[k] = cond + sum(
-                (w - 1.0) * (cond - c)
+                (cfg.stream_guidance.get(k, w) - 1.0) * (cond - c)
                 for (_, w, targets), c in zip(branches, chunks[1:], strict=False)
                 if k in targets
             )
