@@ -3,9 +3,12 @@ digit-strings models: each sampling setting of ``GRID`` scored on ``--clips`` te
 seed) of the tasks that make audio and video together (joint, caption -> AV), the scalar ones
 also on dubbing and audio -> video. A model whose speech has not learned says nothing here: use
 one trained far past the 15-minute CPU budget (``strings_scaling.py --keep``, docs/video.md).
+The ``stream_*`` settings score streaming (4 windows), the slowest task; name them.
 
     python benchmarks/strings_guidance.py A/model.safetensors B/model.safetensors \\
-        --device cuda --clips 500 --processes 4          # -> benchmarks/strings_guidance.json
+        --device cuda --clips 500 --processes 4        # -> benchmarks/strings_guidance.json
+    python benchmarks/strings_guidance.py A.safetensors B.safetensors --device cpu --clips 40 \\
+        --settings stream_g2,stream_iso1.5 --out benchmarks/strings_guidance_streaming.json
 """
 
 from __future__ import annotations
@@ -35,11 +38,17 @@ GRID = {
     "g2_v3": ({"stream_guidance": {"video": 3.0}}, BOTH),
     "g2_a3_v1.5": ({"stream_guidance": {"audio": 3.0, "video": 1.5}}, BOTH),
     "g2_a3_iso2": ({"stream_guidance": {"audio": 3.0}, "isolation": 2.0}, BOTH),
+    "stream_g2": ({}, ("streaming",)),
+    "stream_iso1.5": ({"isolation": 1.5}, ("streaming",)),
+    "stream_g3": ({"guidance": 3.0}, ("streaming",)),
 }
 
 
-def score(path: str, names: list[str], device: str, clips: int, seed: int) -> list[dict]:
-    """One row per setting in ``names`` for the model at ``path``."""
+def score(
+    path: str, names: list[str], device: str, clips: int, seed: int, lengths: tuple[int, ...]
+) -> list[dict]:
+    """One row per setting in ``names`` for the model at ``path``, on clips of ``lengths``
+    digits."""
     from anydit.demo_strings import SAMPLING
     from anydit.eval.strings_tasks import evaluate_strings
     from anydit.model import load_model
@@ -50,13 +59,13 @@ def score(path: str, names: list[str], device: str, clips: int, seed: int) -> li
         changes, tasks = GRID[name]
         start = time.perf_counter()
         config = dataclasses.replace(SAMPLING, **changes)
-        got = evaluate_strings(model, clips, config, seed=seed, tasks=tasks, lengths=(3, 4))
+        got = evaluate_strings(model, clips, config, seed=seed, tasks=tasks, lengths=lengths)
         rows.append({
             "model": path, "sampling": name, "changes": changes, "clips": clips,
             "eval_s": round(time.perf_counter() - start, 1),
             **{k: round(v, 4) for k, v in got.items()},
         })  # fmt: skip
-        print(json.dumps(rows[-1]), flush=True)
+        print("ROW " + json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -66,8 +75,13 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--clips", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--settings", default=",".join(GRID), help="comma-separated names of GRID")
+    p.add_argument(
+        "--settings",
+        default=",".join(n for n in GRID if not n.startswith("stream_")),
+        help="comma-separated names of GRID (default: all but the stream_ ones)",
+    )
     p.add_argument("--processes", type=int, default=1, help="settings scored side by side")
+    p.add_argument("--lengths", default="3,4", help="digits a test clip says (the demo's: 3,4)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "strings_guidance.json")
     p.add_argument("--child", help=argparse.SUPPRESS)  # one model and some settings
     args = p.parse_args()
@@ -75,12 +89,19 @@ def main() -> None:
     unknown = sorted(set(names) - set(GRID))
     if unknown:
         raise SystemExit(f"--settings: unknown {unknown}; expected some of {list(GRID)}")
+    if args.processes < 1:
+        raise SystemExit(f"--processes: expected an integer >= 1, got {args.processes}")
+    try:
+        lengths = tuple(int(x) for x in args.lengths.split(","))
+    except ValueError:
+        raise SystemExit(
+            f"--lengths: expected digits a clip says, e.g. 3,4; got {args.lengths!r}"
+        ) from None
     if args.child:
         import torch
 
         torch.set_num_threads(1)
-        for row in score(args.child, names, args.device, args.clips, args.seed):
-            print("ROW " + json.dumps(row), flush=True)
+        score(args.child, names, args.device, args.clips, args.seed, lengths)
         return
     import torch
 
@@ -88,7 +109,8 @@ def main() -> None:
     if torch.device(args.device).type == "cuda":
         results["gpu"] = torch.cuda.get_device_name()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    common = ["--device", args.device, "--clips", str(args.clips), "--seed", str(args.seed)]
+    common = ["--device", args.device, "--clips", str(args.clips), "--seed", str(args.seed),
+              "--lengths", args.lengths]  # fmt: skip
     rows = []
     for model in args.models:
         parts = [names[i :: args.processes] for i in range(min(args.processes, len(names)))]
@@ -112,8 +134,12 @@ def main() -> None:
         for proc in procs:
             out, _ = proc.communicate()
             if proc.returncode:
+                for other in procs:
+                    other.kill()
                 raise SystemExit(f"{model}: scoring failed (exit {proc.returncode})")
             rows += [json.loads(x[4:]) for x in out.decode().splitlines() if x.startswith("ROW ")]
+    order = {name: i for i, name in enumerate(GRID)}
+    rows.sort(key=lambda r: (args.models.index(r["model"]), order[r["sampling"]]))
     results["rows"] = rows
     args.out.write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")

@@ -4,11 +4,11 @@ weight 8 and shift 3: docs/video.md) once for ``--steps`` (or as many as ``--sec
 measured over a short first run), keeps ``--evals`` evenly spaced checkpoints and scores each
 one's EMA weights on every task (``evaluate_strings``, 100 test clips, the demo's sampling).
 Epochs hold ``data.strings_clips`` 25,600 clips, so DataLoader workers start once per 200
-steps instead of once per 10. ``--runs`` trains several recipes instead, each for the same
-steps and scored once at its end: ``NAME:KEY=VALUE;KEY=VALUE`` (overrides as for ``--set``).
-A run may name its own ``train.steps``; ``--parallel`` trains and scores the runs side by
-side, one process each (one thread, ``--workers`` DataLoader processes), which a GPU with
-spare cores takes at nearly the speed of one; ``--keep DIR`` keeps each run's folder (its
+steps instead of once per 10. ``--runs`` trains several recipes instead, each scored once at
+its end: ``NAME:KEY=VALUE;KEY=VALUE`` (overrides as for ``--set``), for ``--steps`` or its own
+``train.steps``; ``--parallel`` trains and scores the runs side by side, one process each (one
+thread, ``--workers`` DataLoader processes, default 1), which a GPU with spare cores takes at
+nearly the speed of one; ``--keep DIR`` keeps each run's folder (its
 ``model.safetensors``). The step count ``--seconds`` fits undershoots the time (250 s asked
 gave 380 s on an H200: the short first run misses the epochs' worker start-up) and ignores
 ``--runs``' overrides.
@@ -78,27 +78,27 @@ def seconds_per_step(work: Path, base: list[str], seed: int, steps: int = 60) ->
 
 
 def parse_run(spec: str) -> tuple[str, list[str]]:
-    """``NAME:KEY=VALUE;KEY=VALUE`` -> (name, overrides); the steps are the benchmark's."""
+    """``NAME:KEY=VALUE;KEY=VALUE`` -> (name, overrides), ``train.steps`` among them if the run
+    names its own (else ``--steps``'s)."""
     name, _, sets = spec.partition(":")
     extra = [x.strip() for x in sets.split(";") if x.strip()]
     if not name.strip():
         raise SystemExit(f"--runs {spec!r}: give each run a name, NAME:KEY=VALUE;...")
-    ours = ("train.checkpoint_every",)
-    fixed = [x for x in extra if x.split("=")[0].strip() in ours]
+    fixed = [x for x in extra if x.split("=")[0].strip() == "train.checkpoint_every"]
     if fixed:
         raise SystemExit(f"--runs {spec!r}: {fixed} is the benchmark's (the run's steps)")
+    for x in extra:
+        key, _, value = x.partition("=")
+        if key.strip() == "train.steps" and not (value.strip().isdigit() and int(value) > 0):
+            raise SystemExit(f"--runs {spec!r}: train.steps must be an integer > 0, got {value!r}")
     return name.strip(), extra
 
 
-def run_steps(extra: list[str], default: int | None) -> tuple[int, list[str]]:
+def run_steps(extra: list[str], default: int | None) -> tuple[int | None, list[str]]:
     """A run's own ``train.steps`` if it names one (taken out of ``extra``), else ``default``."""
     own = [x for x in extra if x.split("=")[0].strip() == "train.steps"]
     rest = [x for x in extra if x not in own]
-    if own:
-        return int(own[-1].split("=", 1)[1]), rest
-    if default is None:
-        raise SystemExit(f"--runs {extra}: give --steps or train.steps=N in the run")
-    return default, rest
+    return (int(own[-1].split("=", 1)[1]) if own else default), rest
 
 
 def one_run(name: str, extra: list[str], steps: int, base: list[str], args, work: Path) -> dict:
@@ -109,25 +109,37 @@ def one_run(name: str, extra: list[str], steps: int, base: list[str], args, work
     return {"run": name, "overrides": extra, "steps": steps, "train_s": secs, **got}
 
 
-def side_by_side(specs: list[str], argv: list[str]) -> list[dict]:
-    """Each ``--runs`` spec in its own process (``--child``), one thread each; their rows."""
+def side_by_side(specs: list[str], args, workers: int, save) -> None:
+    """Each ``--runs`` spec in its own process (``--child``), one thread each; each row is
+    saved as its run ends. A failed run stops the others."""
     import subprocess
+    import time
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    rest = [a for a in argv if a not in specs and a not in ("--runs", "--parallel")]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, *rest, "--child", spec], stdout=subprocess.PIPE, env=env
+    common = [
+        "--device", args.device, "--clips", str(args.clips), "--seed", str(args.seed),
+        "--workers", str(workers),
+        *(["--steps", str(args.steps)] if args.steps is not None else []),
+        *(["--keep", str(args.keep)] if args.keep is not None else []),
+    ]  # fmt: skip
+    procs = {
+        spec: subprocess.Popen(
+            [sys.executable, __file__, *common, "--child", spec], stdout=subprocess.PIPE, env=env
         )
         for spec in specs
-    ]
-    rows = []
-    for spec, proc in zip(specs, procs, strict=True):
-        out, _ = proc.communicate()
-        if proc.returncode:
-            raise SystemExit(f"--runs {spec!r} failed (exit {proc.returncode})")
-        rows.append(json.loads(out.decode().strip().splitlines()[-1]))
-    return rows
+    }
+    while procs:
+        time.sleep(1)
+        for spec, proc in list(procs.items()):
+            if proc.poll() is None:
+                continue
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            del procs[spec]
+            if proc.returncode:
+                for other in procs.values():
+                    other.kill()
+                raise SystemExit(f"--runs {spec!r} failed (exit {proc.returncode})")
+            save(json.loads(out.strip().splitlines()[-1]))
 
 
 def main() -> None:
@@ -145,17 +157,37 @@ def main() -> None:
     p.add_argument("--child", help=argparse.SUPPRESS)  # --parallel: one run, its row to stdout
     p.add_argument("--out", type=Path, help="default benchmarks/strings_scaling[_runs].json")
     args = p.parse_args()
+    cores = max(0, (os.cpu_count() or 2) - 2)
+    workers = args.workers if args.workers is not None else min(cores, 12)
+    if args.parallel and args.workers is None:
+        workers = 1  # each run's own DataLoader processes, side by side
+    base = [f"train.device={args.device}", f"data.workers={workers}"]
+    if args.child:
+        import torch
+
+        torch.set_num_threads(1)
+        name, extra = parse_run(args.child)
+        steps, extra = run_steps(extra, args.steps)
+        with tempfile.TemporaryDirectory() as tmp:
+            row = one_run(name, extra, steps, base, args, args.keep or Path(tmp))
+        print(json.dumps(row), flush=True)
+        return
     runs = [parse_run(spec) for spec in args.runs]
+    names = [name for name, _ in runs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SystemExit(f"--runs: each run needs its own name; {twice} appear twice")
     if args.parallel and not runs:
         raise SystemExit("--parallel trains --runs side by side: give --runs")
+    if args.parallel and args.steps is None:
+        stepless = [n for n, extra in runs if run_steps(extra, None)[0] is None]
+        if stepless:
+            raise SystemExit(f"--parallel: give --steps or train.steps=N in runs {stepless}")
     if args.out is None:
         name = "strings_scaling_runs.json" if runs else "strings_scaling.json"
         args.out = Path(__file__).parent / name
     if args.steps is not None and not runs and args.steps % args.evals:
         raise SystemExit(f"--steps {args.steps} must be a multiple of --evals {args.evals}")
-    cores = max(0, (os.cpu_count() or 2) - 2)
-    workers = args.workers if args.workers is not None else min(cores, 12)
-    base = [f"train.device={args.device}", f"data.workers={workers}"]
     import torch
 
     results: dict = {
@@ -173,24 +205,13 @@ def main() -> None:
         results["runs"].append(row)
         args.out.write_text(json.dumps(results, indent=1))
 
-    if args.child:
-        import torch
-
-        torch.set_num_threads(1)
-        name, extra = parse_run(args.child)
-        steps, extra = run_steps(extra, args.steps)
-        with tempfile.TemporaryDirectory() as tmp:
-            row = one_run(name, extra, steps, base, args, args.keep or Path(tmp))
-        print(json.dumps(row), flush=True)
-        return
     if args.parallel:
-        for row in side_by_side(args.runs, sys.argv[1:]):
-            save(row)
+        side_by_side(args.runs, args, workers, save)
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         steps = args.steps
-        own = all(run_steps(extra, 0)[0] for _, extra in runs) if runs else False
+        own = bool(runs) and all(run_steps(extra, None)[0] is not None for _, extra in runs)
         if steps is None and not own:
             per = seconds_per_step(work / "calibration", base, args.seed)
             steps = max(400, int(args.seconds / per) // 400 * 400)
@@ -198,8 +219,8 @@ def main() -> None:
             results["seconds_per_step"] = per
         if runs:
             for name, extra in runs:
-                own, extra = run_steps(extra, steps)
-                save(one_run(name, extra, own, base, args, work))
+                run, extra = run_steps(extra, steps)
+                save(one_run(name, extra, run, base, args, work))
             return
         every = max(1, steps // args.evals)
         keep = [f"train.checkpoint_every={every}", f"train.keep_checkpoints={args.evals}"]

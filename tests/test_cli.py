@@ -418,3 +418,14 @@ def test_eval_flags_replace_that_field_of_every_task(run_dir, tmp_path, monkeypa
     assert seen["seed"] == load_config(run_dir / "config.yaml").train.seed
     assert main([*argv, "--seed", "9"]) == 0 and seen["seed"] == 9
     assert seen["per_task"]["image_to_label"].steps == 1  # the demo's own
+
+
+def test_stream_guidance_flag_takes_name_weight_pairs_only():
+    import argparse
+
+    from anydit.cli import _weights
+
+    assert _weights("audio=3,video=1.5") == {"audio": 3.0, "video": 1.5}
+    for bad in ("3", "audio=x", "audio"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected NAME=W pairs"):
+            _weights(bad)

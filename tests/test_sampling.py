@@ -5,6 +5,7 @@ import torch
 from conftest import four_modalities, random_batch, randomize
 
 import anydit
+from anydit.config import Config, SampleConfig
 from anydit.errors import ConfigError
 
 
@@ -381,8 +382,28 @@ def test_stream_guidance_weights_each_output_apart(model):
     j2 = anydit.sample(model, joint, n=2, steps=2, guidance=2.0, stream_guidance={"image": 1.0})
     torch.testing.assert_close(j2["audio"], j1["audio"])
     assert not torch.allclose(j2["image"], j1["image"])
-    with pytest.raises(ValueError, match="stream_guidance names \\['label'\\]"):
-        anydit.sample(model, task, n=1, steps=1, guidance=2.0, stream_guidance={"label": 2.0})
+    # a stream the task does not generate is passed over (one setting serves every task)
+    label = anydit.sample(model, task, n=2, steps=1, guidance=3.0, stream_guidance={"label": 9.0})
+    torch.testing.assert_close(label["audio"], one[3.0]["audio"])
+    # weight 1 everywhere: no guidance branch is run at all
+    stats1, stats2 = {}, {}
+    anydit.sample(model, joint, n=2, steps=2, guidance=1.0, stats=stats1)
+    anydit.sample(
+        model, joint, n=2, steps=2, guidance=2.0, stream_guidance={"image": 1.0, "audio": 1.0},
+        stats=stats2,
+    )  # fmt: skip
+    assert stats1["evaluations"] == stats2["evaluations"] == 2 * 2
+    # with isolation: the image (weight 1) moves as under isolation alone, the audio does not
+    iso = anydit.sample(model, task, n=2, steps=1, isolation=2.0)
+    both_iso = anydit.sample(
+        model, task, n=2, steps=1, stream_guidance={"audio": 3.0}, isolation=2.0
+    )
+    torch.testing.assert_close(both_iso["image"], iso["image"])
+    assert not torch.allclose(both_iso["audio"], iso["audio"])
+    with pytest.raises(ConfigError, match="sample.stream_guidance: expected modality names"):
+        Config(
+            modalities=model.modality_configs, sample=SampleConfig(stream_guidance={"nope": 2.0})
+        )
     with pytest.raises(ConfigError, match="weight each condition"):
         anydit.sample(model, task, n=1, steps=1, guidance={"label": 2.0},
                       stream_guidance={"audio": 2.0})  # fmt: skip

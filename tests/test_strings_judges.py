@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import randomize
 
 from anydit.data.digit_strings import DigitStringsDataset
 from anydit.eval.strings import (
@@ -148,3 +149,26 @@ def test_streams_a_task_does_not_name_are_dropped_or_generated():
     assert made["generate"] == {"video", "audio", "text", "digits"}
     with pytest.raises(ValueError, match="unnamed must be"):
         evaluate_strings(model, n=2, tasks=("joint",), unnamed="keep")
+
+
+def test_isolation_moves_the_two_stream_tasks_and_leaves_the_others():
+    """``config.isolation`` reaches joint, caption -> AV and streaming (two generated token
+    streams); dubbing and prediction (one) sample as without it instead of failing."""
+    import anydit
+    from anydit.data.digit_strings import digit_strings_modalities
+    from anydit.eval.strings_tasks import evaluate_strings
+
+    torch.manual_seed(0)
+    model = anydit.MMDiT(digit_strings_modalities(), anydit.preset("debug", per_token_time=True))
+    randomize(model.eval(), std=0.2)
+    tasks = ("joint", "video_to_audio", "prediction", "streaming")
+    made = {}
+    for iso in (1.0, 3.0):
+        got: dict = {}
+        config = anydit.SampleConfig(steps=2, guidance=2.0, isolation=iso)
+        evaluate_strings(model, n=2, config=config, tasks=tasks, samples=got)
+        made[iso] = got
+    for task in ("video_to_audio", "prediction"):
+        assert all(torch.equal(made[1.0][task][k], made[3.0][task][k]) for k in made[1.0][task])
+    for task in ("joint", "streaming"):
+        assert not torch.allclose(made[1.0][task]["audio"], made[3.0][task]["audio"])

@@ -417,10 +417,13 @@ def _guidance(text: str) -> float | dict[str, float]:
 
 def _weights(text: str) -> dict[str, float]:
     """``NAME=W,NAME=W`` -> {NAME: W}."""
-    got = _guidance(text)
-    if not isinstance(got, dict):
-        raise argparse.ArgumentTypeError(f"expected NAME=W pairs separated by commas, got {text!r}")
-    return got
+    try:
+        pairs = [item.split("=", 1) for item in text.split(",")]
+        return {name.strip(): float(w) for name, w in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=W pairs separated by commas, got {text!r}"
+        ) from None
 
 
 def _interval(text: str) -> tuple[float, float]:

@@ -572,9 +572,9 @@ class SampleConfig:
     # before the image of a speech -> image task
     isolation: float = 1.0  # != 1: one more branch where each generated stream reads only
     # itself and the conditions (LTX-2's modality isolation); pushed away from it by w - 1
-    stream_guidance: dict[str, float] = field(default_factory=dict)  # {generated stream: w}:
-    # that output's guidance weight in place of the float ``guidance`` (LTX-2's per-modality
-    # scales: audio and video of one clip guided apart)
+    stream_guidance: dict[str, float] = field(default_factory=dict)  # {stream: w}: that
+    # output's guidance weight in place of the float ``guidance`` where a task generates it
+    # (LTX-2's per-modality scales: audio and video of one clip guided apart)
 
     def __post_init__(self) -> None:
         steps = _index(self.steps)
@@ -913,6 +913,10 @@ class Config:
         if isinstance(self.sample.guidance, dict):
             unknown = sorted(set(self.sample.guidance) - set(names))
             _check(not unknown, "sample.guidance", f"modality names among {sorted(names)}", unknown)
+        unknown = sorted(set(self.sample.stream_guidance) - set(names))
+        _check(
+            not unknown, "sample.stream_guidance", f"modality names among {sorted(names)}", unknown
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -27,6 +27,7 @@ generated word) is read as the digit that follows. Partial givens need a model w
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -117,7 +118,9 @@ def evaluate_strings(
     a clip says (the run's ``data.strings_lengths``; default the layout's). ``unnamed``: what
     becomes of the streams a task neither gives nor scores (the label string; the caption but
     in ``joint`` and ``caption_to_av``): ``"drop"`` them, or ``"generate"`` them alongside and
-    discard them (streaming always drops them)."""
+    discard them (streaming always drops them). ``config.isolation`` applies to the tasks that
+    generate two token streams or more (joint, caption -> AV, streaming), the others sample
+    without it."""
     if unnamed not in ("drop", "generate"):
         raise ValueError(f"digit-strings tasks: unnamed must be drop|generate, got {unnamed!r}")
     unknown = sorted(set(tasks) - set(STRING_TASKS))
@@ -146,7 +149,7 @@ def evaluate_strings(
     def draw(task: dict, name: str) -> dict[str, torch.Tensor]:
         if unnamed == "generate":
             task = {**dict.fromkeys(model.modalities, "generate"), **task}
-        got = sample(model, task, n=n, config=config, seed=seed + 1)
+        got = sample(model, task, n=n, config=_for_task(model, task, config), seed=seed + 1)
         got = {k: v.detach().cpu() for k, v in got.items()}  # the judges read numpy
         if samples is not None:
             samples[name] = got
@@ -196,6 +199,20 @@ def evaluate_strings(
             "streaming_rtf": seconds / made,
         }
     return out
+
+
+def _for_task(model, task: dict, config: SampleConfig) -> SampleConfig:
+    """``config`` for one task: its isolation only where the task generates two token streams
+    or more (it cuts generated streams apart), 1 elsewhere."""
+    made = [
+        k
+        for k, r in task.items()
+        if isinstance(r, Generate) or (isinstance(r, str) and r == "generate")
+    ]
+    moving = [k for k in made if k in model.streams]
+    if config.isolation == 1.0 or len(moving) >= 2:
+        return config
+    return dataclasses.replace(config, isolation=1.0)
 
 
 def _completion(task, draw, video, audio, segments, want, hop) -> dict[str, float]:

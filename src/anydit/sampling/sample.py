@@ -39,20 +39,15 @@ def guidance_branches(
 
     Each guided output k becomes ``c + sum (w_k - 1)(c - branch)`` over the branches that guide
     it, where w_k is ``streams[k]`` if named there (per-output weights, with a float
-    ``guidance``), else the branch's w. With nothing given and several modalities generated, a
-    float guides each generated modality by the others (joint guidance, as in UniDiffuser): its
+    ``guidance``; names the task does not generate are passed over, so one setting serves every
+    task), else the branch's w. With nothing given and several modalities generated, a float
+    guides each generated modality by the others (joint guidance, as in UniDiffuser): its
     branch drops the other generated modalities, so the push is from the modality's marginal
-    towards agreement with the rest.
+    towards agreement with the rest; a modality whose weight is 1 gets no branch.
     """
     given = {n for n, r in roles.items() if r.role == Role.GIVEN}
     generated = {n for n, r in roles.items() if r.role == Role.GENERATE}
     streams = streams or {}
-    stray = sorted(set(streams) - generated)
-    if stray:
-        raise ValueError(
-            f"stream_guidance names {stray}, which are not generated in this task "
-            f"(generated: {sorted(generated)})"
-        )
     if isinstance(guidance, dict):
         if streams:
             raise ValueError(
@@ -70,7 +65,7 @@ def guidance_branches(
     if given:
         return [(given, float(guidance), generated)]
     if len(generated) > 1:
-        return [(generated - {k}, weights[k], {k}) for k in sorted(generated)]
+        return [(generated - {k}, w, {k}) for k, w in sorted(weights.items()) if w != 1.0]
     return []
 
 
@@ -177,9 +172,9 @@ def sample(
             (one extra branch with them all dropped), a dict {name: w} guides each separately;
             1 means none. With nothing given, a float guides each of several generated
             modalities towards agreement with the others (one branch per generated modality).
-        stream_guidance: (a ``SampleConfig`` field, given by name) {generated modality: w}:
-            that output's weight in place of a float ``guidance``'s, e.g. audio guided harder
-            than the video it is made with.
+        stream_guidance: (a ``SampleConfig`` field, given by name) {modality: w}: that
+            output's weight in place of a float ``guidance``'s where the task generates it,
+            e.g. audio guided harder than the video it is made with.
         guidance_interval: (low, high) times; a generated modality is guided only while its
             own time is within [low, high] (t = 0 is noise). Guidance at high noise is what
             narrows diversity most (Kynkäänniemi et al., 2024), so e.g. (0.3, 1) keeps more
