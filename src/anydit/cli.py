@@ -404,25 +404,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _guidance(text: str) -> float | dict[str, float]:
     """``W`` -> W, or ``NAME=W,NAME=W`` -> {NAME: W}."""
+    return _weights(text, number=True)
+
+
+def _weights(text: str, number: bool = False) -> float | dict[str, float]:
+    """``NAME=W,NAME=W`` -> {NAME: W}; with ``number``, a lone ``W`` -> W too."""
     try:
-        if "=" not in text:
+        if number and "=" not in text:
             return float(text)
         pairs = [item.split("=", 1) for item in text.split(",")]
         return {name.strip(): float(w) for name, w in pairs}
     except ValueError:
+        what = "a number or NAME=W pairs" if number else "NAME=W pairs"
         raise argparse.ArgumentTypeError(
-            f"expected a number or NAME=W pairs separated by commas, got {text!r}"
-        ) from None
-
-
-def _weights(text: str) -> dict[str, float]:
-    """``NAME=W,NAME=W`` -> {NAME: W}."""
-    try:
-        pairs = [item.split("=", 1) for item in text.split(",")]
-        return {name.strip(): float(w) for name, w in pairs}
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected NAME=W pairs separated by commas, got {text!r}"
+            f"expected {what} separated by commas, got {text!r}"
         ) from None
 
 

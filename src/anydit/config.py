@@ -205,6 +205,16 @@ class ModalityConfig:
         return KIND_CLASSES[self.kind].discrete
 
 
+def _finite_weights(weights: dict, where: str) -> dict[str, float]:
+    """{name: finite float} from a dict of real numbers; an error naming ``where[name]``."""
+    out = {}
+    for k, v in weights.items():
+        w = _real(v)
+        _check(w is not None and math.isfinite(w), f"{where}[{k!r}]", "a finite number", v)
+        out[str(k)] = w
+    return out
+
+
 def _real(v: Any) -> float | None:
     """A real number (Python, NumPy or a one-element tensor) as a float; None otherwise."""
     if isinstance(v, bool):
@@ -582,17 +592,7 @@ class SampleConfig:
         self.steps = steps
         _check(self.solver in SOLVERS, "sample.solver", "|".join(SOLVERS), self.solver)
         if isinstance(self.guidance, dict):
-            weights = {}
-            for k, v in self.guidance.items():
-                w = _real(v)
-                _check(
-                    w is not None and math.isfinite(w),
-                    f"sample.guidance[{k!r}]",
-                    "a finite number",
-                    v,
-                )
-                weights[str(k)] = w
-            self.guidance = weights
+            self.guidance = _finite_weights(self.guidance, "sample.guidance")
         else:
             w = _real(self.guidance)
             _check(
@@ -626,19 +626,9 @@ class SampleConfig:
             "{generated stream: weight}",
             self.stream_guidance,
         )
-        weights = {}
-        for k, v in self.stream_guidance.items():
-            w = _real(v)
-            _check(
-                w is not None and math.isfinite(w),
-                f"sample.stream_guidance[{k!r}]",
-                "a finite number",
-                v,
-            )
-            weights[str(k)] = w
-        self.stream_guidance = weights
+        self.stream_guidance = _finite_weights(self.stream_guidance, "sample.stream_guidance")
         _check(
-            not (weights and isinstance(self.guidance, dict)),
+            not (self.stream_guidance and isinstance(self.guidance, dict)),
             "sample.stream_guidance",
             "{} when guidance is a dict: weight each condition (guidance) or each output "
             "(stream_guidance), not both",
