@@ -30,6 +30,7 @@ VARIANTS = {
     "4 experts, expert choice, capacity 1": FINE[:3],
     "4 half-width experts + shared half, scale 4": FINE,
     "the same, image stream only": [*FINE, "model.expert_streams=[image]"],
+    "the same, audio stream only": [*FINE, "model.expert_streams=[audio]"],
 }
 
 

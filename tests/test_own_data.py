@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,10 @@ import anydit
 from anydit.cli import main
 from anydit.config import DataConfig, ModalityConfig
 from anydit.data import own
-from anydit.data.sources import build_dataset, make_collate, open_training_data
+from anydit.data.sources import EpochReader, build_dataset, make_collate, open_training_data
+from anydit.demo import demo_config
 from anydit.flow.objective import make_inputs
+from anydit.modalities import build_modalities
 
 
 def _mods(classes=("cat", "dog"), text_len=12):
@@ -324,7 +328,8 @@ def _train_weights(tmp_path, name, data):
     from anydit.train.loop import train
 
     tree = yaml.safe_load(Path(_config(tmp_path, data)).read_text())
-    cfg = config_from_tree(tree, ["train.steps=4", "train.checkpoint_every=100"])
+    # 10 steps of 4-batch epochs: two epoch ends crossed, the last epoch left part-read
+    cfg = config_from_tree(tree, ["train.steps=10", "train.checkpoint_every=100"])
     train(cfg, tmp_path / name, resume=False, progress=False)
     return anydit.load_model(tmp_path / name / "model.safetensors").state_dict()
 
@@ -335,6 +340,71 @@ def test_loader_workers_train_the_same_run(tmp_path):
     a = _train_weights(tmp_path, "w0", {"source": "manifest", "path": manifest})
     b = _train_weights(tmp_path, "w2", {"source": "manifest", "path": manifest, "workers": 2})
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _EpochItems(torch.utils.data.Dataset):
+    """Items that say which epoch and which process read them (and, given a file, each read
+    is logged there as it happens)."""
+
+    def __init__(self, log: Path | None = None):
+        self.epoch, self.log = 0, log
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int):
+        if self.log is not None:
+            with open(self.log, "a") as f:
+                f.write(f"{self.epoch} {i}\n")
+        return self.epoch, i, os.getpid()
+
+
+def test_reader_workers_read_on_across_epochs_each_as_its_own(tmp_path):
+    def rows_of(epoch: int) -> list[list[int]]:
+        return [[(epoch + 5) % 8, 1], [2, 3], [4, 0]]
+
+    def items(batches):
+        return [[(e, i) for e, i, _ in b] for b in batches]
+
+    def expected(epoch: int):
+        return [[(epoch, i) for i in r] for r in rows_of(epoch)]
+
+    log = tmp_path / "reads"
+    reader = EpochReader(_EpochItems(log), collate=list, workers=2)
+    assert items(reader(0, rows_of(0), 0, rows_of)) == expected(0)
+    for _ in range(100):  # epoch 0 is read; the workers go on into epoch 1 before it is asked
+        if any(line.startswith("1 ") for line in log.read_text().splitlines()):
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"the workers did not read ahead into epoch 1: {log.read_text()}")
+    pids = set()
+    for epoch in range(3):
+        got = list(reader(epoch, rows_of(epoch), 0, rows_of))
+        assert items(got) == expected(epoch)
+        pids |= {pid for b in got for *_, pid in b}
+    assert len(pids) == 2 and os.getpid() not in pids  # one pair of workers, not one an epoch
+    first = reader(3, rows_of(3), 0, rows_of)
+    next(first)  # an epoch left part-read, then the next one: nothing of the first leaks in
+    assert items(reader(4, rows_of(4), 0, rows_of)) == expected(4)
+    # a resume in the middle of an epoch, then on into the next
+    assert items(reader(6, rows_of(6)[1:], 1, rows_of)) == expected(6)[1:]
+    assert items(reader(7, rows_of(7), 0, rows_of)) == expected(7)
+    assert items(reader(9, rows_of(9), 0, rows_of)) == expected(9)  # an epoch skipped
+
+
+def test_reader_workers_give_the_epochs_items_of_no_workers():
+    dataset = build_dataset(DataConfig("digits"), "train")  # pairings and captions per epoch
+    collate = make_collate(build_modalities(demo_config([]).modalities))
+    rows = [[3, 9, 27], [81, 243, 729]]
+    plain, workers = EpochReader(dataset, collate, 0), EpochReader(dataset, collate, 2)
+    for epoch in (0, 1):
+        for (a, _), (b, _) in zip(plain(epoch, rows), workers(epoch, rows), strict=True):
+            assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(next(plain(0, rows))[0]["audio"], next(plain(1, rows))[0]["audio"])
 
 
 def test_worker_errors_name_the_row(tmp_path, capsys):

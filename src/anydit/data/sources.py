@@ -3,6 +3,8 @@ items into model-ready batches."""
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Callable, Iterator
 
 import torch
@@ -127,46 +129,107 @@ def make_collate(modalities) -> Callable[[list[dict]], tuple[dict[str, Tensor], 
 
 
 class _Catching(torch.utils.data.Dataset):
+    """The dataset as a worker reads it: items asked for as (epoch, index), the dataset moved to
+    that epoch first; a sample's error returned (``Failed``) for the main process to raise."""
+
     def __init__(self, dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, i = key
+        if hasattr(self.dataset, "set_epoch") and getattr(self.dataset, "epoch", None) != epoch:
+            self.dataset.set_epoch(epoch)
         try:
             return self.dataset[i]
         except (ValueError, FileNotFoundError) as err:
             return Failed(err)
 
 
-def epoch_loader(dataset, batches: list[Tensor], collate, workers: int = 0):
-    """Iterate (batch, present) over ``batches`` (lists of dataset indices) in order.
+class _Rows:
+    """A batch sampler of (epoch, index) rows: ``rows`` of ``epoch``, then, with ``rows_of``,
+    every later epoch's (``rows_of(e)``), for as long as the loader is read."""
 
-    With ``workers > 0``, DataLoader worker processes read, decode and collate the next batches
-    while the model trains; the order (and so a resumed run) is the same either way.
+    def __init__(self, epoch: int, rows: list[list[int]], rows_of=None):
+        self.epoch, self.rows, self.rows_of = epoch, rows, rows_of
+
+    def __iter__(self):
+        yield from ([(self.epoch, i) for i in r] for r in self.rows)
+        if self.rows_of is not None:
+            for e in itertools.count(self.epoch + 1):
+                yield from ([(e, i) for i in r] for r in _lists(self.rows_of(e)))
+
+
+def _lists(rows) -> list[list[int]]:
+    return [r.tolist() if isinstance(r, Tensor) else list(r) for r in rows]
+
+
+def _checked(items, collate):
+    for item in items:
+        if isinstance(item, Failed):
+            return item
+    return collate(items)
+
+
+class EpochReader:
+    """Reads an indexed dataset's batches, epoch after epoch: ``reader(epoch, rows, start,
+    rows_of)`` iterates (batch, present) over ``rows`` (lists of indices: the epoch's batches
+    from number ``start`` on) in order, each item as of ``epoch``.
+
+    With ``workers > 0`` DataLoader worker processes read, decode and collate the next batches
+    while the model trains. Given ``rows_of`` (epoch -> that epoch's rows), the workers read on
+    past the epoch's end into the next ones, and the next call for the following epoch (from
+    its start) carries on from them: one set of workers serves the whole run, and no epoch
+    starts with an empty pipeline (a small dataset at a large batch used to start its workers
+    again every few steps). Each item travels as (epoch, index) and a worker's copy of the
+    dataset moves to that epoch (``set_epoch``) before reading it, so the items are those of
+    ``workers=0``, and the order (so a resumed run) is the same either way. Any other call
+    (another epoch, a part-read one, a resume) starts the workers afresh.
     """
-    rows = [b.tolist() if isinstance(b, Tensor) else list(b) for b in batches]
-    if workers == 0:
-        return (collate([dataset[i] for i in r]) for r in rows)
 
-    def checked(items):
-        for item in items:
-            if isinstance(item, Failed):
-                return item
-        return collate(items)
+    def __init__(self, dataset, collate, workers: int = 0):
+        self.dataset, self.collate, self.workers = dataset, collate, workers
+        self._items = None  # the workers' batches, read on across epochs
+        self._next = None  # (epoch, start) those batches are at, once an epoch is read whole
 
-    loader = torch.utils.data.DataLoader(
-        _Catching(dataset), batch_sampler=rows, collate_fn=checked, num_workers=workers
-    )
+    def __call__(
+        self, epoch: int, rows: list, start: int = 0, rows_of=None
+    ) -> Iterator[tuple[dict[str, Tensor], dict]]:
+        rows = _lists(rows)
+        if self.workers == 0:
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(epoch)
+            return (self.collate([self.dataset[i] for i in r]) for r in rows)
+        if self._items is None or self._next != (epoch, start):
+            loader = torch.utils.data.DataLoader(
+                _Catching(self.dataset),
+                batch_sampler=_Rows(epoch, rows, rows_of),
+                collate_fn=functools.partial(_checked, collate=self.collate),
+                num_workers=self.workers,
+            )
+            self._items = iter(loader)
+        self._next = None
+        return self._epoch(epoch, len(rows), rows_of is not None)
 
-    def batches_in_order():
-        for out in loader:
+    def _epoch(self, epoch: int, n: int, more: bool):
+        for _ in range(n):
+            out = next(self._items)
             if isinstance(out, Failed):
+                self._items = None
                 out.raise_()
             yield out
+        if more:
+            self._next = (epoch + 1, 0)
+        else:
+            self._items = None  # nothing was asked past this epoch: let the workers go
 
-    return batches_in_order()
+
+def epoch_loader(dataset, batches: list[Tensor], collate, workers: int = 0, epoch: int = 0):
+    """Iterate (batch, present) over ``batches`` (lists of dataset indices) of ``epoch`` in
+    order: one epoch of an ``EpochReader``."""
+    return EpochReader(dataset, collate, workers)(epoch, batches)
 
 
 def batch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:
@@ -188,11 +251,13 @@ def epoch_batches(
     seed: int,
     collate,
     workers: int,
+    reader: EpochReader | None = None,
 ) -> tuple[Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]], int]:
     """This rank's (batch, present) pairs of ``epoch`` from batch ``start`` on, and the number of
     batches the epoch has. ``batch_size`` is the global batch; each rank reads its share. A
     streamed dataset's epoch may end sooner than that number (skipped samples): it ends when
-    the stream does."""
+    the stream does. ``reader``: an ``EpochReader`` of this dataset kept across epochs, whose
+    workers read on into the next epochs; without one, this epoch gets its own."""
     from anydit.data.shards import ShardStream, stream_batches
 
     local = batch_size // world
@@ -204,9 +269,16 @@ def epoch_batches(
         if n == 0:
             raise ValueError(f"{dataset.where}: too few samples per rank for a batch of {local}")
         return stream_batches(dataset, local, collate, workers, start), n
-    batches = batch_order(len(dataset), batch_size, seed, epoch)
-    mine = [b[rank * local : (rank + 1) * local] for b in batches[start:]]
-    return epoch_loader(dataset, mine, collate, workers), len(batches)
+
+    def rows_of(e: int) -> list[Tensor]:  # this rank's share of epoch e's batches
+        batches = batch_order(size, batch_size, seed, e)
+        return [b[rank * local : (rank + 1) * local] for b in batches]
+
+    size = len(dataset)
+    mine = rows_of(epoch)
+    if reader is None:  # this epoch only
+        return EpochReader(dataset, collate, workers)(epoch, mine[start:], start), len(mine)
+    return reader(epoch, mine[start:], start, rows_of), len(mine)
 
 
 class RandomBatches:

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from anydit.config import Config, ConfigError
-from anydit.data.sources import epoch_batches, make_collate, open_training_data
+from anydit.data.sources import EpochReader, epoch_batches, make_collate, open_training_data
 from anydit.errors import DataError
 from anydit.model import MMDiT
 from anydit.model.extend import init_from_file
@@ -138,6 +138,7 @@ def _run(
         _write_config(config, out_dir, state.step)
 
     collate = make_collate(model.modalities)
+    reader = EpochReader(dataset, collate, cfg.data.workers)  # its workers serve every epoch
     logger = Logger(out_dir, info.main, tc.tensorboard, progress, tc.steps, state.step)
     history: list[dict] = []
     bad_in_row = 0
@@ -145,7 +146,7 @@ def _run(
     while state.step < tc.steps:
         batches, epoch_len = epoch_batches(
             dataset, state.epoch, state.position, info.rank, info.world, tc.batch_size,
-            tc.seed, collate, cfg.data.workers,
+            tc.seed, collate, cfg.data.workers, reader,
         )  # fmt: skip
         start_position = state.position
         for raw, present in _agreed(batches, info, dataset):
