@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import time
 from pathlib import Path
@@ -397,14 +398,31 @@ def test_reader_workers_read_on_across_epochs_each_as_its_own(tmp_path):
 
 
 def test_reader_workers_give_the_epochs_items_of_no_workers():
-    dataset = build_dataset(DataConfig("digits"), "train")  # pairings and captions per epoch
     collate = make_collate(build_modalities(demo_config([]).modalities))
     rows = [[3, 9, 27], [81, 243, 729]]
-    plain, workers = EpochReader(dataset, collate, 0), EpochReader(dataset, collate, 2)
+    plain = EpochReader(build_dataset(DataConfig("digits"), "train"), collate, 0)
+    # its own dataset, never moved off epoch 0 here: epoch 1 is read ahead by the workers,
+    # so only their own set_epoch can give its pairings and captions
+    workers = EpochReader(build_dataset(DataConfig("digits"), "train"), collate, 2)
     for epoch in (0, 1):
-        for (a, _), (b, _) in zip(plain(epoch, rows), workers(epoch, rows), strict=True):
+        ahead = list(workers(epoch, rows, 0, lambda e: rows))
+        for (a, _), (b, _) in zip(plain(epoch, rows), ahead, strict=True):
             assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(next(plain(0, rows))[0]["audio"], next(plain(1, rows))[0]["audio"])
+    with pytest.raises(RuntimeError, match="took over"):  # only the latest call's iterator
+        old = workers(2, rows, 0, lambda e: rows)
+        next(workers(0, rows))
+        next(old)
+
+
+def test_what_workers_take_pickles_for_spawn():
+    mods = build_modalities(demo_config([]).modalities)
+    dataset = build_dataset(DataConfig("digits"), "train")
+    items = [dataset[i] for i in range(4)]
+    again = pickle.loads(pickle.dumps(make_collate(mods)))
+    for a, b in zip(make_collate(mods)(items), again(items), strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert pickle.loads(pickle.dumps(dataset))[0]["label"] == items[0]["label"]
 
 
 def test_worker_errors_name_the_row(tmp_path, capsys):

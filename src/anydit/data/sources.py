@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -103,17 +103,27 @@ def _standardise(modalities, dataset, log) -> None:
         log(f"data: vector '{name}' standardised with the training data's mean and std")
 
 
-def make_collate(modalities) -> Callable[[list[dict]], tuple[dict[str, Tensor], dict[str, Tensor]]]:
+def make_collate(modalities) -> Collate:
+    """Items -> (batch {modality: (b, *shape)}, present {modality: (b,) bool}): a ``Collate``."""
+    return Collate(modalities)
+
+
+class Collate:
     """Items -> (batch {modality: (b, *shape)}, present {modality: (b,) bool}).
 
     Each modality collates its own values (text strings are tokenised, label names mapped to
     ids). A modality an item lacks gets a placeholder value and ``present = False`` (the
     objective drops it for that sample); ``present`` only lists modalities that some item lacks.
+    A class, not a closure, so that DataLoader workers started by ``spawn`` (macOS, Python
+    3.14's default) can take it.
     """
 
-    def collate(items: list[dict]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def __init__(self, modalities):
+        self.modalities = modalities
+
+    def __call__(self, items: list[dict]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         batch, present = {}, {}
-        for name, m in modalities.items():
+        for name, m in self.modalities.items():
             have = torch.tensor([name in item for item in items])
             if not have.any():
                 batch[name] = m.placeholder(len(items))
@@ -125,12 +135,11 @@ def make_collate(modalities) -> Callable[[list[dict]], tuple[dict[str, Tensor], 
                 present[name] = have
         return batch, present
 
-    return collate
-
 
 class _Catching(torch.utils.data.Dataset):
     """The dataset as a worker reads it: items asked for as (epoch, index), the dataset moved to
-    that epoch first; a sample's error returned (``Failed``) for the main process to raise."""
+    that epoch first (epoch None: left where it is); a sample's error returned (``Failed``) for
+    the main process to raise."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -138,9 +147,13 @@ class _Catching(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]):
+    def __getitem__(self, key: tuple[int | None, int]):
         epoch, i = key
-        if hasattr(self.dataset, "set_epoch") and getattr(self.dataset, "epoch", None) != epoch:
+        if (
+            epoch is not None
+            and hasattr(self.dataset, "set_epoch")
+            and getattr(self.dataset, "epoch", None) != epoch
+        ):
             self.dataset.set_epoch(epoch)
         try:
             return self.dataset[i]
@@ -152,14 +165,22 @@ class _Rows:
     """A batch sampler of (epoch, index) rows: ``rows`` of ``epoch``, then, with ``rows_of``,
     every later epoch's (``rows_of(e)``), for as long as the loader is read."""
 
-    def __init__(self, epoch: int, rows: list[list[int]], rows_of=None):
+    def __init__(self, epoch: int | None, rows: list[list[int]], rows_of=None):
         self.epoch, self.rows, self.rows_of = epoch, rows, rows_of
+        self._later: dict[int, list[list[int]]] = {}  # later epochs' rows, as read
+
+    def later(self, epoch: int) -> list[list[int]]:
+        """The rows this sampler gives (or will give) for a later ``epoch``."""
+        if epoch not in self._later:
+            self._later = {e: r for e, r in self._later.items() if e >= epoch - 1}
+            self._later[epoch] = _lists(self.rows_of(epoch))
+        return self._later[epoch]
 
     def __iter__(self):
         yield from ([(self.epoch, i) for i in r] for r in self.rows)
         if self.rows_of is not None:
             for e in itertools.count(self.epoch + 1):
-                yield from ([(e, i) for i in r] for r in _lists(self.rows_of(e)))
+                yield from ([(e, i) for i in r] for r in self.later(e))
 
 
 def _lists(rows) -> list[list[int]]:
@@ -176,59 +197,74 @@ def _checked(items, collate):
 class EpochReader:
     """Reads an indexed dataset's batches, epoch after epoch: ``reader(epoch, rows, start,
     rows_of)`` iterates (batch, present) over ``rows`` (lists of indices: the epoch's batches
-    from number ``start`` on) in order, each item as of ``epoch``.
+    from number ``start`` on) in order, each item as of ``epoch`` (None: the dataset's epoch
+    as it stands).
 
     With ``workers > 0`` DataLoader worker processes read, decode and collate the next batches
     while the model trains. Given ``rows_of`` (epoch -> that epoch's rows), the workers read on
     past the epoch's end into the next ones, and the next call for the following epoch (from
-    its start) carries on from them: one set of workers serves the whole run, and no epoch
-    starts with an empty pipeline (a small dataset at a large batch used to start its workers
-    again every few steps). Each item travels as (epoch, index) and a worker's copy of the
-    dataset moves to that epoch (``set_epoch``) before reading it, so the items are those of
-    ``workers=0``, and the order (so a resumed run) is the same either way. Any other call
-    (another epoch, a part-read one, a resume) starts the workers afresh.
+    its start, with the rows ``rows_of`` gave) carries on from them: one set of workers serves
+    the whole run, and no epoch starts with an empty pipeline (a small dataset at a large batch
+    used to start its workers again every few steps). Each item travels as (epoch, index) and
+    a worker's copy of the dataset moves to that epoch (``set_epoch``) before reading it, so the
+    items are those of ``workers=0``, and the order (so a resumed run) is the same either way.
+    Any other call (another epoch, a part-read one, a resume, other rows) starts the workers
+    afresh. Only the iterator of the latest call is read from the workers.
     """
 
     def __init__(self, dataset, collate, workers: int = 0):
         self.dataset, self.collate, self.workers = dataset, collate, workers
         self._items = None  # the workers' batches, read on across epochs
-        self._next = None  # (epoch, start) those batches are at, once an epoch is read whole
+        self._sampler: _Rows | None = None  # what they read
+        self._next = None  # (epoch, start) they are at, once an epoch is read whole
 
     def __call__(
-        self, epoch: int, rows: list, start: int = 0, rows_of=None
+        self, epoch: int | None, rows: list, start: int = 0, rows_of=None
     ) -> Iterator[tuple[dict[str, Tensor], dict]]:
         rows = _lists(rows)
         if self.workers == 0:
-            if hasattr(self.dataset, "set_epoch"):
+            if epoch is not None and hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(epoch)
             return (self.collate([self.dataset[i] for i in r]) for r in rows)
-        if self._items is None or self._next != (epoch, start):
+        carry_on = (
+            self._items is not None
+            and self._next == (epoch, start)
+            and self._sampler.later(epoch) == rows
+        )
+        if not carry_on:
+            more = rows_of if epoch is not None else None
+            self._sampler = _Rows(epoch, rows, more)
             loader = torch.utils.data.DataLoader(
                 _Catching(self.dataset),
-                batch_sampler=_Rows(epoch, rows, rows_of),
+                batch_sampler=self._sampler,
                 collate_fn=functools.partial(_checked, collate=self.collate),
                 num_workers=self.workers,
             )
             self._items = iter(loader)
         self._next = None
-        return self._epoch(epoch, len(rows), rows_of is not None)
+        return self._epoch(self._items, epoch, len(rows), self._sampler.rows_of is not None)
 
-    def _epoch(self, epoch: int, n: int, more: bool):
+    def _epoch(self, items, epoch: int | None, n: int, more: bool):
         for _ in range(n):
-            out = next(self._items)
+            if items is not self._items:
+                raise RuntimeError("EpochReader: a later call took over this epoch's workers")
+            out = next(items)
             if isinstance(out, Failed):
                 self._items = None
                 out.raise_()
             yield out
-        if more:
-            self._next = (epoch + 1, 0)
-        else:
-            self._items = None  # nothing was asked past this epoch: let the workers go
+        if items is self._items:
+            if more:
+                self._next = (epoch + 1, 0)
+            else:
+                self._items = None  # nothing was asked past this epoch: let the workers go
 
 
-def epoch_loader(dataset, batches: list[Tensor], collate, workers: int = 0, epoch: int = 0):
-    """Iterate (batch, present) over ``batches`` (lists of dataset indices) of ``epoch`` in
-    order: one epoch of an ``EpochReader``."""
+def epoch_loader(
+    dataset, batches: list[Tensor], collate, workers: int = 0, epoch: int | None = None
+):
+    """Iterate (batch, present) over ``batches`` (lists of dataset indices) in order: one epoch
+    of an ``EpochReader`` (``epoch`` None: the dataset's as it stands)."""
     return EpochReader(dataset, collate, workers)(epoch, batches)
 
 
