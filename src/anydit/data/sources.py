@@ -285,15 +285,13 @@ def epoch_batches(
     world: int,
     batch_size: int,
     seed: int,
-    collate,
-    workers: int,
-    reader: EpochReader | None = None,
+    reader: EpochReader,
 ) -> tuple[Iterator[tuple[dict[str, Tensor], dict[str, Tensor]]], int]:
     """This rank's (batch, present) pairs of ``epoch`` from batch ``start`` on, and the number of
     batches the epoch has. ``batch_size`` is the global batch; each rank reads its share. A
     streamed dataset's epoch may end sooner than that number (skipped samples): it ends when
-    the stream does. ``reader``: an ``EpochReader`` of this dataset kept across epochs, whose
-    workers read on into the next epochs; without one, this epoch gets its own."""
+    the stream does. ``reader``: an ``EpochReader`` of this dataset (its collate and workers
+    serve a stream too), kept across epochs so that its workers read on into the next ones."""
     from anydit.data.shards import ShardStream, stream_batches
 
     local = batch_size // world
@@ -304,7 +302,7 @@ def epoch_batches(
         n = dataset.batches_per_epoch(local)
         if n == 0:
             raise ValueError(f"{dataset.where}: too few samples per rank for a batch of {local}")
-        return stream_batches(dataset, local, collate, workers, start), n
+        return stream_batches(dataset, local, reader.collate, reader.workers, start), n
 
     def rows_of(e: int) -> list[Tensor]:  # this rank's share of epoch e's batches
         batches = batch_order(size, batch_size, seed, e)
@@ -312,8 +310,6 @@ def epoch_batches(
 
     size = len(dataset)
     mine = rows_of(epoch)
-    if reader is None:  # this epoch only
-        return EpochReader(dataset, collate, workers)(epoch, mine[start:], start), len(mine)
     return reader(epoch, mine[start:], start, rows_of), len(mine)
 
 
@@ -338,10 +334,10 @@ def random_batches(
     """An endless iterator of (batch, present) from ``dataset``: epoch after epoch in the order
     of ``batch_order`` (indexed datasets) or as streamed. With ``world`` > 1, this rank's share
     (``batch_size // world`` samples) of each global batch of ``batch_size``."""
-    collate = make_collate(modalities)
+    reader = EpochReader(dataset, make_collate(modalities))
     epoch = 0
     while True:
-        batches, _ = epoch_batches(dataset, epoch, 0, rank, world, batch_size, seed, collate, 0)
+        batches, _ = epoch_batches(dataset, epoch, 0, rank, world, batch_size, seed, reader)
         count = 0
         for item in batches:
             count += 1

@@ -137,8 +137,7 @@ def _run(
     if info.main:
         _write_config(config, out_dir, state.step)
 
-    collate = make_collate(model.modalities)
-    reader = EpochReader(dataset, collate, cfg.data.workers)  # its workers serve every epoch
+    reader = EpochReader(dataset, make_collate(model.modalities), cfg.data.workers)
     logger = Logger(out_dir, info.main, tc.tensorboard, progress, tc.steps, state.step)
     history: list[dict] = []
     bad_in_row = 0
@@ -146,7 +145,7 @@ def _run(
     while state.step < tc.steps:
         batches, epoch_len = epoch_batches(
             dataset, state.epoch, state.position, info.rank, info.world, tc.batch_size,
-            tc.seed, collate, cfg.data.workers, reader,
+            tc.seed, reader,
         )  # fmt: skip
         start_position = state.position
         for raw, present in _agreed(batches, info, dataset):
